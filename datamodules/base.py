@@ -1,0 +1,171 @@
+"""What every domain's datamodule shares: a resumable per-rank sampler, loaders, and bad-input accounting.
+
+Training data is one endless, deterministic stream per rank: epoch ``e`` is a permutation seeded by
+``(seed, e)``, split across ranks like ``DistributedSampler``. Its position is derived from the restored
+``global_step``, so a resumed run sees exactly the samples the uninterrupted run would have seen, and every
+rank runs the same number of steps (no DDP hang on uneven data).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Bad user data: the message says which file or key and what to do."""
+
+
+class ResumableSampler(Sampler[int]):
+    """Endless per-rank stream of keys ``epoch * size + index`` that can start at any position.
+
+    The key carries the epoch so random augmentations can be seeded per draw (see ``ReproducibleItems``).
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 start: int = 0):
+        if size <= 0:
+            raise DataError("The training set is empty.")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.shuffle, self.start = shuffle, start
+        self.per_rank = math.ceil(size / world_size)
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            perm = torch.randperm(self.size, generator=g)
+        else:
+            perm = torch.arange(self.size)
+        total = self.per_rank * self.world_size
+        if total > self.size:  # pad by wrapping, as DistributedSampler does
+            perm = torch.cat([perm, perm.repeat(math.ceil(total / self.size))[: total - self.size]])
+        return perm[self.rank:total:self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        pos = self.start
+        while True:
+            epoch, offset = divmod(pos, self.per_rank)
+            yield from (self.epoch_indices(epoch)[offset:] + epoch * self.size).tolist()
+            pos = (epoch + 1) * self.per_rank
+
+
+class ReproducibleItems(Dataset):
+    """Maps a sampler key to ``dataset[key % len]`` with torch and numpy RNGs seeded from the key.
+
+    Random augmentations (flips, crops) then depend only on the draw, not on worker state, so a
+    resumed run augments exactly as the uninterrupted run did.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int):
+        seed = (self.seed * 1_000_003 + int(key)) % (2**32)
+        np_state = np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                np.random.seed(seed)
+                return self.dataset[int(key) % len(self.dataset)]
+        finally:
+            np.random.set_state(np_state)
+
+
+class BadInputCounter:
+    """Counts skipped inputs and raises once their share passes ``max_fraction``."""
+
+    def __init__(self, what: str, max_fraction: float, key: str = "datamodule.max_bad_fraction"):
+        self.what, self.max_fraction, self.key = what, max_fraction, key
+        self.bad: list[tuple[str, str]] = []
+
+    def add(self, name: str, reason: str) -> None:
+        self.bad.append((name, reason))
+        log.warning("Skipping %s %s: %s", self.what, name, reason)
+
+    def check(self, total: int) -> None:
+        n = len(self.bad)
+        if total == 0:
+            return
+        if n / total > self.max_fraction:
+            examples = "; ".join(f"{name} ({why})" for name, why in self.bad[:3])
+            raise DataError(
+                f"{n} of {total} {self.what}s could not be read (more than {self.key}={self.max_fraction}), "
+                f"e.g. {examples}; fix or remove them, or raise {self.key}.")
+        if n:
+            log.warning("Skipped %d of %d %ss that could not be read.", n, total, self.what)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic train/validation split; at least one validation item when there are two or more."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g).tolist()
+    n_val = min(max(1 if n > 1 else 0, round(n * val_fraction)), max(n - 1, 0))
+    return perm[n_val:], perm[:n_val]
+
+
+class Subset(Dataset):
+    def __init__(self, base: Dataset, indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.base[self.indices[i]]
+
+
+class DiffusionDataModule(pl.LightningDataModule):
+    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup`` and set ``data_shape``."""
+
+    def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
+                 pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0, **_):
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_batch_size = val_batch_size or batch_size
+        self.pin_memory, self.persistent_workers, self.seed = pin_memory, persistent_workers, seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @property
+    def data_shape(self) -> list[int]:
+        raise NotImplementedError
+
+    def _rank_world(self) -> tuple[int, int]:
+        t = getattr(self, "trainer", None)
+        return (0, 1) if t is None else (t.global_rank, t.world_size)
+
+    def _loader_kwargs(self) -> dict:
+        workers = self.num_workers
+        return dict(num_workers=workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
+                    persistent_workers=self.persistent_workers and workers > 0)
+
+    def train_dataloader(self):
+        rank, world = self._rank_world()
+        t = getattr(self, "trainer", None)
+        accum = t.accumulate_grad_batches if t is not None else 1
+        step = t.global_step if t is not None else 0
+        # samples this rank consumed before the (possibly restored) global step
+        start = step * accum * self.batch_size
+        sampler = ResumableSampler(len(self.train_set), self.seed, rank, world, shuffle=True, start=start)
+        return DataLoader(ReproducibleItems(self.train_set, self.seed), batch_size=self.batch_size,
+                          sampler=sampler, drop_last=True,
+                          **self._loader_kwargs())
+
+    def val_dataloader(self):
+        if self.val_set is None or len(self.val_set) == 0:
+            return []
+        rank, world = self._rank_world()
+        indices = list(range(rank, len(self.val_set), world)) or [0]
+        return DataLoader(Subset(self.val_set, indices), batch_size=self.val_batch_size, shuffle=False,
+                          **self._loader_kwargs())

@@ -1,0 +1,165 @@
+"""Images: a folder of png/jpg (recursive) or the built-in synthetic shapes, scaled to [-1, 1]."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .base import BadInputCounter, DataError, DiffusionDataModule, Subset, split_indices
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def to_tensor(img: Image.Image, resolution: int, channels: int, flip: bool) -> torch.Tensor:
+    """Resize the shorter side to ``resolution``, centre-crop, optionally flip, scale to [-1, 1]."""
+    img = img.convert("RGB" if channels == 3 else "L")
+    w, h = img.size
+    scale = resolution / min(w, h)
+    img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
+                     Image.Resampling.BICUBIC)
+    w, h = img.size
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    img = img.crop((left, top, left + resolution, top + resolution))
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.flip(-1) if flip else t
+
+
+class ImageFolder(Dataset):
+    def __init__(self, files: list[Path], resolution: int, channels: int, random_flip: bool, seed: int = 0):
+        self.files, self.resolution, self.channels = files, resolution, channels
+        self.random_flip, self.seed = random_flip, seed
+        self._warned: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, i: int) -> torch.Tensor:
+        with Image.open(self.files[i]) as img:
+            flip = self.random_flip and bool(torch.randint(0, 2, (1,)).item())
+            return to_tensor(img, self.resolution, self.channels, flip)
+
+    def __getitem__(self, i: int) -> dict:
+        for k in range(len(self.files)):
+            j = (i + k) % len(self.files)
+            try:
+                return {"x": self._load(j)}
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                if j not in self._warned:
+                    self._warned.add(j)
+                    log.warning("Skipping unreadable image %s: %s", self.files[j], e)
+        raise DataError("No image in the dataset could be decoded.")
+
+
+class SyntheticShapes(Dataset):
+    """Built-in data: coloured circles, squares and triangles on smooth gradients, one image per index.
+
+    Deterministic per index and generated on the fly, so nothing is downloaded or stored.
+    """
+
+    def __init__(self, size: int, resolution: int, channels: int, seed: int = 0, random_flip: bool = False):
+        self.size, self.resolution, self.channels, self.seed = size, resolution, channels, seed
+        self.random_flip = random_flip
+        r = resolution
+        yy, xx = np.mgrid[0:r, 0:r].astype(np.float32) / max(r - 1, 1)
+        self.yy, self.xx = yy, xx
+
+    def __len__(self) -> int:
+        return self.size
+
+    def render(self, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, i])
+        c0, c1 = rng.uniform(-1, 1, (2, 3)).astype(np.float32) * 0.6
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * self.xx + np.sin(angle) * self.yy
+        ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
+        img = c0[:, None, None] * (1 - ramp) + c1[:, None, None] * ramp
+        for _ in range(rng.integers(1, 4)):
+            kind = rng.integers(0, 3)
+            cx, cy = rng.uniform(0.2, 0.8, 2)
+            s = rng.uniform(0.1, 0.3)
+            if kind == 0:
+                mask = (self.xx - cx) ** 2 + (self.yy - cy) ** 2 < s**2
+            elif kind == 1:
+                mask = (np.abs(self.xx - cx) < s) & (np.abs(self.yy - cy) < s)
+            else:
+                mask = (self.yy - cy > -s) & (np.abs(self.xx - cx) < (self.yy - cy + s) / 2)
+            colour = rng.uniform(-1, 1, 3).astype(np.float32)
+            img = np.where(mask[None], colour[:, None, None], img)
+        if self.channels == 1:
+            img = img.mean(0, keepdims=True)
+        return np.clip(img, -1, 1).astype(np.float32)
+
+    def __getitem__(self, i: int) -> dict:
+        x = torch.from_numpy(self.render(i))
+        if self.random_flip and bool(torch.randint(0, 2, (1,)).item()):
+            x = x.flip(-1)
+        return {"x": x}
+
+
+class ImageDataModule(DiffusionDataModule):
+    def __init__(self, path: str | None = None, resolution: int = 32, channels: int = 3, random_flip: bool = True,
+                 val_fraction: float = 0.05, max_bad_fraction: float = 0.01, builtin_size: int = 2048, **kw):
+        super().__init__(**kw)
+        if channels not in (1, 3):
+            raise DataError(f"datamodule.channels must be 1 or 3 for images, got {channels}.")
+        self.path, self.resolution, self.channels = path, resolution, channels
+        self.random_flip, self.val_fraction = random_flip, val_fraction
+        self.max_bad_fraction, self.builtin_size = max_bad_fraction, builtin_size
+
+    @property
+    def data_shape(self) -> list[int]:
+        return [self.channels, self.resolution, self.resolution]
+
+    def _scan(self, root: Path) -> list[Path]:
+        if not root.exists():
+            raise DataError(f"datamodule.path={root} does not exist; pass a folder of png/jpg images "
+                            "or leave datamodule.path unset to train on the built-in data.")
+        if not root.is_dir():
+            raise DataError(f"datamodule.path={root} is not a folder; pass a folder of png/jpg images.")
+        files = list_images(root)
+        if not files:
+            raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}; "
+                            "check datamodule.path.")
+        counter = BadInputCounter("image", self.max_bad_fraction)
+        good = []
+        for f in files:
+            try:
+                with Image.open(f) as img:  # header only: cheap, catches non-images and broken headers
+                    img.size  # noqa: B018
+                good.append(f)
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                counter.add(str(f), str(e) or type(e).__name__)
+        counter.check(len(files))
+        return good
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.path:
+            files = self._scan(Path(self.path).expanduser())
+            train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
+            self.train_set = ImageFolder([files[i] for i in train_idx], self.resolution, self.channels,
+                                         self.random_flip)
+            self.val_set = ImageFolder([files[i] for i in val_idx], self.resolution, self.channels, False)
+        else:
+            full = SyntheticShapes(self.builtin_size, self.resolution, self.channels, seed=self.seed)
+            train_idx, val_idx = split_indices(len(full), self.val_fraction, self.seed)
+            self.train_set = Subset(SyntheticShapes(self.builtin_size, self.resolution, self.channels,
+                                                    seed=self.seed, random_flip=self.random_flip), train_idx)
+            self.val_set = Subset(full, val_idx)

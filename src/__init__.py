@@ -1,0 +1,1 @@
+"""One diffusion training engine for images, audio waveforms and MRI volumes."""

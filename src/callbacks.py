@@ -1,0 +1,84 @@
+"""Training callbacks: EMA samples to disk and W&B, throughput, and the run config inside checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+
+from .media import build_media
+
+log = logging.getLogger(__name__)
+
+
+class SampleCallback(pl.Callback):
+    """Every ``every_n_steps`` optimizer steps (and at the end), draw EMA samples, save them, log them."""
+
+    def __init__(self, out_dir: str | Path, media: dict, every_n_steps: int = 1000, num: int = 16,
+                 sampler: str | None = None, steps: int | None = None, seed: int = 0, batch_size: int | None = None):
+        self.out_dir = Path(out_dir)
+        self.media = build_media(media)
+        self.every, self.num, self.sampler, self.steps = every_n_steps, num, sampler, steps
+        self.seed, self.batch_size = seed, batch_size
+        self._last_step = -1
+
+    def _draw(self, trainer: pl.Trainer, module) -> None:
+        step = trainer.global_step
+        if step == self._last_step or self.num <= 0:
+            return
+        self._last_step = step
+        # every rank samples (sharded weights need all ranks); only rank 0 writes
+        samples = module.sample(self.num, sampler=self.sampler, steps=self.steps, seed=self.seed,
+                                batch_size=self.batch_size)
+        if trainer.is_global_zero:
+            self.media.save(samples, self.out_dir, prefix=f"step{step:07d}")
+            media_log = getattr(self.media, "to_wandb", None)
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger) and media_log is not None:
+                    logger.log_metrics(media_log(samples, key="samples/ema"), step=step)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every > 0 and step > 0 and step % self.every == 0:
+            self._draw(trainer, module)
+
+    def on_train_end(self, trainer, module):
+        self._draw(trainer, module)
+
+
+class ThroughputCallback(pl.Callback):
+    """Logs training samples per second (all ranks together) over each logging window."""
+
+    def __init__(self, window: int = 10):
+        self.window = window
+        self._t0: float | None = None
+        self._samples = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        x = batch["x"] if isinstance(batch, dict) else batch[0]
+        self._samples += x.shape[0] * trainer.world_size
+        if (batch_idx + 1) % self.window == 0 and self._t0 is not None:
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - self._t0
+            module.log("perf/samples_per_sec", self._samples / max(dt, 1e-9), on_step=True, on_epoch=False,
+                       rank_zero_only=True)
+            self._t0, self._samples = time.perf_counter(), 0
+
+
+class RunConfigInCheckpoint(pl.Callback):
+    """Stores the resolved run config (plain containers) in every checkpoint, for sampling tools."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        checkpoint["run_config"] = self.config

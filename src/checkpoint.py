@@ -1,0 +1,67 @@
+"""Checkpoint I/O: atomic writes, and safe loading of a trained model for sampling and reconstruction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file in the same folder, then renames: a crash never leaves half a checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: the message says which file and what to do."""
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint without unpickling arbitrary code (``weights_only=True``)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} does not exist; pass the path of a .ckpt file from "
+                              "a run's checkpoints/ folder.")
+    if path.is_dir():
+        raise CheckpointError(f"Checkpoint {path} is a folder; pass a .ckpt file (a sharded checkpoint must "
+                              "first be consolidated into one file).")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"Could not read checkpoint {path} safely ({type(e).__name__}: {e}); "
+                              "is it a checkpoint written by src.train?") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint written by src.train (no state_dict/hyper_parameters).")
+    return ckpt
+
+
+def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the DiffusionModule from the checkpoint's own config (allow-listed builders) and load weights."""
+    from .module import DiffusionModule
+
+    ckpt = load_checkpoint(path)
+    hp = dict(ckpt["hyper_parameters"])
+    try:
+        module = DiffusionModule(**hp)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"Checkpoint {path} describes a model this version cannot build: {e}") from None
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"Checkpoint {path} does not match its own model config "
+                              f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. "
+                              f"{(missing or unexpected)[:3]}).")
+    module.eval().to(device)
+    return module, ckpt

@@ -1,0 +1,37 @@
+"""Config helpers: the run-id resolver and conversion of resolved configs to plain containers."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+RUN_ID_ENV = "DIFFUSION_RUN_ID"
+
+
+def run_id() -> str:
+    """SLURM job id (array-aware) when under SLURM, else a start timestamp fixed for this process tree.
+
+    The timestamp goes into the environment so that ranks launched as subprocesses agree on it.
+    """
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (f"_{task}" if task else "")
+    if RUN_ID_ENV not in os.environ:
+        os.environ[RUN_ID_ENV] = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return os.environ[RUN_ID_ENV]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+
+
+def to_plain(cfg: DictConfig | dict | None) -> dict:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)

@@ -1,0 +1,163 @@
+"""DiffusionModule: the one LightningModule for every domain.
+
+It knows a backbone (``backbone(x, noise_level, cond)``), an objective (noise process, parametrisation,
+loss weighting) and a sampler; it knows nothing about images, sound or anatomy. Batches are dicts with
+``x`` shaped ``(B, C, *spatial)`` and an optional ``cond``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from .backbones import build_backbone
+from .diffusion import build_objective, clipped, get_sampler
+from .ema import EMA
+
+_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant to decorrelate (seed, step, rank, micro-batch) streams
+
+
+def step_seed(*parts: int) -> int:
+    h = 0
+    for p in parts:
+        h = (h * _MIX + int(p) + 1) % (2**63 - 1)
+    return h
+
+
+def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, dict):
+        return batch["x"], batch.get("cond")
+    if isinstance(batch, (tuple, list)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class DiffusionModule(pl.LightningModule):
+    def __init__(self, backbone: dict, diffusion: dict, data_shape: list[int], optim: dict | None = None,
+                 ema: dict | None = None, seed: int = 0, val_buckets: int = 5):
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
+                          "min_lr_ratio": 0.1, "fused": None, **(optim or {})}
+        self.diffusion_cfg = dict(diffusion)
+        self.data_shape = list(data_shape)
+        self.seed = seed
+        self.val_buckets = val_buckets
+        self.objective = build_objective(diffusion)
+        self.backbone = build_backbone(backbone)
+        self.ema = EMA(self.backbone, **(ema or {}))
+
+    # ---- training ---------------------------------------------------------------------------------
+    def _generator(self, *parts: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(step_seed(self.seed, *parts))
+        return g
+
+    def _noise(self, x: torch.Tensor, g: torch.Generator):
+        u = torch.rand(x.shape[0], generator=g, device=x.device)
+        noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        return u, noise
+
+    def forward(self, x, noise_level, cond=None):
+        return self.backbone(x, noise_level, cond)
+
+    def training_step(self, batch, batch_idx):
+        x, cond = unpack(batch)
+        accum = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        # noise is a pure function of (seed, step, rank, micro-batch): resuming replays it exactly
+        g = self._generator(self.global_step, self.global_rank, batch_idx % accum)
+        u, noise = self._noise(x, g)
+        loss = self.objective.loss(self.backbone, x, u, noise, cond).mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # called once per optimizer step (after gradient accumulation), never per micro-batch
+        self.ema.update(self.backbone)
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            if hasattr(norm, "full_tensor"):
+                norm = norm.full_tensor()
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    # ---- validation: loss per noise-level bucket, on the EMA weights --------------------------------
+    def validation_step(self, batch, batch_idx):
+        x, cond = unpack(batch)
+        g = self._generator(10**6, batch_idx, self.global_rank)
+        losses = []
+        for k in range(self.val_buckets):
+            u_center = (k + 0.5) / self.val_buckets  # bucket k = k-th quantile band of the training density
+            _, noise = self._noise(x, g)
+            u = torch.full((x.shape[0],), u_center, device=x.device)
+            loss = self.objective.loss(self.ema.module, x, u, noise, cond).mean()
+            self.log(f"val/loss_bucket{k}", loss, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+            losses.append(loss)
+        self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=x.shape[0])
+
+    # ---- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        c = self.optim_cfg
+        kwargs: dict[str, Any] = dict(lr=c["lr"], weight_decay=c["weight_decay"], betas=tuple(c["betas"]))
+        if c.get("fused") is not None:
+            kwargs["fused"] = bool(c["fused"])
+        opt = torch.optim.AdamW([p for p in self.backbone.parameters() if p.requires_grad], **kwargs)
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10**9
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, int(c["warmup_steps"]), total, float(c["min_lr_ratio"])))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- sampling ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, num: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+               cond: torch.Tensor | None = None, use_ema: bool = True, batch_size: int | None = None,
+               **options) -> torch.Tensor:
+        """Draw ``num`` samples shaped ``(num, *data_shape)`` with the EMA weights by default."""
+        d = self.diffusion_cfg
+        sampler = sampler or d.get("sampler") or self.objective.default_sampler
+        steps = int(steps or d.get("steps", 32))
+        opts = {**(d.get("sampler_options") or {}), **options}
+        fn = get_sampler(sampler)
+        net = self.ema.module if use_ema else self.backbone
+        was_training = net.training
+        net.eval()
+        sigmas = self.objective.sampling_sigmas(steps)
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        out = []
+        bs = batch_size or num
+        for start in range(0, num, bs):
+            n = min(bs, num - start)
+            c = cond[start:start + n] if cond is not None else None
+            den = self.objective.denoiser(net, c)
+            if d.get("clip_denoised") is not None:
+                lo, hi = d["clip_denoised"]
+                den = clipped(den, lo, hi)
+            x = torch.randn((n, *self.data_shape), generator=g, device=self.device) * sigmas[0].item()
+            out.append(fn(den, x, sigmas, generator=g, **opts))
+        net.train(was_training)
+        return torch.cat(out)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.backbone.parameters())
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
