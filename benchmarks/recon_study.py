@@ -49,13 +49,12 @@ class Slices(Dataset):
         return {"x": x.flip(-1) if torch.rand(()) < 0.5 else x}
 
 
-def train(out: Path, size: int, steps: int, num_train: int, seed: int) -> Path:
+def train(out: Path, size: int, steps: int, num_train: int, seed: int, batch_size: int) -> Path:
     ckpt = out / "model.ckpt"
     if ckpt.exists():
         print(f"reusing {ckpt}")
         return ckpt
     pl.seed_everything(seed, verbose=False)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = phantom_volume(0, num_train, size, seed)
     diffusion = dict(family="ddpm", schedule="linear", num_timesteps=1000, prediction="eps", sampler="ddim",
                      steps=50, clip_denoised=[-1.0, 1.0])
@@ -69,7 +68,7 @@ def train(out: Path, size: int, steps: int, num_train: int, seed: int) -> Path:
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, callbacks=[RunConfigInCheckpoint(run_config)],
                          default_root_dir=str(out))
-    loader = DataLoader(Slices(data), batch_size=32, shuffle=True, drop_last=True, num_workers=0)
+    loader = DataLoader(Slices(data), batch_size=batch_size, shuffle=True, drop_last=True, num_workers=0)
     t0 = time.perf_counter()
     trainer.fit(module, loader)
     print(f"trained {steps} steps in {time.perf_counter() - t0:.0f} s, last loss "
@@ -82,7 +81,8 @@ def tune_cs(volume: np.ndarray, acceleration: float, center: float, seed: int) -
     meas = simulate_from_image(volume, "equispaced", acceleration, center, seed)
     scores = {lam: psnr(volume, compressed_sensing(meas, lam=lam, iters=300))
               for lam in (0.003, 0.01, 0.03, 0.1, 0.3)}
-    print(f"CS lambda search at {acceleration:g}x: " + ", ".join(f"{k:g}: {v:.2f} dB" for k, v in scores.items()))
+    print(f"CS lambda search at {acceleration:g}x: "
+          + ", ".join(f"{k:g}: {v:.2f} dB" for k, v in scores.items()))
     return max(scores, key=scores.get)
 
 
@@ -90,16 +90,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="outputs/recon_study")
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--train-steps", type=int, default=500)
     ap.add_argument("--num-train", type=int, default=2000)
     ap.add_argument("--test-slices", type=int, default=8)
     ap.add_argument("--steps", type=int, default=50, help="sampler steps")
     ap.add_argument("--num-samples", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (1 is fastest on a busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = train(out, args.size, args.train_steps, args.num_train, args.seed)
+    ckpt = train(out, args.size, args.train_steps, args.num_train, args.seed, args.batch_size)
 
     base = 10**6  # held-out indices, never seen in training
     val = phantom_volume(base, args.test_slices, args.size, args.seed)
@@ -123,8 +128,8 @@ def main() -> None:
     for key, summary in results.items():
         m = summary["metrics"]
         for name in ("zero_filled", "compressed_sensing", "reconstruction"):
-            print(f"| {key} ({summary['acceleration']:.2f}x measured) | {names[name]} | {m[name]['psnr']:.2f} | "
-                  f"{m[name]['ssim']:.4f} | {m[name]['nmse']:.4f} |")
+            print(f"| {key} ({summary['acceleration']:.2f}x measured) | {names[name]} | "
+                  f"{m[name]['psnr']:.2f} | {m[name]['ssim']:.4f} | {m[name]['nmse']:.4f} |")
 
 
 if __name__ == "__main__":

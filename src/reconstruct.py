@@ -48,23 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["diffusion", "cs", "zero-filled"], default="diffusion",
                    help="diffusion prior, total-variation compressed sensing, or zero-filled inverse FFT")
     sim = p.add_argument_group("retrospective undersampling (--simulate)")
-    sim.add_argument("--simulate", action="store_true", help="undersample the input retrospectively (NIfTI "
-                                                             "magnitude volume, or fully sampled .h5 k-space)")
+    sim.add_argument("--simulate", action="store_true",
+                     help="undersample the input retrospectively (NIfTI magnitude or fully sampled .h5)")
     sim.add_argument("--mask", choices=sorted(MASK_KINDS), default="equispaced")
     sim.add_argument("--acceleration", type=float, default=4.0)
     sim.add_argument("--center-fraction", type=float, default=0.08)
     sim.add_argument("--seed", type=int, default=0, help="seed of the random mask and of the sampler")
     out = p.add_argument_group("outputs")
-    out.add_argument("--reference", help="fully sampled reference (NIfTI with the output's axes, or fastMRI .h5 "
-                                         "with reconstruction_rss); writes OUT.metrics.json. With --simulate the "
-                                         "fully sampled input is the reference by default")
-    out.add_argument("--num-samples", type=int, default=1, help="posterior samples; >1 writes their mean and "
-                                                                "OUT.std.nii.gz (per-voxel standard deviation)")
+    out.add_argument("--reference",
+                     help="fully sampled reference (NIfTI with the output's axes, or fastMRI .h5 with "
+                          "reconstruction_rss); writes OUT.metrics.json. With --simulate the fully sampled "
+                          "input is the reference by default")
+    out.add_argument("--num-samples", type=int, default=1,
+                     help="posterior samples; >1 writes their mean and OUT.std.nii.gz (per-voxel std)")
     out.add_argument("--compare-cs", action="store_true", help="also run compressed sensing: OUT.cs.nii.gz "
                                                                "and its metrics")
     out.add_argument("--save-zero-filled", action="store_true", help="also write OUT.zero_filled.nii.gz")
     samp = p.add_argument_group("diffusion sampler")
-    samp.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's diffusion.steps)")
+    samp.add_argument("--steps", type=int, default=None,
+                      help="sampler steps (default: the model's diffusion.steps)")
     samp.add_argument("--eta", type=float, default=0.85, help="DDIM noise (0 = deterministic)")
     samp.add_argument("--cg-iters", type=int, default=5, help="conjugate-gradient iterations per data step "
                                                               "(multi-coil)")
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def center_crop(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """fastMRI's centre crop of the last two axes (how its evaluation matches 640x368 data to 320x320 targets)."""
+    """fastMRI's centre crop of the last two axes (how it compares 640x368 data with 320x320 targets)."""
     h, w = volume.shape[-2:]
     top, left = (h - shape[0]) // 2, (w - shape[1]) // 2
     return volume[..., top:top + shape[0], left:left + shape[1]]
@@ -117,12 +119,13 @@ def load_input(args):
 def check_paths(args) -> Path:
     stem = output_stem(args.output)
     out = Path(args.output).expanduser().resolve()
-    for what, other in (("--input", args.input), ("--reference", args.reference), ("--checkpoint", args.checkpoint)):
+    inputs = (("--input", args.input), ("--reference", args.reference), ("--checkpoint", args.checkpoint))
+    for what, other in inputs:
         if other and Path(other).expanduser().resolve() == out:
-            raise DataError(f"--output {out} is the same file as {what}; inputs are never overwritten, choose "
-                            "another output name.")
+            raise DataError(f"--output {out} is the same file as {what}; inputs are never overwritten, "
+                            "choose another output name.")
     if args.method == "diffusion" and not args.checkpoint:
-        raise DataError("--checkpoint is required for --method diffusion (or choose --method cs / zero-filled).")
+        raise DataError("--checkpoint is required for --method diffusion (or use --method cs / zero-filled).")
     return stem
 
 
@@ -144,7 +147,8 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     std = None
     if args.method == "diffusion":
-        result = reconstructor.run(meas, num_samples=args.num_samples, seed=args.seed, progress=not args.quiet)
+        result = reconstructor.run(meas, num_samples=args.num_samples, seed=args.seed,
+                                   progress=not args.quiet)
         image, std, zf = result.image, result.std, result.zero_filled
     elif args.method == "cs":
         image, zf = compressed_sensing(meas, lam=args.cs_lambda, iters=args.cs_iters), zero_filled(meas)
@@ -175,9 +179,10 @@ def run(args) -> dict:
         summary["metrics"] = metrics_against(reference, image, zf, cs_image, args)
         written.append(write_json(summary, f"{stem}.metrics.json"))
     n = meas.num_slices
-    print(f"reconstructed {n} slice{'s' * (n != 1)} ({meas.shape[0]}x{meas.shape[1]}, "
-          f"{summary['coils']} coil{'s' * (summary['coils'] != 1)}, {summary['acceleration']:.1f}x undersampled) "
-          f"with {args.method} in {seconds:.1f} s ({seconds / n:.2f} s per slice)")
+    coils = summary["coils"]
+    print(f"reconstructed {n} slice{'s' * (n != 1)} ({meas.shape[0]}x{meas.shape[1]}, {coils} "
+          f"coil{'s' * (coils != 1)}, {summary['acceleration']:.1f}x undersampled) with {args.method} in "
+          f"{seconds:.1f} s ({seconds / n:.2f} s per slice)")
     if "metrics" in summary:
         for key, m in summary["metrics"].items():
             if isinstance(m, dict):
@@ -190,13 +195,14 @@ def run(args) -> dict:
 def metrics_against(reference: np.ndarray, image, zf, cs_image, args) -> dict:
     ref = np.asarray(reference, dtype=np.float32)
     if ref.shape[0] != image.shape[0]:
-        raise DataError(f"The reference has {ref.shape[0]} slices but the reconstruction has {image.shape[0]}; "
-                        "pass the reference of the same scan.")
+        raise DataError(f"The reference has {ref.shape[0]} slices but the reconstruction has "
+                        f"{image.shape[0]}; pass the reference of the same scan.")
     crop = None
     if ref.shape[-2:] != image.shape[-2:]:
         if ref.shape[-2] > image.shape[-2] or ref.shape[-1] > image.shape[-1]:
             raise DataError(f"The reference slices are {ref.shape[-2]}x{ref.shape[-1]}, larger than the "
-                            f"reconstruction's {image.shape[-2]}x{image.shape[-1]}; pass the reference of the same scan.")
+                            f"reconstruction's {image.shape[-2]}x{image.shape[-1]}; pass the reference of "
+                            "the same scan.")
         crop = ref.shape[-2:]
     prep = (lambda v: center_crop(v, crop)) if crop else (lambda v: v)
     out = {"reference": str(args.reference or args.input), "data_range": float(ref.max()),

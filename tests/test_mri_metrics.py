@@ -49,7 +49,8 @@ def test_metrics_of_a_perfect_and_a_worse_reconstruction(volumes):
     perfect = all_metrics(ref, ref)
     assert perfect["ssim"] == pytest.approx(1.0) and perfect["nmse"] == 0 and perfect["psnr"] == math.inf
     worse = ref + 3 * (x - ref)
-    assert psnr(ref, worse) < psnr(ref, x) and ssim(ref, worse) < ssim(ref, x) and nmse(ref, worse) > nmse(ref, x)
+    assert psnr(ref, worse) < psnr(ref, x) and ssim(ref, worse) < ssim(ref, x)
+    assert nmse(ref, worse) > nmse(ref, x)
 
 
 def test_metrics_reject_non_volumes():

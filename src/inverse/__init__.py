@@ -1,4 +1,4 @@
-"""Inverse problems with a diffusion prior, over any linear measurement operator (no domain knowledge here)."""
+"""Inverse problems with a diffusion prior over any linear measurement operator (no domain knowledge here)."""
 
 from .operators import Downsampling, Inpainting, LinearOperator, conjugate_gradient
 from .sampler import projection_step, sample_posterior

@@ -19,7 +19,8 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def conjugate_gradient(apply, rhs: torch.Tensor, x: torch.Tensor, iters: int, tol: float = 1e-10) -> torch.Tensor:
+def conjugate_gradient(apply, rhs: torch.Tensor, x: torch.Tensor, iters: int,
+                       tol: float = 1e-10) -> torch.Tensor:
     """Solve ``apply(x) = rhs`` (Hermitian positive semi-definite) by CG from ``x``, per batch item.
 
     No library offers batched CG over a matrix-free complex operator in torch, hence these few lines.

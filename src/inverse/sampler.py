@@ -23,7 +23,7 @@ DataStep = Callable[[torch.Tensor, int], torch.Tensor]
 
 def sample_posterior(denoiser, x: torch.Tensor, sigmas: torch.Tensor, data_step: DataStep, eta: float = 0.85,
                      generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
-    """Run from noise ``x`` (scaled by ``sigmas[0]``) down the sigma grid; returns the final consistent ``x0``.
+    """Run from noise ``x`` (scaled by ``sigmas[0]``) down the sigma grid; return the last consistent ``x0``.
 
     ``denoiser(x, sigma)`` is ``D`` in the variance-exploding view ``x = x0 + sigma * eps`` and
     ``data_step(x0, i)`` returns the data-consistent estimate in the same (model) space.
@@ -50,7 +50,7 @@ def sample_posterior(denoiser, x: torch.Tensor, sigmas: torch.Tensor, data_step:
 def projection_step(operator: LinearOperator, y: torch.Tensor, iters: int = 5,
                     to_image: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     to_model: Callable[[torch.Tensor], torch.Tensor] | None = None) -> DataStep:
-    """The data step for ``sample_posterior``: map to the operator's image space, enforce ``A x = y``, map back."""
+    """The data step of ``sample_posterior``: to the operator's image space, enforce ``A x = y``, map back."""
     to_image = to_image or (lambda t: t)
     to_model = to_model or (lambda t: t)
 

@@ -38,18 +38,19 @@ def _existing(path: str | Path, what: str) -> Path:
     if not p.exists():
         raise DataError(f"{what} {p} does not exist; check the path.")
     if p.is_dir():
-        raise DataError(f"{what} {p} is a folder; pass one file (a .h5 k-space file or a .nii/.nii.gz volume).")
+        raise DataError(f"{what} {p} is a folder; pass one file (.h5 k-space or a .nii/.nii.gz volume).")
     return p
 
 
 def display_affine(voxel_mm: tuple[float, float, float]) -> np.ndarray:
-    """Affine for ``(H, W, slices)`` arrays: column index to the right, row index downwards (as fastMRI displays
-    images), slice index upwards. HDF5 k-space carries no patient position, so the origin is 0."""
+    """Affine for ``(H, W, slices)`` arrays: column index to the right, row index downwards (as fastMRI
+    displays images), slice index upwards. HDF5 k-space carries no patient position, so the origin is 0."""
     dh, dw, dz = voxel_mm
     return np.array([[0, dw, 0, 0], [-dh, 0, 0, 0], [0, 0, dz, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
-def voxel_size_from_ismrmrd(header: bytes | str | None, h: int, w: int) -> tuple[tuple[float, float, float], str]:
+def voxel_size_from_ismrmrd(header: bytes | str | None, h: int,
+                            w: int) -> tuple[tuple[float, float, float], str]:
     """Voxel size (mm) from the ISMRMRD header stored by fastMRI: encoded field of view over matrix size."""
     if header is None:
         return (1.0, 1.0, 1.0), "no ismrmrd_header in the file: voxel size unknown, 1 mm assumed"
@@ -68,7 +69,8 @@ def voxel_size_from_ismrmrd(header: bytes | str | None, h: int, w: int) -> tuple
         fov = values(["encoding", "encodedSpace", "fieldOfView_mm"])
         mat = values(["encoding", "encodedSpace", "matrixSize"])
         dz = fov["z"] / max(mat.get("z", 1.0), 1.0)
-        return (fov["x"] / mat.get("x", h), fov["y"] / mat.get("y", w), dz), "voxel size from the ISMRMRD header (encoded field of view)"
+        voxel = (fov["x"] / mat.get("x", h), fov["y"] / mat.get("y", w), dz)
+        return voxel, "voxel size from the ISMRMRD header (encoded field of view)"
     except (ET.ParseError, StopIteration, KeyError, ValueError, TypeError):
         return (1.0, 1.0, 1.0), "unreadable ismrmrd_header: voxel size unknown, 1 mm assumed"
 
@@ -78,24 +80,26 @@ def read_kspace_h5(path: str | Path) -> KspaceScan:
 
     p = _existing(path, "Input")
     if not h5py.is_hdf5(p):
-        raise DataError(f"Input {p} is not an HDF5 file; pass a fastMRI-style .h5 file with a 'kspace' dataset, "
-                        "or a NIfTI magnitude volume with --simulate.")
+        raise DataError(f"Input {p} is not an HDF5 file; pass a fastMRI-style .h5 file with a 'kspace' "
+                        "dataset, or a NIfTI magnitude volume with --simulate.")
     with h5py.File(p, "r") as f:  # read-only: the input is never modified
         if "kspace" not in f:
-            raise DataError(f"Input {p} has no 'kspace' dataset (it has: {', '.join(sorted(f.keys())) or 'nothing'}); "
-                            "the raw k-space must be stored under the key 'kspace', as in fastMRI files.")
+            keys = ", ".join(sorted(f.keys())) or "nothing"
+            raise DataError(f"Input {p} has no 'kspace' dataset (it has: {keys}); the raw k-space must be "
+                            "stored under the key 'kspace', as in fastMRI files.")
         ds = f["kspace"]
         if ds.dtype.kind != "c":
-            hint = (" If the last axis holds (real, imaginary), store kspace[..., 0] + 1j * kspace[..., 1] instead."
-                    if ds.shape and ds.shape[-1] == 2 else "")
-            raise DataError(f"'kspace' in {p} is real-valued ({ds.dtype}); k-space must be complex (e.g. complex64) "
-                            f"as acquired by the scanner.{hint} For a magnitude image use a NIfTI file with --simulate.")
+            hint = (" If the last axis holds (real, imaginary), store kspace[..., 0] + 1j * kspace[..., 1]"
+                    " instead." if ds.shape and ds.shape[-1] == 2 else "")
+            raise DataError(f"'kspace' in {p} is real-valued ({ds.dtype}); k-space must be complex (e.g. "
+                            f"complex64) as acquired by the scanner.{hint} For a magnitude image use a NIfTI "
+                            "file with --simulate.")
         kspace = np.asarray(ds[()])
         mask = np.asarray(f["mask"][()]) if "mask" in f else None
         header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
     if kspace.ndim not in (2, 3, 4):
-        raise DataError(f"'kspace' in {p} has shape {kspace.shape}; expected (slices, H, W) for single-coil or "
-                        "(slices, coils, H, W) for multi-coil data.")
+        raise DataError(f"'kspace' in {p} has shape {kspace.shape}; expected (slices, H, W) for single-coil "
+                        "or (slices, coils, H, W) for multi-coil data.")
     if kspace.ndim == 2:
         kspace = kspace[None]
     voxel, note = voxel_size_from_ismrmrd(header, kspace.shape[-2], kspace.shape[-1])
@@ -118,14 +122,14 @@ def read_nifti(path: str | Path, what: str = "Input") -> tuple[np.ndarray, np.nd
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
-        raise DataError(f"{what} {p} has shape {arr.shape}; expected a 3D magnitude volume (or one 2D slice).")
+        raise DataError(f"{what} {p} has shape {arr.shape}; expected a 3D magnitude volume or a 2D slice.")
     if not np.isfinite(arr).all():
         raise DataError(f"{what} {p} contains NaN or infinite values; fix the file first.")
     return np.ascontiguousarray(arr.transpose(2, 0, 1)), img.affine, img.header
 
 
 def read_reference(path: str | Path) -> np.ndarray:
-    """A reference volume ``(slices, H, W)``: NIfTI (same axes as the output) or fastMRI HDF5 (target keys)."""
+    """Reference volume ``(slices, H, W)``: NIfTI (same axes as the output) or fastMRI HDF5 (target keys)."""
     p = _existing(path, "Reference")
     if is_nifti(p):
         return read_nifti(p, what="Reference")[0]
@@ -136,8 +140,8 @@ def read_reference(path: str | Path) -> np.ndarray:
     with h5py.File(p, "r") as f:
         key = next((k for k in REFERENCE_KEYS if k in f), None)
         if key is None:
-            raise DataError(f"Reference {p} has none of the keys {', '.join(REFERENCE_KEYS)}; store the fully "
-                            "sampled image under 'reconstruction_rss' (fastMRI) or pass a NIfTI file.")
+            raise DataError(f"Reference {p} has none of the keys {', '.join(REFERENCE_KEYS)}; store the "
+                            "fully sampled image under 'reconstruction_rss' (fastMRI) or pass a NIfTI file.")
         ref = np.abs(np.asarray(f[key][()])).astype(np.float32)
     return ref[None] if ref.ndim == 2 else ref
 

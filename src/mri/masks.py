@@ -15,7 +15,7 @@ MASK_KINDS = {"random": RandomKspaceMask, "equispaced": EquispacedKspaceMask}
 
 def undersampling_mask(kind: str, num_cols: int, acceleration: float, center_fraction: float,
                        seed: int | None = 0) -> torch.Tensor:
-    """Boolean mask of ``num_cols`` columns with a fully sampled centre of ``round(num_cols * center_fraction)``."""
+    """Boolean mask of ``num_cols`` columns; the central ``round(num_cols * center_fraction)`` are sampled."""
     if kind not in MASK_KINDS:
         raise ValueError(f"Unknown mask '{kind}'; choose one of {', '.join(MASK_KINDS)}.")
     if acceleration < 1:
@@ -24,8 +24,9 @@ def undersampling_mask(kind: str, num_cols: int, acceleration: float, center_fra
         raise ValueError(f"--center-fraction must be between 0 and 1, got {center_fraction}.")
     num_low = int(round(num_cols * center_fraction))
     if num_low * acceleration >= num_cols:
-        raise ValueError(f"--center-fraction {center_fraction} already samples at least 1/{acceleration:g} of the "
-                         f"{num_cols} columns; use a smaller centre fraction or a lower acceleration.")
+        raise ValueError(f"--center-fraction {center_fraction} already samples at least "
+                         f"1/{acceleration:g} of the {num_cols} columns; use a smaller centre fraction or a "
+                         "lower acceleration.")
     transform = MASK_KINDS[kind](center_fractions=[center_fraction], accelerations=[acceleration],
                                  spatial_dims=1, is_complex=False)
     transform.set_random_state(seed=seed)
@@ -48,6 +49,6 @@ def center_region(mask_1d: torch.Tensor) -> tuple[int, int]:
 
 
 def columns_from_kspace(kspace: torch.Tensor) -> torch.Tensor:
-    """Infer the sampled columns of zero-filled k-space ``(..., H, W)``: a column is sampled if any entry is non-zero."""
+    """Sampled columns of zero-filled k-space ``(..., H, W)``: those with any non-zero entry."""
     k = kspace.abs().reshape(-1, kspace.shape[-2], kspace.shape[-1])
     return (k > 0).any(dim=0).any(dim=0)

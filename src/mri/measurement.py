@@ -21,7 +21,7 @@ from .operators import MultiCoilMRI, SingleCoilMRI, estimate_sensitivities
 
 @dataclass
 class Measurement:
-    kspace: torch.Tensor   # (S, H, W) single-coil or (S, C, H, W) multi-coil, complex64, zero where not sampled
+    kspace: torch.Tensor   # (S, H, W) single-coil or (S, C, H, W) multi-coil, complex64, 0 where not sampled
     mask: torch.Tensor     # (S or 1, H or 1, W) bool
 
     @property
@@ -64,11 +64,11 @@ def as_measurement(kspace, mask=None, source: str = "k-space") -> Measurement:
     if k.ndim == 2:
         k = k[None]
     if k.ndim not in (3, 4):
-        raise ValueError(f"{source} has shape {tuple(k.shape)}; expected (H, W), (slices, H, W) single-coil or "
-                         "(slices, coils, H, W) multi-coil.")
+        raise ValueError(f"{source} has shape {tuple(k.shape)}; expected (H, W), (slices, H, W) single-coil "
+                         "or (slices, coils, H, W) multi-coil.")
     k = k.to(torch.complex64)
     if not torch.isfinite(torch.view_as_real(k)).all():
-        raise ValueError(f"{source} contains NaN or infinite values; the file is damaged or was written wrongly.")
+        raise ValueError(f"{source} contains NaN or infinite values; the file is damaged or wrongly written.")
     s, h, w = k.shape[0], k.shape[-2], k.shape[-1]
     if mask is None:
         m = columns_from_kspace(k).reshape(1, 1, w)
@@ -87,7 +87,7 @@ def as_measurement(kspace, mask=None, source: str = "k-space") -> Measurement:
                              f"column, the last k-space axis), or shape ({h}, {w}) or ({s}, {h}, {w}).")
         m = m != 0
     if not bool(m.any()):
-        raise ValueError(f"The mask of {source} samples nothing; check the mask (non-zero entries = sampled).")
+        raise ValueError(f"The mask of {source} samples nothing; check it (non-zero entries = sampled).")
     km = k * (m.unsqueeze(1) if k.ndim == 4 else m)
     return Measurement(kspace=km, mask=m)
 

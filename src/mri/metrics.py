@@ -20,7 +20,7 @@ def _volume(x) -> torch.Tensor:
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:
-        raise ValueError(f"Metrics need a volume (slices, H, W) or one slice (H, W), got shape {tuple(t.shape)}.")
+        raise ValueError(f"Metrics need a volume (slices, H, W) or a slice (H, W), got {tuple(t.shape)}.")
     return t
 
 
@@ -36,7 +36,8 @@ def psnr(ref, x, data_range: float | None = None) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
-def ssim(ref, x, data_range: float | None = None, win_size: int = 7, k1: float = 0.01, k2: float = 0.03) -> float:
+def ssim(ref, x, data_range: float | None = None, win_size: int = 7, k1: float = 0.01,
+         k2: float = 0.03) -> float:
     r, x = _volume(ref), _volume(x)
     peak = float(r.max()) if data_range is None else data_range
     r, x = r[:, None], x[:, None]

@@ -1,4 +1,4 @@
-"""Cartesian MRI forward models ``y = M F (S x)`` as ``LinearOperator``s, and coil sensitivities from the centre.
+"""Cartesian MRI forward models ``y = M F (S x)`` as ``LinearOperator``s; coil sensitivities from the centre.
 
 Shapes: images ``(B, H, W)`` complex; single-coil k-space ``(B, H, W)``; multi-coil k-space ``(B, C, H, W)``;
 masks broadcast to the k-space (``(B or 1, [1,] H or 1, W)``). The FFT is orthonormal, so the single-coil
@@ -64,11 +64,13 @@ def estimate_sensitivities(kspace: torch.Tensor, mask_1d: torch.Tensor, min_line
     """
     lo, hi = center_region(mask_1d)
     if hi - lo < min_lines:
-        raise ValueError(f"Multi-coil reconstruction estimates coil sensitivities from the fully sampled k-space "
-                         f"centre, but only {hi - lo} centre columns are sampled (at least {min_lines} needed); "
-                         "use data with a larger fully sampled centre (e.g. --center-fraction 0.08).")
+        raise ValueError(f"Multi-coil reconstruction estimates coil sensitivities from the fully sampled "
+                         f"k-space centre, but only {hi - lo} centre columns are sampled (at least "
+                         f"{min_lines} needed); use data with a larger fully sampled centre (e.g. "
+                         "--center-fraction 0.08).")
     window = torch.zeros(kspace.shape[-1], dtype=kspace.real.dtype, device=kspace.device)
-    window[lo:hi] = torch.hann_window(hi - lo + 2, periodic=False, dtype=window.dtype, device=kspace.device)[1:-1]
+    hann = torch.hann_window(hi - lo + 2, periodic=False, dtype=window.dtype, device=kspace.device)
+    window[lo:hi] = hann[1:-1]
     low = ifft2c(kspace * window)
     norm = rss(low, coil_dim=1).unsqueeze(1)
     return low / norm.clamp_min(1e-6 * float(norm.max().clamp_min(1e-30)))

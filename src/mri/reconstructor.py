@@ -75,17 +75,18 @@ def check_model(module, run_config: dict | None, name: str) -> None:
     """A slice model of the MRI domain, or a CheckpointError saying what kind of model this is instead."""
     domain = (run_config.get("domain") or {}).get("name") if run_config is not None else "mri"
     if domain != "mri":  # run_config None: a module handed over in Python, trusted to be an MRI model
-        raise CheckpointError(f"Checkpoint {name} is a model of the '{domain}' domain, not MRI; reconstruction "
-                              "needs a checkpoint trained with `python -m src.train domain=mri datamodule.mode=slice`.")
+        raise CheckpointError(f"Checkpoint {name} is a model of the '{domain}' domain, not MRI; "
+                              "reconstruction needs a checkpoint trained with `python -m src.train "
+                              "domain=mri datamodule.mode=slice`.")
     shape = list(module.data_shape)
     if len(shape) != 3:
         mode = ((run_config or {}).get("datamodule") or {}).get("mode", "volume")
-        raise CheckpointError(f"Checkpoint {name} is a {len(shape) - 1}D model (data shape {shape}, mode {mode}); "
-                              "reconstruction works slice by slice and needs a 2D slice model: train one with "
-                              "domain=mri datamodule.mode=slice.")
+        raise CheckpointError(f"Checkpoint {name} is a {len(shape) - 1}D model (data shape {shape}, mode "
+                              f"{mode}); reconstruction works slice by slice and needs a 2D slice model: "
+                              "train one with domain=mri datamodule.mode=slice.")
     if shape[0] not in (1, 2):
-        raise CheckpointError(f"Checkpoint {name} models {shape[0]}-channel slices; reconstruction needs 1 channel "
-                              "(magnitude) or 2 channels (real, imaginary).")
+        raise CheckpointError(f"Checkpoint {name} models {shape[0]}-channel slices; reconstruction needs 1 "
+                              "channel (magnitude) or 2 channels (real, imaginary).")
 
 
 def downsampling_factor(module) -> int:
@@ -103,8 +104,8 @@ class Reconstructor:
 
     def __init__(self, module, run_config: dict | None = None, device: str | torch.device = "cpu",
                  steps: int | None = None, eta: float = 0.85, cg_iters: int = 5, batch_size: int = 8,
-                 use_ema: bool = True, allow_resolution_mismatch: bool = False, intensity_quantile: float = 0.995,
-                 name: str = "model"):
+                 use_ema: bool = True, allow_resolution_mismatch: bool = False,
+                 intensity_quantile: float = 0.995, name: str = "model"):
         check_model(module, run_config, name)
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
@@ -133,7 +134,8 @@ class Reconstructor:
         image = self.run(kspace, mask, num_samples=num_samples, seed=seed).image
         return image[0] if len(kspace.shape) == 2 and not isinstance(kspace, Measurement) else image
 
-    def run(self, kspace, mask=None, num_samples: int = 1, seed: int = 0, progress: bool = False) -> Reconstruction:
+    def run(self, kspace, mask=None, num_samples: int = 1, seed: int = 0,
+            progress: bool = False) -> Reconstruction:
         meas = kspace if isinstance(kspace, Measurement) else as_measurement(kspace, mask)
         self.check_resolution(meas.shape)
         if num_samples < 1:
@@ -160,17 +162,17 @@ class Reconstructor:
         if bar is not None:
             bar.close()
         std = mags.std(axis=0, ddof=1) if num_samples > 1 else None
-        return Reconstruction(image=mags.mean(axis=0), std=std, complex_image=first, zero_filled=zf, scale=scale,
-                              seconds=time.perf_counter() - t0)
+        return Reconstruction(image=mags.mean(axis=0), std=std, complex_image=first, zero_filled=zf,
+                              scale=scale, seconds=time.perf_counter() - t0)
 
     def check_resolution(self, shape: tuple[int, int]) -> None:
         trained = tuple(int(v) for v in self.module.data_shape[1:])
         if tuple(shape) != trained and not self.allow_resolution_mismatch:
             raise ValueError(
                 f"The model was trained on {trained[0]}x{trained[1]} slices but the k-space slices are "
-                f"{shape[0]}x{shape[1]}; use a model trained at this size, or pass --allow-resolution-mismatch "
-                "(Python: allow_resolution_mismatch=True) to run the convolutional network at this size anyway "
-                "(its quality at other sizes is not validated).")
+                f"{shape[0]}x{shape[1]}; use a model trained at this size, or pass "
+                "--allow-resolution-mismatch (Python: allow_resolution_mismatch=True) to run the "
+                "convolutional network at this size anyway (its quality at other sizes is not validated).")
 
     # ---- internals ------------------------------------------------------------------------------------
     def _denoiser(self):
