@@ -5,8 +5,9 @@ a scale ``s = robust_max`` (99.5th percentile of its magnitude by default); a 1-
 sees ``2 |x| / s - 1``, a 2-channel (real, imaginary) model sees ``(Re x, Im x) / s``. Results are mapped
 back by the same ``s``, so the output is in the units of the zero-filled image.
 
-A magnitude model cannot represent phase, so the phase comes from the data: it starts as the phase of the
-zero-filled image and, after every data-consistency step, is taken from the data-consistent estimate.
+A magnitude model cannot represent phase, so the phase comes from the data: that of the low-resolution
+image of the fully sampled k-space centre (smooth, free of aliasing), kept fixed during sampling. The
+final image is the data-consistent complex estimate of the last step, so the measured samples are exact.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from src.checkpoint import CheckpointError, module_from_checkpoint
-from src.inverse.sampler import projection_step, sample_posterior
+from src.inverse.sampler import sample_posterior
 
+from .masks import center_region
 from .measurement import Measurement, as_measurement, robust_max, zero_filled
 
 
@@ -35,7 +37,12 @@ class Reconstruction:
 
 
 class MagnitudeAdapter:
-    """Model space ``(B, 1, H, W)`` magnitude in [-1, 1] <-> complex image, carrying the phase along."""
+    """Model space ``(B, 1, H, W)`` magnitude in [-1, 1] <-> complex image with a fixed, smooth phase.
+
+    The phase is that of the low-resolution image of the fully sampled centre and stays fixed, so the
+    model's magnitude is tied to the data through a linear map (letting the phase follow the iterates
+    lets it absorb the missing data and the magnitude drift away from it).
+    """
 
     def __init__(self, scale: float, init: torch.Tensor):
         self.scale = scale
@@ -45,8 +52,7 @@ class MagnitudeAdapter:
         return ((x[:, 0] + 1) / 2).clamp_min(0) * self.scale * self.phase
 
     def to_model(self, c: torch.Tensor) -> torch.Tensor:
-        mag = c.abs()
-        self.phase = torch.where(mag > 0, c / mag.clamp_min(1e-30), self.phase)
+        mag = (c * self.phase.conj()).real.clamp_min(0)  # the component along the phase
         return (2 * mag / self.scale - 1)[:, None]
 
 
@@ -61,6 +67,17 @@ class ComplexAdapter:
 
     def to_model(self, c: torch.Tensor) -> torch.Tensor:
         return torch.stack([c.real, c.imag], dim=1) / self.scale
+
+
+def calibration_window(mask: torch.Tensor) -> torch.Tensor:
+    """Hann window over the fully sampled centre columns (all sampled columns when there is no centre)."""
+    columns = mask.all(dim=-2).reshape(-1, mask.shape[-1]).all(dim=0)
+    lo, hi = center_region(columns)
+    if hi - lo < 2:
+        return mask.float()
+    window = torch.zeros(mask.shape[-1], device=mask.device)
+    window[lo:hi] = torch.hann_window(hi - lo + 2, periodic=False, device=mask.device)[1:-1]
+    return window
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -195,14 +212,20 @@ class Reconstructor:
 
     @torch.no_grad()
     def _sample(self, op, y, scale: float, generator: torch.Generator) -> torch.Tensor:
-        init = op.adjoint(y)
+        init = op.adjoint(y * calibration_window(op.mask))
         adapter = (MagnitudeAdapter if self.channels == 1 else ComplexAdapter)(scale, init)
-        step = projection_step(op, y, self.cg_iters, adapter.to_image, adapter.to_model)
+        last: dict[str, torch.Tensor] = {}
+
+        def step(x0: torch.Tensor, i: int) -> torch.Tensor:
+            # keep the complex data-consistent estimate: the model space may not hold all of it (phase)
+            last["image"] = op.data_consistency(adapter.to_image(x0), y, self.cg_iters)
+            return adapter.to_model(last["image"])
+
         sigmas = self.module.objective.sampling_sigmas(self.steps)
         x = torch.randn((y.shape[0], self.channels, *y.shape[-2:]), generator=generator, device=self.device)
-        x0 = sample_posterior(self._denoiser(), x * sigmas[0].item(), sigmas, step, eta=self.eta,
-                              generator=generator)
-        return adapter.to_image(x0)
+        sample_posterior(self._denoiser(), x * sigmas[0].item(), sigmas, step, eta=self.eta,
+                         generator=generator)
+        return last["image"]
 
 
 def _progress(total: int, enabled: bool, num_samples: int):
