@@ -86,6 +86,27 @@ def tune_cs(volume: np.ndarray, acceleration: float, center: float, seed: int) -
     return max(scores, key=scores.get)
 
 
+def save_figure(out: Path, test: np.ndarray, slice_index: int = 0) -> Path:
+    """One slice per row block: reference, zero-filled, CS, diffusion mean, 4 x std (per acceleration)."""
+    import nibabel as nib
+    from PIL import Image
+
+    def load(name):
+        return np.asarray(nib.load(out / name).dataobj).transpose(2, 0, 1)[slice_index]
+
+    rows = []
+    for acc, _ in SETTINGS:
+        stem = f"recon_{acc}x"
+        tiles = [test[slice_index], load(f"{stem}.zero_filled.nii.gz"), load(f"{stem}.cs.nii.gz"),
+                 load(f"{stem}.nii.gz"), 4 * load(f"{stem}.std.nii.gz")]
+        rows.append(np.concatenate(tiles, axis=1))
+    grid = np.clip(np.concatenate(rows, axis=0), 0, 1)
+    img = Image.fromarray((grid * 255).astype(np.uint8))
+    path = out / "figure.png"
+    img.resize((img.width * 3, img.height * 3), Image.Resampling.NEAREST).save(path)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="outputs/recon_study")
@@ -122,6 +143,7 @@ def main() -> None:
         summary["cs_lambda"] = lam
         results[f"{acc}x"] = summary
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    save_figure(out, test)
     print("\n| acceleration | method | PSNR (dB) | SSIM | NMSE |\n| --- | --- | --- | --- | --- |")
     names = {"zero_filled": "zero-filled", "compressed_sensing": "compressed sensing (TV)",
              "reconstruction": f"diffusion prior (mean of {args.num_samples})"}
