@@ -12,7 +12,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from .backbones import build_backbone
 from .diffusion import build_objective, clipped, get_sampler
@@ -157,7 +156,3 @@ class DiffusionModule(pl.LightningModule):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

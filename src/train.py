@@ -60,18 +60,20 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
     return None
 
 
-def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback]:
+def build_callbacks(cfg: DictConfig, out: Path, plain: dict, has_logger: bool) -> list[pl.Callback]:
     s = cfg.sampling
-    return [
+    callbacks = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
                         monitor="step", mode="max", save_last=True),
-        LearningRateMonitor(logging_interval="step"),
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
         SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
         RunConfigInCheckpoint(plain),
     ]
+    if has_logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
 
 
 def train(cfg: DictConfig) -> dict:
@@ -88,8 +90,9 @@ def train(cfg: DictConfig) -> dict:
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
                             seed=cfg.seed, val_buckets=cfg.val_buckets)
     trainer_kwargs = to_plain(cfg.trainer)
-    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=build_logger(to_plain(cfg.logger), out),
-                         callbacks=build_callbacks(cfg, out, plain), plugins=[AtomicCheckpointIO()],
+    logger = build_logger(to_plain(cfg.logger), out)
+    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger,
+                         callbacks=build_callbacks(cfg, out, plain, bool(logger)), plugins=[AtomicCheckpointIO()],
                          use_distributed_sampler=False)
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
