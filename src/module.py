@@ -35,6 +35,11 @@ def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return batch, None
 
 
+def channels_last_format(data_ndim: int) -> torch.memory_format | None:
+    """channels-last layout for 2-D (``(C, H, W)``) and 3-D (``(C, D, H, W)``) data; none for 1-D."""
+    return {3: torch.channels_last, 4: torch.channels_last_3d}.get(data_ndim)
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
     if warmup > 0 and step < warmup:
@@ -47,7 +52,7 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 class DiffusionModule(pl.LightningModule):
     def __init__(self, backbone: dict, diffusion: dict, data_shape: list[int], optim: dict | None = None,
-                 ema: dict | None = None, seed: int = 0, val_buckets: int = 5):
+                 ema: dict | None = None, seed: int = 0, val_buckets: int = 5, perf: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
@@ -58,7 +63,15 @@ class DiffusionModule(pl.LightningModule):
         self.val_buckets = val_buckets
         self.objective = build_objective(diffusion)
         self.backbone = build_backbone(backbone)
+        self.perf = {"compile": False, "channels_last": False, **(perf or {})}
+        self.memory_format = channels_last_format(len(self.data_shape)) if self.perf["channels_last"] else None
+        if self.memory_format is not None:
+            self.backbone.to(memory_format=self.memory_format)
         self.ema = EMA(self.backbone, **(ema or {}))
+        if self.perf["compile"]:
+            # in-place Module.compile keeps state_dict keys free of `_orig_mod.`, so checkpoints load either way
+            self.backbone.compile()
+            self.ema.module.compile()
 
     # ---- training ---------------------------------------------------------------------------------
     def _generator(self, *parts: int) -> torch.Generator:
@@ -76,6 +89,8 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, cond = unpack(batch)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
         accum = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         # noise is a pure function of (seed, step, rank, micro-batch): resuming replays it exactly
         g = self._generator(self.global_step, self.global_rank, batch_idx % accum)

@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict:
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
     model = DiffusionModule(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion),
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
-                            seed=cfg.seed, val_buckets=cfg.val_buckets)
+                            seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")))
     trainer_kwargs = to_plain(cfg.trainer)
     logger = build_logger(to_plain(cfg.logger), out)
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger,
