@@ -165,7 +165,7 @@ def run_loop(cfg, args) -> dict:
         opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                 weight_decay=cfg.optim.weight_decay)
 
-        def loss_fn(net, x):
+        def loss_fn(net, x, objective=objective):
             u = torch.rand(x.shape[0], device=device)
             with autocast(cfg, device):
                 return objective.loss(net, x, u, torch.randn_like(x)).mean()
@@ -218,7 +218,7 @@ def run_diffusers(cfg, args) -> dict:
                                 weight_decay=cfg.optim.weight_decay)
         ema = EMAModel(model.parameters(), decay=cfg.ema.decay, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
 
-        def loss_fn(net, clean):
+        def loss_fn(net, clean, scheduler=scheduler):
             noise = torch.randn_like(clean)
             t = torch.randint(0, 1000, (clean.shape[0],), device=device).long()
             noisy = scheduler.add_noise(clean, noise, t)
