@@ -96,6 +96,8 @@ def train(cfg: DictConfig) -> dict:
                          use_distributed_sampler=False)
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
+        if logger:
+            logger.log_hyperparams({"config": plain, "backbone_parameters": model.num_parameters()})
     trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
     return {"output_dir": str(out), "global_step": trainer.global_step,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
