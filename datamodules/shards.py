@@ -97,9 +97,19 @@ def parse_size(text: str | int | float) -> int:
     return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
 
 
-def tar_bytes(members: dict[str, bytes]) -> int:
-    """Bytes a sample adds to a tar: a 512-byte header per member plus its data padded to 512."""
-    return sum(512 + -(-len(v) // 512) * 512 for v in members.values())
+def tar_bytes(key: str, members: dict[str, bytes]) -> int:
+    """Bytes a sample adds to a tar: per member a 512-byte header (and a pax header for a name over 100
+    bytes) plus its data padded to 512."""
+    total = 0
+    for ext, data in members.items():
+        name = len(f"{key}.{ext}".encode())
+        total += 512 + -(-len(data) // 512) * 512 + (512 + -(-(name + 32) // 512) * 512 if name > 100 else 0)
+    return total
+
+
+def tar_file_size(member_bytes: int) -> int:
+    """Size of a tar holding ``member_bytes``: two zero blocks at the end, padded to 10240-byte records."""
+    return -(-(member_bytes + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 def sample_key(rel: str, ext: str | None, taken: set[str]) -> str:
@@ -133,14 +143,15 @@ class _ShardSink:
     def write(self, key: str, members: dict[str, bytes]) -> None:
         import webdataset as wds
 
-        size = tar_bytes(members)
-        if self._writer is not None and (self._count >= self.max_count or self._size + size > self.max_size):
+        size = tar_bytes(key, members)
+        full = self._count >= self.max_count or tar_file_size(self._size + size) > self.max_size
+        if self._writer is not None and full:
             self.close()
         if self._writer is None:
             self._name = f"{self.prefix}{len(self.shards):06d}.tar"
             self._tmp = self.out / f".{self._name}.partial"
-            # fixed mtime: the same folder always packs to byte-identical shards
-            self._writer = wds.TarWriter(str(self._tmp), encoder=False, mtime=0.0)
+            # a fixed integer mtime: byte-identical shards on every run, and no pax header per member
+            self._writer = wds.TarWriter(str(self._tmp), encoder=False, mtime=0)
             self._count = self._size = 0
         self._writer.write({"__key__": key, **members})
         self._count, self._size = self._count + 1, self._size + size

@@ -32,6 +32,7 @@ from .base import BadInputCounter, DataError, call_seeded
 log = logging.getLogger(__name__)
 
 MIN_CHECK = 100  # samples seen before the share of bad ones is judged (a share of 1 in 3 means little)
+MAX_PENDING = 64  # batches with no readable sample that may wait for a later batch to lend them items
 
 
 @dataclass(frozen=True)
@@ -119,19 +120,18 @@ def shard_samples(url: str, declared: int, bad: BadInputCounter):
             n += 1
             yield sample
     finally:
-        stream.close()
+        try:
+            stream.close()
+        except OSError as e:  # a pipe: URL reports its exit status here; what it failed to deliver is counted
+            log.debug("Closing shard %s: %s", url, e)
     for _ in range(declared - n):
         bad.add(f"shard {url}", f"{n} of the {declared} samples its index lists could be read")
         yield None
 
 
-def collate(pairs: list[tuple[str | None, dict | None]], bad: BadInputCounter) -> dict:
-    """Stack items into a batch; an unreadable slot takes another item of the batch (size, position fixed)."""
-    good = [p for p in pairs if p[1] is not None]
-    if not good:
-        examples = "; ".join(f"{name} ({why})" for name, why in bad.bad[:3])
-        raise DataError(f"None of the {len(pairs)} samples of a batch could be read, e.g. {examples}; "
-                        "fix the shards.")
+def collate(pairs: list[tuple[str | None, dict | None]], good=None) -> dict:
+    """Stack items into a batch; an unreadable slot takes a readable item of the batch (or of ``good``)."""
+    good = good or [p for p in pairs if p[1] is not None]
     filled = [p if p[1] is not None else good[i % len(good)] for i, p in enumerate(pairs)]
     batch = default_collate([item for _, item in filled])
     batch["__key__"] = [key for key, _ in filled]
@@ -202,6 +202,7 @@ class TrainShardStream(IterableDataset):
         chunk, skip = self.locate(l, first * c.batch_size)
         bad = BadInputCounter("shard sample", c.max_bad_fraction)
         seen, pairs = 0, []
+        pending: list[list] = []  # whole batches of unreadable slots, filled from the next readable batch
         while True:
             for i, raw in enumerate(self.chunk_samples(l, chunk, bad)):
                 if i < skip:  # resuming: read past what the interrupted run used, without decoding it
@@ -215,7 +216,19 @@ class TrainShardStream(IterableDataset):
                 if bad.count and (seen >= MIN_CHECK or c.max_bad_fraction <= 0):
                     bad.check(seen)
                 if len(pairs) == c.batch_size:
-                    yield collate(pairs, bad)
+                    good = [p for p in pairs if p[1] is not None]
+                    if not good:  # looking ahead, never back, keeps a resumed stream identical
+                        pending.append(pairs)
+                        if len(pending) > MAX_PENDING:
+                            examples = "; ".join(f"{name} ({why})" for name, why in bad.bad[:3])
+                            n = len(pending) * c.batch_size
+                            raise DataError(f"None of {n} consecutive samples could be read, "
+                                            f"e.g. {examples}; fix the shards.")
+                    else:
+                        for p in pending:
+                            yield collate(p, good)
+                        pending = []
+                        yield collate(pairs)
                     pairs = []
             chunk, skip = chunk + 1, 0
 
@@ -264,7 +277,7 @@ class ValShardStream(IterableDataset):
                     pairs.append((raw["__key__"], item))
                     done += 1
                     if len(pairs) == self.batch_size or done == quota:
-                        yield collate(pairs, bad)
+                        yield collate(pairs)
                         pairs = []
                     if done == quota:
                         return
