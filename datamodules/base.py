@@ -140,7 +140,7 @@ class Subset(Dataset):
 
 
 class DiffusionDataModule(pl.LightningDataModule):
-    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup``, and ``data_shape``."""
+    """Base class: subclasses build ``train_set`` / ``val_set`` in ``setup`` and define ``data_shape``."""
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0,
@@ -173,9 +173,11 @@ class DiffusionDataModule(pl.LightningDataModule):
     # ---- webdataset shards: a subclass stores datamodule.path in self.path and implements shard_decoder ----
     @property
     def is_streaming(self) -> bool:
-        from .shards import is_shard_path
+        if getattr(self, "_streaming", None) is None:  # decided once: it may list a large folder
+            from .shards import is_shard_path
 
-        return is_shard_path(getattr(self, "path", None))
+            self._streaming = is_shard_path(getattr(self, "path", None))
+        return self._streaming
 
     def shard_decoder(self, train: bool):
         """A picklable callable: one shard sample ``{ext: bytes, ...}`` -> one item ``{"x": tensor}``."""
