@@ -156,7 +156,8 @@ class TrainShardStream(IterableDataset):
     # ---- which shards each chunk reads: pure functions of (seed, rank, stream, chunk) --------------------
     def own_shards(self, l: int) -> list[int]:
         c = self.cfg
-        # split by node, then by worker, explicitly (webdataset 1.0 refuses multi-rank runs without a split)
+        # split by node, then by worker, by hand: webdataset's split_by_node reads the rank from the
+        # environment, while here it comes from the trainer (and must match the stream's own seeds)
         return list(range(len(c.urls)))[c.rank::c.world_size][l::c.streams]
 
     def chunk_shards(self, l: int, chunk: int) -> list[int]:
