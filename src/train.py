@@ -17,6 +17,7 @@ from datamodules import DataError, build_datamodule
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError
 from .config import register_resolvers, to_plain
+from .metrics import SampleMetricsCallback
 from .module import DiffusionModule
 
 log = logging.getLogger("src.train")
@@ -62,7 +63,7 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
 
 def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback]:
     s = cfg.sampling
-    return [
+    callbacks = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
                         monitor="step", mode="max", save_last=True),
@@ -72,6 +73,9 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
         RunConfigInCheckpoint(plain),
     ]
+    if cfg.get("metrics"):
+        callbacks.append(SampleMetricsCallback(to_plain(cfg.metrics), seed=cfg.seed))
+    return callbacks
 
 
 def train(cfg: DictConfig) -> dict:

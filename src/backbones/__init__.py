@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .diffwave import build_diffwave
 from .unet import build_unet
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"unet": build_unet}
+BACKBONES: dict[str, Callable[..., nn.Module]] = {"unet": build_unet, "diffwave": build_diffwave}
 
 
 def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
