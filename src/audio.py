@@ -106,7 +106,9 @@ class AudioMetrics:
 
     def _magnitudes(self, x: torch.Tensor, n_fft: int) -> torch.Tensor:
         spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=n_fft // 4, power=1.0)
-        return spec(x).clamp_min(1e-7)  # (N, freq, frames)
+        # floor at -80 dB below a full-scale sine (peak n_fft / 4 with a Hann window), so near-empty bins
+        # of clean sounds do not dominate the log term
+        return spec(x).clamp_min(1e-4 * n_fft / 4)  # (N, freq, frames)
 
     @staticmethod
     def _stft_distance(a: torch.Tensor, b: torch.Tensor) -> float:
