@@ -163,3 +163,30 @@ def test_audio_domain_config_composes_with_smoke():
     assert cfg.media.kind == "audio" and cfg.media.sample_rate == 8000
     assert cfg.metrics.sample_rate == 8000 and cfg.metrics.num_samples == cfg.sampling.num
     assert cfg.backbone.mel_conditioning is False and cfg.metrics.paired is False
+
+
+def test_vocoder_training_logs_paired_metrics(tmp_path):
+    """A two-step fit with mel conditioning: batches carry `cond`, metrics sample from the held-out mels."""
+    import pytorch_lightning as pl
+
+    from datamodules.audio import AudioDataModule
+    from src.metrics import SampleMetricsCallback
+    from src.module import DiffusionModule
+
+    dm = AudioDataModule(sample_rate=8000, clip_seconds=0.125, builtin_size=16, val_fraction=0.25,
+                         batch_size=4, num_workers=0, mel_conditioning=True, n_mels=16, hop_length=128)
+    backbone = {"name": "diffwave", "preset": "tiny", "mel_conditioning": True, "n_mels": 16}
+    module = DiffusionModule(backbone=backbone,
+                             diffusion={"family": "ddpm", "clip_denoised": [-1.0, 1.0]}, data_shape=[1, 1000],
+                             ema={"decay": 0.9})
+    metrics = SampleMetricsCallback({"kind": "audio", "sample_rate": 8000, "paired": True, "num_samples": 3,
+                                     "steps": 3, "n_mels": 16, "fft_sizes": [64, 128]})
+    trainer = pl.Trainer(max_steps=2, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[metrics], accelerator="cpu",
+                         default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    logged = trainer.callback_metrics
+    assert {"val/mrstft", "val/mrstft_paired", "val/frechet_mel"} <= set(logged)
+    assert all(torch.isfinite(logged[k]) for k in ("val/mrstft", "val/mrstft_paired", "val/frechet_mel"))
+    assert metrics._real[1] is not None and metrics._real[1].shape[:2] == (3, 16)  # the real clips' mels
