@@ -40,7 +40,9 @@ class AudioFile:
 
 
 def list_audio(root: Path, extensions=AUDIO_EXTENSIONS + UNSUPPORTED_EXTENSIONS) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+    # hidden files are skipped: macOS copies leave a "._name.wav" resource fork beside every file
+    return sorted(p for p in root.rglob("*")
+                  if p.suffix.lower() in extensions and not p.name.startswith(".") and p.is_file())
 
 
 def probe(path: Path) -> AudioFile:

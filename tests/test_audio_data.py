@@ -120,6 +120,7 @@ def write_bad_files(root):
     sf.write(root / "empty.wav", np.zeros(0, np.float32), 16000)
     (root / "notes.wav").write_text("not audio")
     (root / "song.mp3").write_bytes(b"ID3 fake")
+    (root / "._good0.wav").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork: ignored, not counted
 
 
 def test_bad_files_are_skipped_and_counted(tmp_path, caplog):
