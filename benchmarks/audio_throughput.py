@@ -11,6 +11,7 @@ built-in data is generated. Prints one line per measurement; nothing is written.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -62,10 +63,10 @@ def main() -> None:
         module.ema.update(module.backbone)
 
     step(batches[0], 0)  # warm-up: allocator and kernel selection
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for i, batch in enumerate(batches[1:], 1):
         step(batch, i)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rate = args.steps * args.batch_size / dt
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, device cpu")
@@ -73,7 +74,9 @@ def main() -> None:
           f"mel conditioning {'on' if args.mel else 'off'}, clips {dm.data_shape} at {args.sample_rate} Hz,"
           f" batch {args.batch_size}, {args.steps} timed steps")
     print(f"training: {rate:.2f} samples/s ({rate * args.clip_seconds:.2f} s of audio per s, "
-          f"{dt / args.steps:.2f} s per step)")
+          f"{dt / args.steps:.2f} s per step, {cpu / args.steps:.2f} s of CPU time per step)")
+    # on a shared machine the wall-clock rate depends on other jobs; the load average says how busy it was
+    print(f"load average during the run: {os.getloadavg()[0]:.1f}")
     print(f"built-in data generation: {data_rate:.0f} samples/s")
 
 

@@ -55,7 +55,8 @@ class SampleMetricsCallback(pl.Callback):
 
     def __init__(self, metrics: dict, seed: int = 0):
         cfg = dict(metrics)
-        self.num = int(cfg.get("num_samples") or 8)
+        num = cfg.get("num_samples")
+        self.num = 8 if num is None else int(num)  # 0 turns the metrics off
         self.sampler, self.steps = cfg.get("sampler"), cfg.get("steps")
         self.batch_size = cfg.get("batch_size")
         self.seed = seed
