@@ -59,7 +59,7 @@ class ImageMedia:
 
 
 # kind -> "module:Class"; other domains register theirs here
-MEDIA: dict[str, str] = {"image": "src.media:ImageMedia"}
+MEDIA: dict[str, str] = {"image": "src.media:ImageMedia", "audio": "src.audio:AudioMedia"}
 
 
 def build_media(cfg: dict):

@@ -17,6 +17,7 @@ from datamodules import DataError, build_datamodule
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError
 from .config import register_resolvers, to_plain
+from .metrics import SampleMetricsCallback
 from .module import DiffusionModule
 
 log = logging.getLogger("src.train")
@@ -73,6 +74,8 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict, has_logger: bool) -
     ]
     if has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.get("metrics"):
+        callbacks.append(SampleMetricsCallback(to_plain(cfg.metrics), seed=cfg.seed))
     return callbacks
 
 
