@@ -166,6 +166,9 @@ class DiffusionDataModule(pl.LightningDataModule):
         if self.val_set is None or len(self.val_set) == 0:
             return []
         rank, world = self._rank_world()
-        indices = list(range(rank, len(self.val_set), world)) or [0]
+        n = len(self.val_set)
+        # the same number of items on every rank (wrapping round, as DistributedSampler pads), so collectives
+        # in validation (sharded forward passes, metric sync) never wait on a rank that ran out of batches
+        indices = [(rank + k * world) % n for k in range(math.ceil(n / world))]
         return DataLoader(Subset(self.val_set, indices), batch_size=self.val_batch_size, shuffle=False,
                           **self._loader_kwargs())

@@ -19,6 +19,17 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _reshard(module: nn.Module) -> None:
+    """Return FSDP2 units that a forward pass left gathered (reshard_after_forward=False) to their shards."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 class EMA(nn.Module):
     """EMA with the warm-up schedule ``decay_n = min(decay, 1 - (1 + n / inv_gamma) ** -power)``.
 
@@ -51,6 +62,7 @@ class EMA(nn.Module):
     def update(self, model: nn.Module) -> None:
         n = self.updates
         weight = 1.0 - self.decay_at(n)
+        _reshard(self.module)
         ema_params = [_local(p) for p in self.module.parameters()]
         params = [_local(p).detach() for p in model.parameters()]
         if len(ema_params) != len(params):

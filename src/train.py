@@ -10,14 +10,17 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LambdaCallback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 
 from datamodules import DataError, build_datamodule
 
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
-from .checkpoint import AtomicCheckpointIO, CheckpointError
+from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step
 from .config import register_resolvers, to_plain
+from .distributed import build_strategy, cluster_plugins
 from .module import DiffusionModule
+from .preemption import Preemption, is_preempted, requeue
 
 log = logging.getLogger("src.train")
 register_resolvers()
@@ -47,17 +50,53 @@ def _wandb_id(out: Path) -> str:
     return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
 
 
+def own_checkpoint(out: Path) -> tuple[Path, int] | None:
+    """The newest checkpoint this run folder holds: ``last.ckpt`` (file or sharded folder), or an
+    ``hpc_ckpt_N.ckpt`` that Lightning's own SLURM handler may have written, whichever has the higher step."""
+    found = [p for p in [out / "checkpoints" / "last.ckpt", *sorted(out.glob("hpc_ckpt_*.ckpt"))] if p.exists()]
+    if not found:
+        return None
+    steps = [checkpoint_step(p) for p in found]
+    best = max(range(len(found)), key=lambda i: steps[i])  # ties keep last.ckpt
+    return found[best], steps[best]
+
+
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+    auto = cfg.get("resume", "auto") == "auto"
+    own = own_checkpoint(out) if auto else None
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path).expanduser()
         if not path.exists():
             raise CheckpointError(f"ckpt_path={path} does not exist; pass an existing .ckpt file.")
+        # a requeued job repeats its command line: its own newer checkpoint, not ckpt_path, is where it stopped
+        if own is not None and own[1] > checkpoint_step(path):
+            log.info("Resuming from %s (step %d), newer than ckpt_path=%s.", own[0], own[1], path)
+            return str(own[0])
         return str(path)
-    last = out / "checkpoints" / "last.ckpt"
-    if cfg.get("resume", "auto") == "auto" and last.exists():
-        log.info("Resuming from %s (set resume=never or another paths.output_dir to start afresh).", last)
-        return str(last)
+    if own is not None:
+        log.info("Resuming from %s at step %d (set resume=never or another paths.output_dir to start afresh).",
+                 *own)
+        return str(own[0])
     return None
+
+
+def resolve_precision(trainer_cfg: dict):
+    """``precision: auto``: bf16 mixed precision when training on GPUs, full fp32 otherwise."""
+    precision = trainer_cfg.get("precision", "32-true")
+    if precision != "auto":
+        return precision
+    import torch
+
+    gpu = trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def log_distributed(trainer: pl.Trainer, module) -> None:
+    if trainer.is_global_zero:
+        env = trainer.strategy.cluster_environment
+        log.info("Distributed: %s, world size %d, strategy %s, job %s, restart %s", type(env).__name__,
+                 trainer.world_size, type(trainer.strategy).__name__, os.environ.get("SLURM_JOB_ID", "-"),
+                 os.environ.get("SLURM_RESTART_COUNT", "0"))
 
 
 def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback]:
@@ -79,8 +118,10 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir).expanduser().resolve()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     plain = to_plain(cfg)
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) == 0:
+    if rank_zero_only.rank == 0:  # the launch rank (RANK, LOCAL_RANK or SLURM_PROCID), known before setup
         OmegaConf.save(cfg, out / "config.yaml")
+    preemption = Preemption(out / "checkpoints" / "last.ckpt", every_n_steps=cfg.checkpoint.every_n_steps)
+    preemption.install()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
@@ -88,13 +129,21 @@ def train(cfg: DictConfig) -> dict:
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
                             seed=cfg.seed, val_buckets=cfg.val_buckets)
     trainer_kwargs = to_plain(cfg.trainer)
-    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=build_logger(to_plain(cfg.logger), out),
-                         callbacks=build_callbacks(cfg, out, plain), plugins=[AtomicCheckpointIO()],
-                         use_distributed_sampler=False)
+    trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
+    logger = build_logger(to_plain(cfg.logger), out)
+    callbacks = [cb for cb in build_callbacks(cfg, out, plain)
+                 if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
+    callbacks += [preemption, LambdaCallback(on_fit_start=log_distributed)]
+    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks,
+                         plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
     trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
-    return {"output_dir": str(out), "global_step": trainer.global_step,
+    preempted = is_preempted(trainer)
+    if preempted and trainer.is_global_zero:
+        requeue()  # last: everything is saved, and the requeue ends this job
+    return {"output_dir": str(out), "global_step": trainer.global_step, "preempted": preempted,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
 
 
