@@ -126,7 +126,7 @@ class Subset(Dataset):
 
 
 class DiffusionDataModule(pl.LightningDataModule):
-    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup`` and set ``data_shape``."""
+    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup``, set ``data_shape``."""
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0, **_):

@@ -12,6 +12,7 @@ CPUS=${LOCAL_SLURM_CPUS:-$(nproc)}
 CONF_DIR=/etc/slurm
 STATE=/var/spool/slurm-local
 LOGS=/var/log/slurm-local
+MARK="# One-node cluster written by scripts/local_slurm.sh"
 
 if [[ ${1:-} == --stop ]]; then
   for d in slurmd slurmctld munged; do
@@ -55,7 +56,7 @@ chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
 mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" "$LOGS"
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 conf=$(cat <<EOF
-# One-node cluster written by scripts/local_slurm.sh
+$MARK
 ClusterName=local
 SlurmctldHost=$NODE
 SlurmUser=root
@@ -85,6 +86,10 @@ NodeName=$NODE CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 )
+if [[ -f $CONF_DIR/slurm.conf ]] && ! grep -qxF "$MARK" "$CONF_DIR/slurm.conf"; then
+  echo "$CONF_DIR/slurm.conf exists and was not written by this script; leaving this machine's SLURM alone." >&2
+  exit 4
+fi
 restart=0
 if [[ ! -f $CONF_DIR/slurm.conf ]] || [[ $(cat "$CONF_DIR/slurm.conf") != "$conf" ]]; then
   echo "$conf" >"$CONF_DIR/slurm.conf"

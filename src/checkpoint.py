@@ -74,12 +74,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"Could not read checkpoint {path} safely ({type(e).__name__}: {e}); "
                               "is it a checkpoint written by src.train?") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path} is not a checkpoint written by src.train (no state_dict/hyper_parameters).")
+        raise CheckpointError(f"{path} is not a checkpoint written by src.train "
+                              "(no state_dict/hyper_parameters).")
     return ckpt
 
 
 def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the DiffusionModule from the checkpoint's own config (allow-listed builders) and load weights."""
+    """Rebuild the DiffusionModule from the checkpoint's own config (allow-listed builders), load weights."""
     from .module import DiffusionModule
 
     ckpt = load_checkpoint(path)

@@ -29,8 +29,8 @@ def load_shards(path: str | Path, keys: set[str]) -> dict:
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     state: dict = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(keys=keys),
-                     no_dist=True)
+    _load_state_dict(state, storage_reader=FileSystemReader(path),
+                     planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
     return state
 
 
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.save(ckpt, tmp)
     os.replace(tmp, out)
     n = sum(t.numel() for t in ckpt["state_dict"].values() if isinstance(t, torch.Tensor))
-    print(f"wrote {out} (step {ckpt.get('global_step', '?')}, {n / 1e6:.2f}M values incl. EMA)", file=sys.stderr)
+    print(f"wrote {out} (step {ckpt.get('global_step', '?')}, {n / 1e6:.2f}M values incl. EMA)",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

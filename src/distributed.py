@@ -51,7 +51,8 @@ def mixed_precision_policy(name: str, device: torch.device):
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     if name not in _PRECISIONS:
-        raise ValueError(f"trainer.strategy.mixed_precision must be one of {sorted(_PRECISIONS)}, got '{name}'.")
+        raise ValueError(f"trainer.strategy.mixed_precision must be one of {sorted(_PRECISIONS)}, "
+                         f"got '{name}'.")
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "none"
     if name == "none":
@@ -86,7 +87,7 @@ def shard(module: nn.Module, mesh, mp_policy=None, reshard_after_forward: bool =
 
 
 class FSDP2Strategy(ModelParallelStrategy):
-    """``ModelParallelStrategy`` set up for pure data-parallel sharding (FSDP2 over all ranks, no tensor parallel).
+    """``ModelParallelStrategy`` for data-parallel sharding only (FSDP2 over all ranks, no tensor parallel).
 
     ``shard_module`` is what ``DiffusionModule.configure_model`` calls. Distributed checkpoints (a folder of
     per-rank shards plus ``meta.pt``) are written to a temporary folder and renamed, so an interrupted save
@@ -102,19 +103,20 @@ class FSDP2Strategy(ModelParallelStrategy):
             raise ValueError(f"trainer.strategy.mixed_precision must be one of {sorted(_PRECISIONS)}, "
                              f"got '{mixed_precision}'.")
         super().__init__(save_distributed_checkpoint=save_distributed_checkpoint,
-                         process_group_backend=process_group_backend, timeout=timedelta(minutes=timeout_minutes))
+                         process_group_backend=process_group_backend,
+                         timeout=timedelta(minutes=timeout_minutes))
         self.mixed_precision = mixed_precision
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward = reshard_after_forward
 
     def setup_environment(self) -> None:
-        # every rank is one data-parallel shard: a (world, 1) mesh instead of Lightning's (nodes, gpus) 2D default
+        # every rank holds one data-parallel shard: a (world, 1) mesh, not Lightning's (nodes, gpus) default
         self._data_parallel_size = self.num_nodes * self.num_processes
         self._tensor_parallel_size = 1
         super().setup_environment()
 
     def shard_module(self, module: nn.Module, trainable: bool = True) -> nn.Module:
-        """Shard ``module`` over the data-parallel mesh; frozen copies (the EMA) get no activation checkpointing."""
+        """Shard ``module`` over the data-parallel mesh; the frozen EMA copy skips activation checkpoints."""
         return shard(module, self.device_mesh["data_parallel"],
                      mp_policy=mixed_precision_policy(self.mixed_precision, self.root_device),
                      reshard_after_forward=self.reshard_after_forward,
@@ -142,7 +144,7 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 
 def build_strategy(spec: Any):
-    """``trainer.strategy`` from the config: a Lightning name ("auto", "ddp", ...) or ``{name: fsdp2, ...}``."""
+    """``trainer.strategy`` from the config: a Lightning name ("auto", "ddp") or ``{name: fsdp2, ...}``."""
     if not isinstance(spec, dict):
         return spec
     spec = dict(spec)
@@ -156,11 +158,11 @@ def build_strategy(spec: Any):
         from pytorch_lightning.strategies import DDPStrategy
 
         return DDPStrategy(**spec)
-    raise ValueError(f"Unknown trainer.strategy.name '{name}'; use fsdp2 or ddp (or a Lightning strategy name).")
+    raise ValueError(f"Unknown trainer.strategy.name '{name}'; use fsdp2 or ddp, or a Lightning name.")
 
 
 def cluster_plugins() -> list:
-    """Under ``srun``, Lightning's SLURM environment without its in-signal-handler save (see src/preemption.py)."""
+    """Under ``srun``: Lightning's SLURM environment minus its in-signal-handler save (src/preemption.py)."""
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
     if SLURMEnvironment.detect():

@@ -66,7 +66,8 @@ class EMA(nn.Module):
         ema_params = [_local(p) for p in self.module.parameters()]
         params = [_local(p).detach() for p in model.parameters()]
         if len(ema_params) != len(params):
-            raise RuntimeError("EMA and model have different parameter lists; was the model changed after EMA?")
+            raise RuntimeError("EMA and model have different parameter lists; "
+                               "was the model changed after the EMA was made?")
         torch._foreach_lerp_(ema_params, [p.to(e.dtype) for p, e in zip(params, ema_params)], weight)
         for e, b in zip(self.module.buffers(), model.buffers()):
             _local(e).copy_(_local(b))

@@ -77,9 +77,10 @@ class DiffusionModule(pl.LightningModule):
         return self.backbone(x, noise_level, cond)
 
     def configure_model(self):
-        # A sharding strategy (trainer=fsdp) shards the backbone and its EMA copy into the same units, so each
-        # rank's EMA shard lines up with its weight shard; other strategies have no shard_module and skip this.
-        shard_module = getattr(self._trainer.strategy, "shard_module", None) if self._trainer is not None else None
+        # A sharding strategy (trainer=fsdp) shards the backbone and its EMA copy into the same units, so
+        # each rank's EMA shard lines up with its weight shard; other strategies have no shard_module.
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        shard_module = getattr(strategy, "shard_module", None)
         if shard_module is not None:
             shard_module(self.backbone, trainable=True)
             shard_module(self.ema.module, trainable=False)

@@ -1,11 +1,12 @@
-"""Preemption: on SIGUSR1 (SLURM's warning ahead of the time limit) save, stop, and requeue the job.
+"""``last.ckpt`` always holds where training stopped: after the final step, or after a preemption signal.
 
-Lightning's own SLURM handler saves *inside* the signal handler. Each rank gets the signal at a different
-point of its step, so the collectives of a distributed save (a barrier under DDP, a sharded write under
-FSDP2) can meet a different collective on another rank and hang. Here the handler only raises a flag; at
-the next optimizer-step boundary the ranks agree on it (one small all-reduce), all save ``last.ckpt``
-together, training stops, and rank 0 calls ``scontrol requeue`` once everything is written. The requeued
-job has the same job id, hence the same run folder, and resumes from ``last.ckpt`` by itself.
+SLURM sends SIGUSR1 ahead of the time limit (``--signal=SIGUSR1@90``). Lightning's own SLURM handler saves
+*inside* the signal handler; each rank gets the signal at a different point of its step, so the collectives
+of a distributed save (a barrier under DDP, a sharded write under FSDP2) can meet a different collective on
+another rank and hang. Here the handler only raises a flag; at the next optimizer-step boundary the ranks
+agree on it (one small all-reduce), all save ``last.ckpt`` together, training stops, and rank 0 calls
+``scontrol requeue`` once everything is written. The requeued job keeps its job id, hence its run folder,
+and resumes from ``last.ckpt`` by itself.
 """
 
 from __future__ import annotations
@@ -21,20 +22,27 @@ import pytorch_lightning as pl
 log = logging.getLogger(__name__)
 
 
-class Preemption(pl.Callback):
-    def __init__(self, last_path: str | Path, signum: int = signal.SIGUSR1, every_n_steps: int = 0):
-        self.last_path = Path(last_path)
+class LastCheckpoint(pl.Callback):
+    def __init__(self, path: str | Path, signum: int = signal.SIGUSR1, every_n_steps: int = 0):
+        self.path = Path(path)
         self.signum = signum
-        self.every_n_steps = every_n_steps  # ModelCheckpoint's interval: on those steps it writes last.ckpt itself
+        self.every_n_steps = every_n_steps  # ModelCheckpoint's interval: then it writes last.ckpt itself
         self.requested = False
         self.preempted = False
+        self._saved_step = -1
 
     def install(self) -> None:
-        """Install the handler; call early in the main thread, since SIGUSR1's default action kills the process."""
+        """Install the handler early, in the main thread: SIGUSR1's default action kills the process."""
         signal.signal(self.signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         self.requested = True
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.preempted or (batch_idx + 1) % trainer.accumulate_grad_batches:
@@ -43,15 +51,20 @@ class Preemption(pl.Callback):
             return
         step = trainer.global_step
         if trainer.is_global_zero:
-            log.warning("Preemption signal received: saving %s at step %d and stopping.", self.last_path, step)
+            log.warning("Preemption signal received: saving %s at step %d and stopping.", self.path, step)
         if not (self.every_n_steps > 0 and step % self.every_n_steps == 0):
-            trainer.save_checkpoint(self.last_path)
+            self._save(trainer)
         self.preempted = True
         trainer.should_stop = True
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # ModelCheckpoint writes last.ckpt only on its interval: keep the steps after its last save too
+        if not self.preempted and self._saved_step != trainer.global_step:
+            self._save(trainer)
+
 
 def is_preempted(trainer: pl.Trainer) -> bool:
-    return any(isinstance(cb, Preemption) and cb.preempted for cb in trainer.callbacks)
+    return any(isinstance(cb, LastCheckpoint) and cb.preempted for cb in trainer.callbacks)
 
 
 def requeue() -> bool:

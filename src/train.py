@@ -20,7 +20,7 @@ from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step
 from .config import register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
 from .module import DiffusionModule
-from .preemption import Preemption, is_preempted, requeue
+from .preemption import LastCheckpoint, is_preempted, requeue
 
 log = logging.getLogger("src.train")
 register_resolvers()
@@ -53,7 +53,8 @@ def _wandb_id(out: Path) -> str:
 def own_checkpoint(out: Path) -> tuple[Path, int] | None:
     """The newest checkpoint this run folder holds: ``last.ckpt`` (file or sharded folder), or an
     ``hpc_ckpt_N.ckpt`` that Lightning's own SLURM handler may have written, whichever has the higher step."""
-    found = [p for p in [out / "checkpoints" / "last.ckpt", *sorted(out.glob("hpc_ckpt_*.ckpt"))] if p.exists()]
+    candidates = [out / "checkpoints" / "last.ckpt", *sorted(out.glob("hpc_ckpt_*.ckpt"))]
+    found = [p for p in candidates if p.exists()]
     if not found:
         return None
     steps = [checkpoint_step(p) for p in found]
@@ -68,14 +69,14 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
         path = Path(cfg.ckpt_path).expanduser()
         if not path.exists():
             raise CheckpointError(f"ckpt_path={path} does not exist; pass an existing .ckpt file.")
-        # a requeued job repeats its command line: its own newer checkpoint, not ckpt_path, is where it stopped
+        # a requeued job repeats its command line: its own newer checkpoint, not ckpt_path, is where it is
         if own is not None and own[1] > checkpoint_step(path):
-            log.info("Resuming from %s (step %d), newer than ckpt_path=%s.", own[0], own[1], path)
+            rank_zero_only(log.info)("Resuming from %s at step %d, newer than ckpt_path=%s.", *own, path)
             return str(own[0])
         return str(path)
     if own is not None:
-        log.info("Resuming from %s at step %d (set resume=never or another paths.output_dir to start afresh).",
-                 *own)
+        rank_zero_only(log.info)("Resuming from %s at step %d (resume=never or a new paths.output_dir starts "
+                                 "afresh).", *own)
         return str(own[0])
     return None
 
@@ -120,8 +121,8 @@ def train(cfg: DictConfig) -> dict:
     plain = to_plain(cfg)
     if rank_zero_only.rank == 0:  # the launch rank (RANK, LOCAL_RANK or SLURM_PROCID), known before setup
         OmegaConf.save(cfg, out / "config.yaml")
-    preemption = Preemption(out / "checkpoints" / "last.ckpt", every_n_steps=cfg.checkpoint.every_n_steps)
-    preemption.install()
+    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", every_n_steps=cfg.checkpoint.every_n_steps)
+    last.install()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
@@ -134,7 +135,7 @@ def train(cfg: DictConfig) -> dict:
     logger = build_logger(to_plain(cfg.logger), out)
     callbacks = [cb for cb in build_callbacks(cfg, out, plain)
                  if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
-    callbacks += [preemption, LambdaCallback(on_fit_start=log_distributed)]
+    callbacks += [last, LambdaCallback(on_fit_start=log_distributed)]
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks,
                          plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
     if trainer.is_global_zero:
@@ -142,7 +143,10 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
     preempted = is_preempted(trainer)
     if preempted and trainer.is_global_zero:
-        requeue()  # last: everything is saved, and the requeue ends this job
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()  # the requeue ends this job: close the offline run before that
+        requeue()  # last: everything is saved
     return {"output_dir": str(out), "global_step": trainer.global_step, "preempted": preempted,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
 

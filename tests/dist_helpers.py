@@ -21,7 +21,7 @@ TINY = [
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment minus SLURM's variables, so a test run inside a SLURM job still launches its own ranks."""
+    """The environment minus SLURM's variables: a test run inside a SLURM job still launches its own ranks."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(WANDB_MODE="offline", PYTHONUNBUFFERED="1", **extra)
     return env
@@ -31,7 +31,8 @@ def run_train(overrides: list[str], timeout: float = 180) -> subprocess.Complete
     proc = subprocess.run([sys.executable, "-m", "src.train", *overrides], cwd=REPO, env=clean_env(),
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"src.train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"src.train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-6000:]}")
     return proc
 
 
@@ -44,16 +45,16 @@ def load_training_state(path: Path) -> dict:
         shards = load_shards(path, {"state_dict", "optimizer_0"})
         # sharded optimizer state is keyed by parameter name; files key it by position, in the same order
         opt = shards["optimizer_0"]["state"]
-        optimizer = {i: opt[name] for i, name in enumerate(shards["optimizer_0"]["param_groups"][0]["params"])}
-        return {"state_dict": shards["state_dict"], "optimizer": optimizer, "global_step": meta["global_step"],
-                "lr_schedulers": meta["lr_schedulers"]}
+        names = shards["optimizer_0"]["param_groups"][0]["params"]
+        return {"state_dict": shards["state_dict"], "optimizer": {i: opt[n] for i, n in enumerate(names)},
+                "global_step": meta["global_step"], "lr_schedulers": meta["lr_schedulers"]}
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return {"state_dict": ckpt["state_dict"], "optimizer": ckpt["optimizer_states"][0]["state"],
             "global_step": ckpt["global_step"], "lr_schedulers": ckpt["lr_schedulers"]}
 
 
 def max_abs_diff(a, b, where: str = "") -> float:
-    """Largest elementwise difference between two nested structures of tensors and numbers (inf on mismatch)."""
+    """Largest elementwise difference between two nested structures of tensors and numbers."""
     if isinstance(a, dict):
         if set(a) != set(b):
             raise AssertionError(f"{where}: keys differ: {sorted(set(a) ^ set(b))[:5]}")

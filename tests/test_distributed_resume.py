@@ -1,4 +1,5 @@
-"""Exact resume under two-process DDP and FSDP2 on CPU (gloo): stop half-way, resume, compare to a straight run.
+"""Exact resume under two-process DDP and FSDP2 on CPU (gloo): stop half-way, resume, compare with a
+straight run.
 
 Each case runs ``python -m src.train`` three times (Lightning launches the second rank): N steps straight;
 N/2 steps and exit; the same command again with max_steps=N, which finds ``last.ckpt`` and resumes. The LR
@@ -29,7 +30,7 @@ def test_stop_and_resume_matches_straight_run(tmp_path, strategy):
     half = load_training_state(resumed / "checkpoints" / "last.ckpt")
     assert half["global_step"] == N // 2
     second = run_train([*common, f"trainer.max_steps={N}", f"paths.output_dir={resumed}"])
-    assert f"at step {N // 2}" in second.stderr + second.stdout, "the second run did not resume from last.ckpt"
+    assert f"at step {N // 2}" in second.stderr + second.stdout, "the second run did not resume"
 
     a = load_training_state(straight / "checkpoints" / "last.ckpt")
     b = load_training_state(resumed / "checkpoints" / "last.ckpt")
