@@ -15,11 +15,16 @@ LOGS=/var/log/slurm-local
 MARK="# One-node cluster written by scripts/local_slurm.sh"
 
 if [[ ${1:-} == --stop ]]; then
-  for d in slurmd slurmctld munged; do
+  for d in slurmd slurmctld; do
     pid=$(cat "/run/local-slurm-$d.pid" 2>/dev/null || true)
     [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
-    rm -f "/run/local-slurm-$d.pid"
   done
+  # munged only when this script started it
+  if [[ -f /run/local-slurm-munged.started ]]; then
+    pid=$(cat /run/munge/munged.pid 2>/dev/null || true)
+    [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
+    rm -f /run/local-slurm-munged.started
+  fi
   exit 0
 fi
 
@@ -58,7 +63,8 @@ MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 conf=$(cat <<EOF
 $MARK
 ClusterName=local
-SlurmctldHost=$NODE
+# addresses given explicitly: the machine's own name need not resolve
+SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -82,7 +88,7 @@ JobRequeue=1
 KillWait=10
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
-NodeName=$NODE CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 )
@@ -101,7 +107,7 @@ alive() { local pid; pid=$(cat "$1" 2>/dev/null) && [[ -n $pid ]] && kill -0 "$p
 if ! alive /run/munge/munged.pid; then
   rm -f /run/munge/munged.pid
   su -s /bin/sh munge -c "munged --force" 2>/dev/null || munged --force
-  pgrep -xo munged >/run/local-slurm-munged.pid
+  touch /run/local-slurm-munged.started
 fi
 if ((restart)); then
   for d in slurmd slurmctld; do

@@ -20,6 +20,10 @@ fi
 export WANDB_MODE=${WANDB_MODE:-offline}
 export PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+# one node: rendezvous on loopback; several: Lightning takes the allocation's first host (slurm/README.md)
+if [[ ${SLURM_JOB_NUM_NODES:-1} == 1 ]]; then
+  export MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+fi
 
 echo "[$(date -Is)] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST}:" \
      "${SLURM_JOB_NUM_NODES} node(s) x ${SLURM_NTASKS_PER_NODE} task(s), $PY -m src.train $*"

@@ -95,9 +95,13 @@ def resolve_precision(trainer_cfg: dict):
 def log_distributed(trainer: pl.Trainer, module) -> None:
     if trainer.is_global_zero:
         env = trainer.strategy.cluster_environment
-        log.info("Distributed: %s, world size %d, strategy %s, job %s, restart %s", type(env).__name__,
-                 trainer.world_size, type(trainer.strategy).__name__, os.environ.get("SLURM_JOB_ID", "-"),
-                 os.environ.get("SLURM_RESTART_COUNT", "0"))
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]
+        held = sum(t.numel() * t.element_size() for t in local) / 2**20
+        log.info("Distributed: %s, world size %d, strategy %s, job %s, restart %s; this rank holds %.1f MB "
+                 "of weights and EMA", type(env).__name__, trainer.world_size,
+                 type(trainer.strategy).__name__,
+                 os.environ.get("SLURM_JOB_ID", "-"), os.environ.get("SLURM_RESTART_COUNT", "0"),
+                 held)
 
 
 def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback]:
