@@ -11,12 +11,13 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LambdaCallback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.strategies import ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
 
 from datamodules import DataError, build_datamodule
 
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
-from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step
+from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step, is_sharded
 from .config import register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
 from .module import DiffusionModule
@@ -144,7 +145,12 @@ def train(cfg: DictConfig) -> dict:
                          plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
-    trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
+    ckpt_path = resume_checkpoint(cfg, out)
+    if ckpt_path and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
+        raise CheckpointError(f"{ckpt_path} is a sharded (trainer=fsdp) checkpoint; resume it with "
+                              "trainer=fsdp (any number of devices), or make it one file with "
+                              "python -m src.consolidate to sample from it.")
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     preempted = is_preempted(trainer)
     if preempted and trainer.is_global_zero:
         wandb = sys.modules.get("wandb")
