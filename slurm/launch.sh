@@ -30,5 +30,8 @@ echo "[$(date -Is)] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0} on ${S
 
 # devices and nodes follow the allocation; the run folder is keyed on the job id, which a requeued job
 # keeps, so it finds its own last.ckpt and resumes (src/preemption.py saves it on SIGUSR1 and requeues)
-srun --kill-on-bad-exit=1 "$PY" -m src.train \
+# srun does not pass --cpus-per-task on to the tasks since SLURM 22.05: give it explicitly (data workers);
+# a progress bar in a log file is a wall of carriage returns: off unless asked for
+srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK} \
+  "$PY" -m src.train trainer.enable_progress_bar=false \
   trainer.devices="${SLURM_NTASKS_PER_NODE}" trainer.num_nodes="${SLURM_JOB_NUM_NODES}" "$@"

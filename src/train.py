@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LambdaCallback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.strategies import ModelParallelStrategy
@@ -87,8 +88,6 @@ def resolve_precision(trainer_cfg: dict):
     precision = trainer_cfg.get("precision", "32-true")
     if precision != "auto":
         return precision
-    import torch
-
     gpu = trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return "bf16-mixed" if gpu else "32-true"
 
