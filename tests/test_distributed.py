@@ -158,6 +158,7 @@ class _Dropout(nn.Module):
         return self.drop(self.conv(x))
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 def test_training_step_replays_dropout_exactly():
     register_backbone("_dropout_test", _Dropout)
     module = DiffusionModule(backbone={"name": "_dropout_test"}, diffusion=DDPM, data_shape=[1, 4, 4])
@@ -178,6 +179,7 @@ def _write_sharded(path, step=7):
     return module
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_sharded_checkpoint_consolidates_into_one_loadable_file(tmp_path):
     from src.checkpoint import module_from_checkpoint
     from src.consolidate import main

@@ -22,8 +22,10 @@ TOL = 1e-6
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_stop_and_resume_matches_straight_run(tmp_path, strategy):
+    # end-of-training EMA samples too: under FSDP2 every rank joins the sharded forward passes
     common = [*TINY, f"trainer={strategy}", "trainer.accelerator=cpu", "trainer.devices=2",
-              f"optim.total_steps={N}", f"checkpoint.every_n_steps={N // 2}"]
+              f"optim.total_steps={N}", f"checkpoint.every_n_steps={N // 2}", "sampling.num=2",
+              "sampling.steps=2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_train([*common, f"trainer.max_steps={N}", f"paths.output_dir={straight}"])
     run_train([*common, f"trainer.max_steps={N // 2}", f"paths.output_dir={resumed}"])
@@ -32,6 +34,7 @@ def test_stop_and_resume_matches_straight_run(tmp_path, strategy):
     second = run_train([*common, f"trainer.max_steps={N}", f"paths.output_dir={resumed}"])
     assert f"at step {N // 2}" in second.stderr + second.stdout, "the second run did not resume"
 
+    assert len(list((straight / "samples").glob("*.png"))) == 2
     a = load_training_state(straight / "checkpoints" / "last.ckpt")
     b = load_training_state(resumed / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == N
