@@ -158,7 +158,7 @@ class _Dropout(nn.Module):
         return self.drop(self.conv(x))
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+@pytest.mark.filterwarnings("ignore:You are trying to")
 def test_training_step_replays_dropout_exactly():
     register_backbone("_dropout_test", _Dropout)
     module = DiffusionModule(backbone={"name": "_dropout_test"}, diffusion=DDPM, data_shape=[1, 4, 4])
