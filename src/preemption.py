@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -33,7 +34,8 @@ class LastCheckpoint(pl.Callback):
 
     def install(self) -> None:
         """Install the handler early, in the main thread: SIGUSR1's default action kills the process."""
-        signal.signal(self.signum, self._on_signal)
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            signal.signal(self.signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         self.requested = True
