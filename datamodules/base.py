@@ -140,7 +140,7 @@ class Subset(Dataset):
 
 
 class DiffusionDataModule(pl.LightningDataModule):
-    """Base class: subclasses build ``train_set`` / ``val_set`` in ``setup`` and define ``data_shape``."""
+    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup``, set ``data_shape``."""
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0,
@@ -218,6 +218,9 @@ class DiffusionDataModule(pl.LightningDataModule):
         if self.val_set is None or len(self.val_set) == 0:
             return []
         rank, world = self._rank_world()
-        indices = list(range(rank, len(self.val_set), world)) or [0]
+        n = len(self.val_set)
+        # the same number of items on every rank (wrapping round, as DistributedSampler pads), so collectives
+        # in validation (sharded forward passes, metric sync) never wait on a rank that ran out of batches
+        indices = [(rank + k * world) % n for k in range(math.ceil(n / world))]
         return DataLoader(Subset(self.val_set, indices), batch_size=self.val_batch_size, shuffle=False,
                           **self._loader_kwargs())

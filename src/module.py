@@ -56,7 +56,8 @@ class DiffusionModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
-                          "min_lr_ratio": 0.1, "fused": None, **(optim or {})}
+                          "min_lr_ratio": 0.1, "fused": None, "total_steps": None,
+                          **(optim or {})}
         self.diffusion_cfg = dict(diffusion)
         self.data_shape = list(data_shape)
         self.seed = seed
@@ -87,16 +88,29 @@ class DiffusionModule(pl.LightningModule):
     def forward(self, x, noise_level, cond=None):
         return self.backbone(x, noise_level, cond)
 
+    def configure_model(self):
+        # A sharding strategy (trainer=fsdp) shards the backbone and its EMA copy into the same units, so
+        # each rank's EMA shard lines up with its weight shard; other strategies have no shard_module.
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        shard_module = getattr(strategy, "shard_module", None)
+        if shard_module is not None:
+            shard_module(self.backbone, trainable=True)
+            shard_module(self.ema.module, trainable=False)
+
     def training_step(self, batch, batch_idx):
         x, cond = unpack(batch)
         if self.memory_format is not None:
             x = x.contiguous(memory_format=self.memory_format)
         accum = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
-        # noise is a pure function of (seed, step, rank, micro-batch): resuming replays it exactly
-        g = self._generator(self.global_step, self.global_rank, batch_idx % accum)
+        # noise, and the global RNG (dropout and the like), are pure functions of (seed, step, rank,
+        # micro-batch): resuming replays them exactly without storing per-rank RNG states
+        parts = (self.global_step, self.global_rank, batch_idx % accum)
+        torch.manual_seed(step_seed(self.seed, *parts, 1))
+        g = self._generator(*parts)
         u, noise = self._noise(x, g)
         loss = self.objective.loss(self.backbone, x, u, noise, cond).mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0],
+                 sync_dist=True)
         return loss
 
     def optimizer_step(self, *args, **kwargs):
@@ -107,8 +121,8 @@ class DiffusionModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
         if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            if hasattr(norm, "full_tensor"):
+            norm = torch.nn.utils.get_total_norm(grads)
+            if hasattr(norm, "full_tensor"):  # sharded (FSDP2) gradients: the norm over all ranks' shards
                 norm = norm.full_tensor()
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
@@ -134,7 +148,8 @@ class DiffusionModule(pl.LightningModule):
         if c.get("fused") is not None:
             kwargs["fused"] = bool(c["fused"])
         opt = torch.optim.AdamW([p for p in self.backbone.parameters() if p.requires_grad], **kwargs)
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10**9
+        # optim.total_steps pins the schedule's length when a run is stopped early on purpose (tests, staging)
+        total = c.get("total_steps") or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, int(c["warmup_steps"]), total, float(c["min_lr_ratio"])))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
