@@ -20,8 +20,8 @@ from datamodules import DataError, build_datamodule
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step, is_sharded
 from .config import register_resolvers, to_plain
-from .metrics import SampleMetricsCallback
 from .distributed import build_strategy, cluster_plugins
+from .metrics import SampleMetricsCallback
 from .module import DiffusionModule
 from .preemption import LastCheckpoint, is_preempted, requeue
 
