@@ -1,13 +1,17 @@
-"""Audio waveforms: a folder of wav/flac/ogg (recursive) or the built-in synthetic sounds.
+"""Audio waveforms: a folder of wav/flac/ogg (recursive), webdataset shards of them, or the built-in sounds.
 
 Clips are ``(channels, length)`` at ``sample_rate``: read with soundfile (only the frames a crop needs),
 mixed to mono or stereo, resampled with ``torchaudio.functional.resample``, cropped (random for
 training, centred for validation), zero-padded when the file is shorter, and normalised per clip (peak
 or loudness) into [-1, 1]. With ``mel_conditioning`` a batch also carries the clip's log-mel as ``cond``.
+Shards (``python -m datamodules.shards --domain audio``) hold each file's own bytes and decode through the
+same ``read_clip``, so a shard item equals the folder item for that file.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ UNSUPPORTED_EXTENSIONS = (".mp3", ".m4a", ".aac", ".wma", ".opus", ".webm", ".mp
 NORMALIZATIONS = ("peak", "loudness", "none")
 SILENCE = 1e-4  # clips quieter than this peak are left as they are instead of being amplified
 RESAMPLE_MARGIN = 64  # extra source frames read on each side so the resampling filter has context
+EXTENSIONS = set(AUDIO_EXTENSIONS)  # what `python -m datamodules.shards --domain audio` packs
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,27 @@ def normalize(x: torch.Tensor, mode: str, sample_rate: int, peak_level: float = 
     return x / max(1.0, float(x.abs().max()))
 
 
+def read_clip(snd: sf.SoundFile, sample_rate: int, length: int, channels: int,
+              random_crop: bool) -> torch.Tensor:
+    """``(channels, length)`` at ``sample_rate`` from an open file, reading only the frames the crop needs.
+
+    The crop starts at a random frame (global torch RNG) for training, in the centre otherwise.
+    """
+    rate = snd.samplerate
+    need = math.ceil(length * rate / sample_rate)  # source frames for one clip
+    room = max(snd.frames - need, 0)
+    start = int(torch.randint(0, room + 1, (1,))) if random_crop else room // 2
+    margin = RESAMPLE_MARGIN if rate != sample_rate else 0
+    lo = max(start - margin, 0)
+    snd.seek(lo)
+    data = snd.read(need + (start - lo) + margin, dtype="float32", always_2d=True)
+    x = match_channels(torch.from_numpy(data.T.copy()), channels)
+    if rate != sample_rate:
+        x = torchaudio.functional.resample(x, rate, sample_rate)
+        x = x[:, round((start - lo) * sample_rate / rate):]
+    return fit_length(x, length)
+
+
 class ClipTransform:
     """Normalises a ``(channels, length)`` clip; shared by folder and built-in data."""
 
@@ -123,19 +149,8 @@ class AudioFolder(Dataset):
         return len(self.files)
 
     def load(self, i: int) -> torch.Tensor:
-        f = self.files[i]
-        need = math.ceil(self.length * f.sample_rate / self.sample_rate)  # source frames for one clip
-        room = max(f.frames - need, 0)
-        start = int(torch.randint(0, room + 1, (1,))) if self.random_crop else room // 2
-        margin = RESAMPLE_MARGIN if f.sample_rate != self.sample_rate else 0
-        lo = max(start - margin, 0)
-        data, _ = sf.read(str(f.path), start=lo, frames=need + (start - lo) + margin, dtype="float32",
-                          always_2d=True)
-        x = match_channels(torch.from_numpy(data.T.copy()), self.channels)
-        if f.sample_rate != self.sample_rate:
-            x = torchaudio.functional.resample(x, f.sample_rate, self.sample_rate)
-            x = x[:, round((start - lo) * self.sample_rate / f.sample_rate):]
-        return self.transform(fit_length(x, self.length))
+        with sf.SoundFile(str(self.files[i].path)) as snd:
+            return self.transform(read_clip(snd, self.sample_rate, self.length, self.channels, self.random_crop))
 
     def __getitem__(self, i: int) -> dict:
         for k in range(len(self.files)):
@@ -149,22 +164,59 @@ class AudioFolder(Dataset):
         raise DataError("No audio file in the dataset could be decoded.")
 
 
+class LogMel:
+    """The log-mel ``(n_mels, frames)`` of a clip's mono mix: the ``cond`` of vocoder training."""
+
+    def __init__(self, sample_rate: int, n_mels: int, n_fft: int = 1024, hop_length: int = 256):
+        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length,
+                                                        n_mels=n_mels)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.mel(x.mean(0)).clamp_min(1e-5))
+
+
 class WithLogMel(Dataset):
-    """Adds the log-mel ``(n_mels, frames)`` of the clip's mono mix as ``cond`` (vocoder training)."""
+    """Adds ``LogMel`` of the clip as ``cond``."""
 
     def __init__(self, base: Dataset, sample_rate: int, n_mels: int, n_fft: int = 1024,
                  hop_length: int = 256):
-        self.base = base
-        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length,
-                                                        n_mels=n_mels)
+        self.base, self.log_mel = base, LogMel(sample_rate, n_mels, n_fft, hop_length)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.base[i])
-        item["cond"] = torch.log(self.mel(item["x"].mean(0)).clamp_min(1e-5))
+        item["cond"] = self.log_mel(item["x"])
         return item
+
+
+# ---- webdataset shards (interface in datamodules/shards.py) ----------------------------------------------
+def list_items(root: Path) -> list[Path]:
+    """The folder path's own listing (unsupported formats included, so they are skipped and counted)."""
+    return list_audio(root)
+
+
+def pack_sample(path: Path) -> tuple[dict[str, bytes], dict]:
+    """The file's own encoded bytes, once it passes the folder path's ``probe`` (else ``ValueError``)."""
+    f = probe(path)
+    meta = {"frames": f.frames, "sample_rate": f.sample_rate, "channels": f.channels}
+    return {path.suffix.lower().lstrip("."): path.read_bytes()}, meta
+
+
+def decode_sample(sample: dict, sample_rate: int, length: int, channels: int, random_crop: bool,
+                  transform: ClipTransform, log_mel: LogMel | None = None) -> dict:
+    """One shard sample -> ``{"x": tensor}`` (and ``cond``), exactly as ``AudioFolder`` reads the same file."""
+    ext = next((e[1:] for e in AUDIO_EXTENSIONS if e[1:] in sample), None)
+    if ext is None:
+        raise ValueError(f"no audio member ({', '.join(AUDIO_EXTENSIONS)}) in the sample")
+    with sf.SoundFile(io.BytesIO(sample[ext])) as snd:
+        if snd.frames <= 0:
+            raise ValueError("zero-length audio (no frames)")
+        item = {"x": transform(read_clip(snd, sample_rate, length, channels, random_crop))}
+    if log_mel is not None:
+        item["cond"] = log_mel(item["x"])
+    return item
 
 
 class AudioDataModule(DiffusionDataModule):
@@ -223,8 +275,15 @@ class AudioDataModule(DiffusionDataModule):
             log.info("%d of %d audio files are resampled to %d Hz.", resampled, len(good), self.sample_rate)
         return good
 
+    def shard_decoder(self, train: bool):
+        log_mel = LogMel(self.sample_rate, self.n_mels, hop_length=self.hop_length) \
+            if self.mel_conditioning else None
+        return functools.partial(decode_sample, sample_rate=self.sample_rate, length=self.length,
+                                 channels=self.channels, random_crop=train, transform=self.transform,
+                                 log_mel=log_mel)
+
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.train_set is not None or self.is_streaming:
             return
         if self.path:
             files = self._scan(Path(self.path).expanduser())
