@@ -95,7 +95,7 @@ def resolve_precision(trainer_cfg: dict):
 
 def log_distributed(trainer: pl.Trainer, module) -> None:
     if trainer.is_global_zero:
-        env = trainer.strategy.cluster_environment
+        env = getattr(trainer.strategy, "cluster_environment", None)  # a single-device strategy has none
         local = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]
         held = sum(t.numel() * t.element_size() for t in local) / 2**20
         log.info("Distributed: %s, world size %d, strategy %s, job %s, restart %s; this rank holds %.1f MB "
