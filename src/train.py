@@ -110,7 +110,7 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
     callbacks = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
-                        monitor="step", mode="max", save_last=True),
+                        monitor="step", mode="max", save_last=True, enable_version_counter=False),
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
         SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),

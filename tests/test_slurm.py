@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_helpers import REPO, TINY, clean_env
+from .dist_helpers import REPO, TINY, clean_env
 
 SETUP = REPO / "scripts" / "local_slurm.sh"
 MAX_STEPS = 14
