@@ -9,6 +9,7 @@ from .base import DataError, DiffusionDataModule
 # name -> "module:Class", imported lazily so one domain's heavy imports never slow another's
 DATAMODULES: dict[str, str] = {
     "image": "datamodules.image:ImageDataModule",
+    "mri": "datamodules.mri:MRIDataModule",
 }
 
 

@@ -58,7 +58,7 @@ class ImageMedia:
 
 
 # kind -> "module:Class"; other domains register theirs here
-MEDIA: dict[str, str] = {"image": "src.media:ImageMedia"}
+MEDIA: dict[str, str] = {"image": "src.media:ImageMedia", "mri": "src.media_mri:MRIMedia"}
 
 
 def build_media(cfg: dict):

@@ -16,14 +16,17 @@ from datamodules import DataError, build_datamodule
 
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError
-from .config import register_resolvers, to_plain
+from .config import redact, register_resolvers, to_plain
+from .media import build_media
+from .metrics import MetricsCallback
 from .module import DiffusionModule
 
 log = logging.getLogger("src.train")
 register_resolvers()
 
 
-def build_logger(cfg: dict, out: Path):
+def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
+    privacy = privacy or {}
     name = cfg.get("name", "none")
     if name == "none":
         return False
@@ -35,9 +38,16 @@ def build_logger(cfg: dict, out: Path):
     if mode not in ("offline", "online", "disabled"):
         raise ValueError(f"logger.mode must be offline, online or disabled; got '{mode}'.")
     os.environ.setdefault("WANDB_SILENT", "true")
+    extra = {}
+    if privacy.get("patient_data"):
+        import wandb
+
+        # console output names input files, and system metadata holds the command line (datamodule.path)
+        extra["settings"] = wandb.Settings(console="off", x_disable_meta=True, disable_git=True, save_code=False,
+                                           x_save_requirements=False)
     return WandbLogger(project=cfg.get("project", "diffusion"), entity=cfg.get("entity"),
                        name=cfg.get("run_name") or out.name, save_dir=str(out), offline=mode == "offline",
-                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out))
+                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out), **extra)
 
 
 def _wandb_id(out: Path) -> str:
@@ -62,6 +72,12 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
 
 def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback]:
     s = cfg.sampling
+    privacy = to_plain(cfg.get("privacy"))
+    extra: list[pl.Callback] = []
+    if cfg.get("metrics"):
+        real_media = build_media(to_plain(cfg.media)) if privacy.get("upload_real_images") else None
+        extra.append(MetricsCallback(to_plain(cfg.metrics), sampler=s.sampler, steps=s.steps, seed=cfg.seed,
+                                     batch_size=s.batch_size, real_media=real_media))
     return [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
@@ -70,7 +86,8 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
         SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
-        RunConfigInCheckpoint(plain),
+        RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data")))),
+        *extra,
     ]
 
 
@@ -88,7 +105,11 @@ def train(cfg: DictConfig) -> dict:
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
                             seed=cfg.seed, val_buckets=cfg.val_buckets)
     trainer_kwargs = to_plain(cfg.trainer)
-    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=build_logger(to_plain(cfg.logger), out),
+    privacy = to_plain(cfg.get("privacy"))
+    logger = build_logger(to_plain(cfg.logger), out, privacy)
+    if logger:
+        logger.log_hyperparams(redact(plain, data_path=not privacy.get("upload_data_paths", False)))
+    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger,
                          callbacks=build_callbacks(cfg, out, plain), plugins=[AtomicCheckpointIO()],
                          use_distributed_sampler=False)
     if trainer.is_global_zero:
