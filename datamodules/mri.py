@@ -28,6 +28,8 @@ from .mri_transforms import KEY, Prepare, augment_chain, load_size, prepare_chai
 log = logging.getLogger(__name__)
 
 MODES = ("volume", "slice")
+# the name of the intensity convention (mri_transforms docstring), recorded in checkpoints' run_config
+INTENSITY_SCALING = "zero_anchored_percentile"
 
 
 class CachedItems(Dataset):
@@ -38,7 +40,9 @@ class CachedItems(Dataset):
     and flips replay exactly on resume.
     """
 
-    def __init__(self, volumes: Dataset, index: Sequence[tuple[int, int | None]], axis: int, augment: Compose):
+    def __init__(
+        self, volumes: Dataset, index: Sequence[tuple[int, int | None]], axis: int, augment: Compose
+    ):
         self.volumes, self.index, self.axis, self.augment = volumes, list(index), axis, augment
 
     def __len__(self) -> int:
@@ -57,30 +61,61 @@ class CachedItems(Dataset):
 
 
 class MRIDataModule(DiffusionDataModule):
-    def __init__(self, path: str | None = None, mode: str = "volume", shape: Sequence[int] = (32, 32, 32),
-                 spacing: Sequence[float | None] | None = (6.0, 6.0, 6.0), channels: int = 1, slice_axis: int = 2,
-                 select_channel: int | None = None, datalist_key: str = "training",
-                 datalist_val_key: str = "validation", intensity_percentile: float = 99.5,
-                 foreground_threshold: float = 0.1, foreground_margin: int = 2, min_slice_foreground: float = 0.1,
-                 crop_margin: float = 0.1, random_flip: bool = True, val_fraction: float = 0.1,
-                 max_bad_fraction: float = 0.05, builtin_size: int = 96, builtin_depth: int | None = None,
-                 cache_dir: str | None = None, cache_workers: int = 2, **kw):
+    def __init__(
+        self,
+        path: str | None = None,
+        mode: str = "volume",
+        shape: Sequence[int] = (32, 32, 32),
+        spacing: Sequence[float | None] | None = (6.0, 6.0, 6.0),
+        channels: int = 1,
+        slice_axis: int = 2,
+        select_channel: int | None = None,
+        datalist_key: str = "training",
+        datalist_val_key: str = "validation",
+        intensity_scaling: str = "zero_anchored_percentile",
+        intensity_percentile: float = 99.5,
+        foreground_threshold: float = 0.1,
+        foreground_margin: int = 2,
+        min_slice_foreground: float = 0.1,
+        crop_margin: float = 0.1,
+        random_flip: bool = True,
+        val_fraction: float = 0.1,
+        max_bad_fraction: float = 0.05,
+        builtin_size: int = 96,
+        builtin_depth: int | None = None,
+        cache_dir: str | None = None,
+        cache_workers: int = 2,
+        **kw,
+    ):
         super().__init__(**kw)
         if mode not in MODES:
             raise DataError(f"datamodule.mode must be one of {', '.join(MODES)}, got '{mode}'.")
         want = 3 if mode == "volume" else 2
         if len(shape) != want or min(shape) < 8 or any(int(n) % 8 for n in shape):
-            raise DataError(f"datamodule.shape must be {want} multiples of 8 for mode={mode} (the U-Net halves "
-                            f"the size at each level), got {list(shape)}.")
+            raise DataError(
+                f"datamodule.shape must be {want} multiples of 8 for mode={mode} (the U-Net halves "
+                f"the size at each level), got {list(shape)}."
+            )
         if channels not in (1, 2):
-            raise DataError(f"datamodule.channels must be 1 (magnitude) or 2 (real, imaginary), got {channels}.")
+            raise DataError(
+                f"datamodule.channels must be 1 (magnitude) or 2 (real, imaginary), got {channels}."
+            )
         if slice_axis not in (0, 1, 2):
             raise DataError(f"datamodule.slice_axis must be 0, 1 or 2 (RAS axes), got {slice_axis}.")
         if spacing is not None and len(spacing) != 3:
-            raise DataError(f"datamodule.spacing must be three sizes in mm (null entries keep the native "
-                            f"spacing), got {spacing}.")
+            raise DataError(
+                f"datamodule.spacing must be three sizes in mm (null entries keep the native "
+                f"spacing), got {spacing}."
+            )
+        if intensity_scaling != INTENSITY_SCALING:
+            raise DataError(
+                f"datamodule.intensity_scaling must be {INTENSITY_SCALING} (the only convention), "
+                f"got '{intensity_scaling}'."
+            )
         if not 0 < intensity_percentile <= 100:
-            raise DataError(f"datamodule.intensity_percentile must be in (0, 100], got {intensity_percentile}.")
+            raise DataError(
+                f"datamodule.intensity_percentile must be in (0, 100], got {intensity_percentile}."
+            )
         self.path, self.mode, self.shape = path, mode, [int(n) for n in shape]
         self.spacing = None if spacing is None else [None if s is None else float(s) for s in spacing]
         self.channels, self.slice_axis, self.select_channel = channels, slice_axis, select_channel
@@ -113,7 +148,7 @@ class MRIDataModule(DiffusionDataModule):
         return out
 
     def _flip_axis(self) -> int | None:
-        """Left-right (RAS axis 0) is the one anatomically plausible mirror; None when it is the slice axis."""
+        """Left-right (RAS axis 0), the one anatomically plausible mirror; None when it is the slice axis."""
         if not self.random_flip or (self.mode == "slice" and self.slice_axis == 0):
             return None
         return 0
@@ -122,7 +157,10 @@ class MRIDataModule(DiffusionDataModule):
     def _items(self, counter: BadInputCounter) -> tuple[list[dict], list[dict] | None, int]:
         if not self.path:
             seed0 = self.seed * 1_000_003
-            phantoms = [{"reader": "phantom", "seed": seed0 + i, KEY: f"phantom {i}"} for i in range(self.builtin_size)]
+            phantoms = [
+                {"reader": "phantom", "seed": seed0 + i, KEY: f"phantom {i}"}
+                for i in range(self.builtin_size)
+            ]
             return phantoms, None, len(phantoms)
         train, val = discover(self.path, self.datalist_key, self.datalist_val_key)
         total = len(train) + len(val or [])
@@ -133,26 +171,48 @@ class MRIDataModule(DiffusionDataModule):
         if len(counter.bad) > counter.max_fraction * total:  # stop before decoding anything
             counter.check(total)
         if not train:
-            raise DataError(f"No usable MRI volume under datamodule.path={self.path}; see the warnings above.")
+            raise DataError(
+                f"No usable MRI volume under datamodule.path={self.path}; see the warnings above."
+            )
         return train, val, total
 
     def _cache(self, items: list[dict]) -> Dataset:
-        settings = dict(mode=self.mode, shape=self.shape, spacing=self.spacing, channels=self.channels,
-                        slice_axis=self.slice_axis, select_channel=self.select_channel, p=self.percentile,
-                        fg=self.fg_threshold, margin=self.fg_margin, crop=self.crop_margin)
+        settings = dict(
+            mode=self.mode,
+            shape=self.shape,
+            spacing=self.spacing,
+            channels=self.channels,
+            slice_axis=self.slice_axis,
+            select_channel=self.select_channel,
+            p=self.percentile,
+            fg=self.fg_threshold,
+            margin=self.fg_margin,
+            crop=self.crop_margin,
+        )
         chain = prepare_chain(
-            channels=self.channels, spacing=self.spacing, percentile=self.percentile,
-            foreground_threshold=self.fg_threshold, foreground_margin=self.fg_margin,
+            channels=self.channels,
+            spacing=self.spacing,
+            percentile=self.percentile,
+            foreground_threshold=self.fg_threshold,
+            foreground_margin=self.fg_margin,
             padded_size=self._volume_shape(load_size(self.shape, self.crop_margin)),
-            select_channel=self.select_channel, phantom_shape=self._phantom_shape(),
-            phantom_spacing=[s or 1.0 for s in (self.spacing or [1.0] * 3)])
+            select_channel=self.select_channel,
+            phantom_shape=self._phantom_shape(),
+            phantom_spacing=[s or 1.0 for s in (self.spacing or [1.0] * 3)],
+        )
         transform = Compose([Prepare(chain, self.fg_threshold, self.channels == 2)])
         if self.cache_dir:
             # the settings are part of each item, hence of the cache key: changing them re-decodes
             items = [{**it, "settings": repr(settings)} for it in items]
             return PersistentDataset(items, transform=transform, cache_dir=self.cache_dir)
-        return CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=max(1, self.cache_workers),
-                            progress=False, copy_cache=False)
+        return CacheDataset(
+            items,
+            transform=transform,
+            cache_rate=1.0,
+            num_workers=max(1, self.cache_workers),
+            progress=False,
+            copy_cache=False,
+        )
 
     def _index(self, volumes: Dataset, ids: Sequence[int]) -> list[tuple[int, int | None]]:
         if self.mode == "volume":
@@ -195,12 +255,23 @@ class MRIDataModule(DiffusionDataModule):
             raise DataError("No usable MRI volume left for training; see the warnings above.")
         train_index, val_index = self._index(volumes, train_ids), self._index(volumes, val_ids)
         if not train_index:
-            raise DataError(f"No slice along datamodule.slice_axis={self.slice_axis} has more than "
-                            f"datamodule.min_slice_foreground={self.min_slice_fg} foreground; lower it.")
+            raise DataError(
+                f"No slice along datamodule.slice_axis={self.slice_axis} has more than "
+                f"datamodule.min_slice_foreground={self.min_slice_fg} foreground; lower it."
+            )
         axis = self.slice_axis
-        self.train_set = CachedItems(volumes, train_index, axis, augment_chain(self.shape, True, self._flip_axis()))
+        self.train_set = CachedItems(
+            volumes, train_index, axis, augment_chain(self.shape, True, self._flip_axis())
+        )
         self.val_set = CachedItems(volumes, val_index, axis, augment_chain(self.shape, False, None))
         self.num_volumes = {"train": len(train_ids), "val": len(val_ids)}
         what = "volumes" if self.mode == "volume" else f"slices (axis {axis})"
-        log.info("MRI data: %d train and %d validation %s from %d + %d volumes, shape %s.",
-                 len(train_index), len(val_index), what, len(train_ids), len(val_ids), self.data_shape)
+        log.info(
+            "MRI data: %d train and %d validation %s from %d + %d volumes, shape %s.",
+            len(train_index),
+            len(val_index),
+            what,
+            len(train_ids),
+            len(val_ids),
+            self.data_shape,
+        )

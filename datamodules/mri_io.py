@@ -39,7 +39,8 @@ def _stamp(path: Path) -> str:
     st = path.stat()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file())
-        return f"{len(files)}:{sum(p.stat().st_size for p in files)}:{max((p.stat().st_mtime_ns for p in files), default=0)}"
+        newest = max((p.stat().st_mtime_ns for p in files), default=0)
+        return f"{len(files)}:{sum(p.stat().st_size for p in files)}:{newest}"
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -89,13 +90,17 @@ def load_datalist(path: Path, key: str) -> list[dict]:
     try:
         entries = load_decathlon_datalist(str(path), is_segmentation=False, data_list_key=key)
     except (ValueError, TypeError, KeyError) as e:
-        raise DataError(f"Datalist {path} list '{key}' is malformed ({e}); each entry needs an 'image'.") from None
+        raise DataError(
+            f"Datalist {path} list '{key}' is malformed ({e}); each entry needs an 'image'."
+        ) from None
     items = []
     for i, entry in enumerate(entries):
         image = entry.get("image") if isinstance(entry, dict) else None
         if not isinstance(image, str):
-            raise DataError(f"Datalist {path} entry {i} of '{key}' has no single 'image' path; "
-                            "give one file or DICOM folder per entry.")
+            raise DataError(
+                f"Datalist {path} entry {i} of '{key}' has no single 'image' path; "
+                "give one file or DICOM folder per entry."
+            )
         p = Path(image)
         if not p.exists():
             raise DataError(f"Datalist {path} entry {i} of '{key}' points to {p}, which does not exist.")
@@ -103,13 +108,16 @@ def load_datalist(path: Path, key: str) -> list[dict]:
     return items
 
 
-def discover(path: str | Path, datalist_key: str = "training",
-             datalist_val_key: str = "validation") -> tuple[list[dict], list[dict] | None]:
+def discover(
+    path: str | Path, datalist_key: str = "training", datalist_val_key: str = "validation"
+) -> tuple[list[dict], list[dict] | None]:
     """Training items and, when a datalist names them, validation items."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise DataError(f"datamodule.path={root} does not exist; pass a folder of NIfTI files or DICOM series, "
-                        "a datalist .json, or leave datamodule.path unset to train on built-in phantoms.")
+        raise DataError(
+            f"datamodule.path={root} does not exist; pass a folder of NIfTI files or DICOM series, "
+            "a datalist .json, or leave datamodule.path unset to train on built-in phantoms."
+        )
     if root.is_file() and root.suffix.lower() == ".json":
         val = None
         with open(root) as f:
@@ -126,12 +134,15 @@ def discover(path: str | Path, datalist_key: str = "training",
         return [item(root, "nifti")], None
     items = scan_folder(root)
     if not items:
-        raise DataError(f"No NIfTI files ({', '.join(NIFTI_SUFFIXES)}) or DICOM series found under {root}; "
-                        "check datamodule.path.")
+        raise DataError(
+            f"No NIfTI files ({', '.join(NIFTI_SUFFIXES)}) or DICOM series found under {root}; "
+            "check datamodule.path."
+        )
     return items, None
 
 
 # ---- header checks ---------------------------------------------------------------------------------
+
 
 def nifti_header(path: str, select_channel: int | None) -> tuple[float, ...]:
     """Voxel spacing (mm) of a NIfTI volume, after checking it is 3D (or 4D with a channel chosen)."""
@@ -160,10 +171,14 @@ def _check_shape(shape: tuple[int, ...], select_channel: int | None) -> None:
         raise HeaderError(f"has {len(shape)} dimensions (shape {shape}); expected a 3D volume")
     if len(shape) == 4:
         if select_channel is None:
-            raise HeaderError(f"is 4D with {shape[3]} volumes (shape {shape}); set datamodule.select_channel "
-                              "to the index of the one to train on")
+            raise HeaderError(
+                f"is 4D with {shape[3]} volumes (shape {shape}); set datamodule.select_channel "
+                "to the index of the one to train on"
+            )
         if not 0 <= select_channel < shape[3]:
-            raise HeaderError(f"has {shape[3]} volumes, so datamodule.select_channel={select_channel} is out of range")
+            raise HeaderError(
+                f"has {shape[3]} volumes, so datamodule.select_channel={select_channel} is out of range"
+            )
 
 
 def _check_spacing(spacing) -> tuple[float, ...]:
@@ -190,8 +205,10 @@ def dicom_header(folder: str) -> tuple[float, ...]:
             unreadable.append((f.name, type(e).__name__))
     if unreadable:
         name, why = unreadable[0]
-        raise HeaderError(f"has {len(unreadable)} of {len(files)} files that are not readable DICOM images "
-                          f"(e.g. {name}: {why})")
+        raise HeaderError(
+            f"has {len(unreadable)} of {len(files)} files that are not readable DICOM images "
+            f"(e.g. {name}: {why})"
+        )
     if len(slices) < 2:
         raise HeaderError("holds a single DICOM image (2D), but a 3D series is expected")
     series = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in slices}
@@ -222,7 +239,9 @@ def dicom_header(folder: str) -> tuple[float, ...]:
     return _check_spacing((ps[1], ps[0], float(gaps.mean())))
 
 
-def check_headers(items: list[dict], select_channel: int | None, counter, native_axes: list[int]) -> list[dict]:
+def check_headers(
+    items: list[dict], select_channel: int | None, counter, native_axes: list[int]
+) -> list[dict]:
     """Items whose header passes, each with its ``spacing``; the rest go to ``counter`` (BadInputCounter).
 
     ``native_axes`` are the axes not resampled (``datamodule.spacing`` entries that are null): volumes whose
@@ -246,7 +265,10 @@ def check_headers(items: list[dict], select_channel: int | None, counter, native
             if k == common:
                 kept.append(it)
             else:
-                counter.add(it["image"], f"has voxel size {k} mm on axes {native_axes}, while most volumes have "
-                                         f"{common} mm; set datamodule.spacing to resample every volume")
+                counter.add(
+                    it["image"],
+                    f"has voxel size {k} mm on axes {native_axes}, while most volumes have "
+                    f"{common} mm; set datamodule.spacing to resample every volume",
+                )
         good = kept
     return good

@@ -54,8 +54,13 @@ def magnitude_fraction(x: torch.Tensor, complex_valued: bool) -> torch.Tensor:
 class LoadVolumed(MapTransform):
     """Reads an item with the MONAI reader its format needs, or draws a built-in phantom; channel first."""
 
-    def __init__(self, select_channel: int | None = None, phantom_shape: Sequence[int] | None = None,
-                 phantom_spacing: Sequence[float] = (1.0, 1.0, 1.0), complex_phantom: bool = False):
+    def __init__(
+        self,
+        select_channel: int | None = None,
+        phantom_shape: Sequence[int] | None = None,
+        phantom_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        complex_phantom: bool = False,
+    ):
         super().__init__(KEY)
         self.select_channel = select_channel
         self.phantom_shape, self.phantom_spacing = phantom_shape, list(phantom_spacing)
@@ -66,7 +71,9 @@ class LoadVolumed(MapTransform):
         if kind not in self.loaders:  # built on first use: PydicomReader probes optional GPU decoders noisily
             reader = NibabelReader(squeeze_non_spatial_dims=True) if kind == "nifti" else PydicomReader()
             # dtype=None keeps complex voxels complex; the next transform decides magnitude or (real, imag)
-            self.loaders[kind] = LoadImage(reader=reader, image_only=True, dtype=None, ensure_channel_first=True)
+            self.loaders[kind] = LoadImage(
+                reader=reader, image_only=True, dtype=None, ensure_channel_first=True
+            )
         return self.loaders[kind]
 
     def __call__(self, data: dict) -> dict:
@@ -84,7 +91,7 @@ class LoadVolumed(MapTransform):
                 raise VolumeError(f"holds {img.shape[0]} volumes; set datamodule.select_channel to pick one")
             if self.select_channel >= img.shape[0]:
                 raise VolumeError(f"holds {img.shape[0]} volumes, datamodule.select_channel is out of range")
-            img = img[self.select_channel:self.select_channel + 1]
+            img = img[self.select_channel : self.select_channel + 1]
         if min(img.shape[1:]) < 2:
             raise VolumeError(f"is 2D (shape {tuple(img.shape[1:])}), but a 3D volume is expected")
         d[KEY] = img
@@ -104,8 +111,10 @@ class ToChannelsd(MapTransform):
         if img.is_complex():
             img = torch.cat([img.real, img.imag]) if self.channels == 2 else img.abs()
         elif self.channels == 2:
-            raise VolumeError("is real-valued (no phase); complex training (datamodule.channels=2) needs "
-                              "complex-valued volumes, use datamodule.channels=1 for magnitude images")
+            raise VolumeError(
+                "is real-valued (no phase); complex training (datamodule.channels=2) needs "
+                "complex-valued volumes, use datamodule.channels=1 for magnitude images"
+            )
         else:
             img = img.float()
         img = img.float()
@@ -117,9 +126,32 @@ class ToChannelsd(MapTransform):
         spread = float((flat.amax(1) - flat.amin(1)).max())
         peak = float(flat.abs().max())
         if spread <= 1e-6 * max(peak, 1e-30):
-            raise VolumeError("is empty (all zero)" if peak == 0 else "is constant (every voxel has the same value)")
+            raise VolumeError(
+                "is empty (all zero)" if peak == 0 else "is constant (every voxel has the same value)"
+            )
         d[KEY] = img
         return d
+
+
+def reference_intensity(x: torch.Tensor, complex_valued: bool, percentile: float) -> float:
+    """``s`` of the convention: the ``percentile`` of the voxel magnitude of a channel-first image."""
+    mag = torch.sqrt((x.float() ** 2).sum(0)) if complex_valued else x[0].abs().float()
+    flat = torch.as_tensor(mag).flatten()
+    stride = max(1, flat.numel() // 2**22)  # a subsample keeps the percentile cheap on large volumes
+    return float(np.percentile(flat[::stride].numpy(), percentile))
+
+
+def to_unit_range(x: torch.Tensor, s: float, complex_valued: bool) -> torch.Tensor:
+    """Channel-first magnitude (C=1) or (real, imag) (C=2) -> the model's [-1, 1] range, given ``s``."""
+    if complex_valued:
+        z = x / s
+        return z / torch.sqrt((z**2).sum(0, keepdim=True)).clamp(min=1.0)
+    return (2 * x / s - 1).clamp(-1.0, 1.0)
+
+
+def from_unit_range(x: torch.Tensor, s: float) -> torch.Tensor:
+    """The inverse of ``to_unit_range`` (below the clipping): model range -> signal units."""
+    return x * s if x.shape[0] == 2 else (x + 1) * s / 2
 
 
 class ScalePercentiled(MapTransform):
@@ -136,19 +168,10 @@ class ScalePercentiled(MapTransform):
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
-        img = d[KEY]
-        mag = torch.sqrt((img.float() ** 2).sum(0)) if self.complex_valued else img[0].abs().float()
-        flat = mag.flatten()
-        stride = max(1, flat.numel() // 2**22)  # a subsample keeps the percentile cheap on large volumes
-        s = float(np.percentile(flat[::stride].numpy(), self.percentile))
+        s = reference_intensity(d[KEY], self.complex_valued, self.percentile)
         if not s > 0:
             raise VolumeError(f"has no signal at the {self.percentile}th intensity percentile")
-        if self.complex_valued:
-            z = img / s
-            z = z / torch.sqrt((z**2).sum(0, keepdim=True)).clamp(min=1.0)
-        else:
-            z = (2 * img / s - 1).clamp(-1.0, 1.0)
-        d[KEY] = z
+        d[KEY] = to_unit_range(d[KEY], s, self.complex_valued)
         return d
 
 
@@ -162,7 +185,9 @@ class ForegroundMask:
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         frac = magnitude_fraction(torch.as_tensor(img), self.complex_valued)
         pool = F.avg_pool3d if frac.ndim == 4 else F.avg_pool2d
-        return pool(frac[None], kernel_size=3, stride=1, padding=1, count_include_pad=False)[0] > self.threshold
+        return (
+            pool(frac[None], kernel_size=3, stride=1, padding=1, count_include_pad=False)[0] > self.threshold
+        )
 
 
 def slice_foreground(volume: torch.Tensor, axis: int, threshold: float, complex_valued: bool) -> torch.Tensor:
@@ -176,10 +201,18 @@ def load_size(shape: Sequence[int], crop_margin: float) -> list[int]:
     return [int(math.ceil(n * (1 + crop_margin))) for n in shape]
 
 
-def prepare_chain(*, channels: int, spacing: Sequence[float | None] | None, percentile: float,
-                  foreground_threshold: float, foreground_margin: int, padded_size: Sequence[int],
-                  select_channel: int | None = None, phantom_shape: Sequence[int] | None = None,
-                  phantom_spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Compose:
+def prepare_chain(
+    *,
+    channels: int,
+    spacing: Sequence[float | None] | None,
+    percentile: float,
+    foreground_threshold: float,
+    foreground_margin: int,
+    padded_size: Sequence[int],
+    select_channel: int | None = None,
+    phantom_shape: Sequence[int] | None = None,
+    phantom_spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> Compose:
     """The deterministic transforms, run once per volume. ``padded_size`` entries <= 0 keep that axis."""
     complex_valued = channels == 2
     steps: list = [
@@ -193,10 +226,16 @@ def prepare_chain(*, channels: int, spacing: Sequence[float | None] | None, perc
         steps.append(Spacingd(KEY, pixdim=pixdim, mode="bilinear", dtype=np.float32))
     steps += [
         ScalePercentiled(percentile, complex_valued),
-        CropForegroundd(KEY, source_key=KEY, select_fn=ForegroundMask(foreground_threshold, complex_valued),
-                        margin=foreground_margin, allow_smaller=True),
-        ResizeWithPadOrCropd(KEY, spatial_size=list(padded_size), mode="constant",
-                             value=0.0 if complex_valued else -1.0),  # pad with "no signal"
+        CropForegroundd(
+            KEY,
+            source_key=KEY,
+            select_fn=ForegroundMask(foreground_threshold, complex_valued),
+            margin=foreground_margin,
+            allow_smaller=True,
+        ),
+        ResizeWithPadOrCropd(
+            KEY, spatial_size=list(padded_size), mode="constant", value=0.0 if complex_valued else -1.0
+        ),  # pad with "no signal"
         EnsureTyped(KEY, data_type="tensor", dtype=torch.float32, track_meta=False),  # drop all metadata
     ]
     return Compose(steps)
@@ -228,12 +267,14 @@ class Prepare(Transform):
                 return {"error": str(cause)}
             return {"error": f"could not be decoded ({root_cause(e)})"}
         if not bool((magnitude_fraction(img, self.complex_valued) > self.threshold).any()):
-            return {"error": "has no foreground above datamodule.foreground_threshold of its reference intensity"}
+            return {
+                "error": "has no foreground above datamodule.foreground_threshold of its reference intensity"
+            }
         return {KEY: img}
 
 
 def augment_chain(shape: Sequence[int], train: bool, flip_axis: int | None) -> Compose:
-    """Per-draw transforms on a (C, *spatial) tensor: random crop and flip for training, centre crop otherwise."""
+    """Per-draw transforms of a (C, *spatial) tensor: random crop and flip to train, centre crop otherwise."""
     if not train:
         return Compose([CenterSpatialCropd(KEY, roi_size=list(shape))])
     steps: list = [RandSpatialCropd(KEY, roi_size=list(shape), random_size=False)]

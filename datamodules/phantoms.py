@@ -1,4 +1,4 @@
-"""Head-like MRI phantoms generated in code: the MRI domain's built-in data, and test images for reconstruction.
+"""Head-like MRI phantoms generated in code: the MRI domain's built-in data, and test images for recon.
 
     from datamodules.phantoms import head_phantom
     vol = head_phantom((32, 32, 32), seed=3)          # float32 magnitude, 3D
@@ -32,7 +32,9 @@ def _grid(shape: Sequence[int]) -> np.ndarray:
     return np.stack(np.meshgrid(*axes, indexing="ij"))
 
 
-def _ellipsoid(coords: np.ndarray, center: np.ndarray, radii: np.ndarray, angle: float, edge: float) -> np.ndarray:
+def _ellipsoid(
+    coords: np.ndarray, center: np.ndarray, radii: np.ndarray, angle: float, edge: float
+) -> np.ndarray:
     """Soft indicator (partial volume over about ``edge``) of a rotated ellipsoid."""
     d = coords - center.astype(np.float32).reshape(-1, *([1] * (coords.ndim - 1)))
     c, s = np.cos(angle), np.sin(angle)
@@ -56,11 +58,16 @@ def _smooth_field(coords: np.ndarray, rng: np.random.Generator, order: int, ampl
     return field * (amplitude / peak)
 
 
-def head_phantom(shape: Sequence[int], seed: int = 0, complex_valued: bool = False,
-                 noise: float | None = None, contrast: str | None = None) -> np.ndarray:
+def head_phantom(
+    shape: Sequence[int],
+    seed: int = 0,
+    complex_valued: bool = False,
+    noise: float | None = None,
+    contrast: str | None = None,
+) -> np.ndarray:
     """A head-like phantom of ``shape`` (2 or 3 axes) drawn from ``seed``.
 
-    Returns a float32 magnitude image (Rician noise), or complex64 with a smooth phase when ``complex_valued``.
+    Returns a float32 magnitude image (Rician noise), or complex64 with a smooth phase if ``complex_valued``.
     ``noise`` is the standard deviation of the complex noise relative to the brightest tissue (random in
     [0.01, 0.04] when None); ``contrast`` is one of ``t1``, ``t2``, ``pd`` (random when None).
     """
@@ -84,7 +91,9 @@ def head_phantom(shape: Sequence[int], seed: int = 0, complex_valued: bool = Fal
     inside_scalp = _ellipsoid(coords, center, radii - scalp, angle, edge)
     brain = _ellipsoid(coords, center, radii - scalp - skull, angle, edge)
     cortex = _ellipsoid(coords, center, radii - scalp - skull - csf_rim, angle, edge)
-    white = _ellipsoid(coords, center, (radii - scalp - skull - csf_rim) * rng.uniform(0.6, 0.75), angle, edge)
+    white = _ellipsoid(
+        coords, center, (radii - scalp - skull - csf_rim) * rng.uniform(0.6, 0.75), angle, edge
+    )
 
     img = tissue["fat"] * (head - inside_scalp) + tissue["bone"] * (inside_scalp - brain)
     img += tissue["csf"] * (brain - cortex) + tissue["gm"] * (cortex - white) + tissue["wm"] * white
@@ -115,7 +124,9 @@ def head_phantom(shape: Sequence[int], seed: int = 0, complex_valued: bool = Fal
     img = img * (1 + texture * brain)
     img = img * np.exp(_smooth_field(coords, rng, order=2, amplitude=rng.uniform(0.05, 0.25)))
 
-    phase = _smooth_field(coords, rng, order=2, amplitude=rng.uniform(0.3, np.pi)) + rng.uniform(-np.pi, np.pi)
+    phase = _smooth_field(coords, rng, order=2, amplitude=rng.uniform(0.3, np.pi)) + rng.uniform(
+        -np.pi, np.pi
+    )
     sigma_n = rng.uniform(0.01, 0.04) if noise is None else float(noise)
     real = img * np.cos(phase) + sigma_n * rng.standard_normal(shape, dtype=np.float32)
     imag = img * np.sin(phase) + sigma_n * rng.standard_normal(shape, dtype=np.float32)

@@ -52,8 +52,9 @@ def triplanar(volume: torch.Tensor) -> np.ndarray:
 class MRIMedia:
     extension = ".nii.gz"
 
-    def __init__(self, mode: str = "volume", spacing: Sequence[float | None] | None = None, slice_axis: int = 2,
-                 **_):
+    def __init__(
+        self, mode: str = "volume", spacing: Sequence[float | None] | None = None, slice_axis: int = 2, **_
+    ):
         if mode not in ("volume", "slice"):
             raise ValueError(f"media.mode must be volume or slice, got '{mode}'.")
         self.mode, self.slice_axis = mode, slice_axis

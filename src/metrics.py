@@ -38,8 +38,15 @@ class MetricsCallback(pl.Callback):
     (``privacy.upload_real_images``); then the real items also go to W&B, once.
     """
 
-    def __init__(self, cfg: dict, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                 batch_size: int | None = None, real_media=None):
+    def __init__(
+        self,
+        cfg: dict,
+        sampler: str | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        real_media=None,
+    ):
         self.metric = build_metrics(cfg)
         self.num = int(cfg.get("num_samples", 16))
         self.sampler, self.steps = cfg.get("sampler") or sampler, cfg.get("steps") or steps
@@ -61,14 +68,24 @@ class MetricsCallback(pl.Callback):
             return
         real = torch.cat(self._real)
         # every rank samples (sharded weights need all ranks); each compares with its own validation share
-        gen = module.sample(self.num, sampler=self.sampler, steps=self.steps, seed=self.seed + 7919,
-                            batch_size=self.batch_size).float().cpu()
+        gen = (
+            module.sample(
+                self.num,
+                sampler=self.sampler,
+                steps=self.steps,
+                seed=self.seed + 7919,
+                batch_size=self.batch_size,
+            )
+            .float()
+            .cpu()
+        )
         scores = self.metric(gen, real)
         for name, value in scores.items():  # NaN too (too few items): every rank must log the same keys
             module.log(f"val/{name}", float(value), on_epoch=True, sync_dist=True)
         if self.real_media is not None and not self._real_logged and trainer.is_global_zero:
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
-                    logger.log_metrics(self.real_media.to_wandb(real, key="real/validation"),
-                                       step=trainer.global_step)
+                    logger.log_metrics(
+                        self.real_media.to_wandb(real, key="real/validation"), step=trainer.global_step
+                    )
             self._real_logged = True

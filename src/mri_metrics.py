@@ -50,8 +50,13 @@ def item_statistics(mag: torch.Tensor, head_threshold: float = 0.1, bins: int = 
     flat = mag.flatten(1)
     hist = torch.stack([torch.histc(f, bins=bins, min=0.0, max=1.0) for f in flat]) / flat.shape[1]
     q = torch.quantile(flat, torch.tensor([0.5, 0.9, 0.99]), dim=1).T
-    feats = [hist, q, flat.mean(1, keepdim=True), flat.std(1, keepdim=True),
-             (flat > head_threshold).float().mean(1, keepdim=True)]
+    feats = [
+        hist,
+        q,
+        flat.mean(1, keepdim=True),
+        flat.std(1, keepdim=True),
+        (flat > head_threshold).float().mean(1, keepdim=True),
+    ]
     pool = F.avg_pool3d if spatial == 3 else F.avg_pool2d
     x = mag
     for _ in range(2):  # texture at full and half resolution
@@ -75,9 +80,13 @@ class MRIMetrics:
             return math.nan
         i, j = (list(t) for t in zip(*pairs))
         spatial = mag.ndim - 2
-        metric = MultiScaleSSIMMetric(spatial_dims=spatial, data_range=1.0, kernel_size=self.kernel_size,
-                                      kernel_sigma=self.kernel_sigma,
-                                      weights=ms_ssim_scales(min(mag.shape[2:]), self.kernel_size))
+        metric = MultiScaleSSIMMetric(
+            spatial_dims=spatial,
+            data_range=1.0,
+            kernel_size=self.kernel_size,
+            kernel_sigma=self.kernel_sigma,
+            weights=ms_ssim_scales(min(mag.shape[2:]), self.kernel_size),
+        )
         return float(metric(mag[i], mag[j]).mean())
 
     def frechet(self, gen: torch.Tensor, real: torch.Tensor) -> float:
@@ -92,5 +101,8 @@ class MRIMetrics:
 
     def __call__(self, generated: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
         gen, ref = magnitude(generated), magnitude(real)
-        return {"msssim_diversity": self.diversity(gen), "msssim_diversity_real": self.diversity(ref),
-                "frechet_stats": self.frechet(gen, ref)}
+        return {
+            "msssim_diversity": self.diversity(gen),
+            "msssim_diversity_real": self.diversity(ref),
+            "frechet_stats": self.frechet(gen, ref),
+        }

@@ -43,11 +43,12 @@ def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
         import wandb
 
         # console output names input files, and system metadata holds the command line (datamodule.path)
-        extra["settings"] = wandb.Settings(console="off", x_disable_meta=True, disable_git=True, save_code=False,
-                                           x_save_requirements=False)
+        extra["settings"] = wandb.Settings(console="off", x_disable_meta=True, disable_git=True,
+                                           save_code=False, x_save_requirements=False)
     return WandbLogger(project=cfg.get("project", "diffusion"), entity=cfg.get("entity"),
                        name=cfg.get("run_name") or out.name, save_dir=str(out), offline=mode == "offline",
-                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out), **extra)
+                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out),
+                       **extra)
 
 
 def _wandb_id(out: Path) -> str:

@@ -14,7 +14,9 @@ FAKE_PATIENT_ID = "PID-556677"
 FAKE_DATE = "19700321"
 
 
-def write_nifti(path: Path, data: np.ndarray, spacing=(2.0, 2.0, 2.0), affine: np.ndarray | None = None) -> Path:
+def write_nifti(
+    path: Path, data: np.ndarray, spacing=(2.0, 2.0, 2.0), affine: np.ndarray | None = None
+) -> Path:
     if affine is None:
         affine = np.diag([*spacing, 1.0])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,9 +28,15 @@ def phantom(shape=(24, 24, 24), seed=0, complex_valued=False) -> np.ndarray:
     return head_phantom(shape, seed=seed, complex_valued=complex_valued)
 
 
-def write_dicom_series(folder: Path, volume: np.ndarray, spacing=(2.0, 2.0, 2.0), patient=FAKE_PATIENT,
-                       series_uid: str | None = None, pixel_spacings: list | None = None,
-                       positions: list | None = None) -> Path:
+def write_dicom_series(
+    folder: Path,
+    volume: np.ndarray,
+    spacing=(2.0, 2.0, 2.0),
+    patient=FAKE_PATIENT,
+    series_uid: str | None = None,
+    pixel_spacings: list | None = None,
+    positions: list | None = None,
+) -> Path:
     """One axial DICOM file per slice of ``volume`` (x, y, z), with patient fields set."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -45,7 +53,12 @@ def write_dicom_series(folder: Path, volume: np.ndarray, spacing=(2.0, 2.0, 2.0)
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.StudyDate = patient, FAKE_PATIENT_ID, FAKE_DATE, FAKE_DATE
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.StudyDate = (
+            patient,
+            FAKE_PATIENT_ID,
+            FAKE_DATE,
+            FAKE_DATE,
+        )
         ds.Modality = "MR"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.InstanceNumber = k + 1

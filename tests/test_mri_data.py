@@ -14,8 +14,15 @@ from datamodules.phantoms import head_phantom
 
 
 def dm(path=None, **kw) -> MRIDataModule:
-    opts = dict(mode="volume", shape=(16, 16, 16), spacing=(3.0, 3.0, 3.0), builtin_size=6, num_workers=0,
-                cache_workers=1, val_fraction=0.2)
+    opts = dict(
+        mode="volume",
+        shape=(16, 16, 16),
+        spacing=(3.0, 3.0, 3.0),
+        builtin_size=6,
+        num_workers=0,
+        cache_workers=1,
+        val_fraction=0.2,
+    )
     opts.update(kw)
     return MRIDataModule(path=None if path is None else str(path), **opts)
 
@@ -25,6 +32,7 @@ def all_items(ds) -> torch.Tensor:
 
 
 # ---- phantoms -------------------------------------------------------------------------------------
+
 
 def test_phantom_is_deterministic_varied_and_head_like():
     a, b, c = head_phantom((24, 24, 24), 1), head_phantom((24, 24, 24), 1), head_phantom((24, 24, 24), 2)
@@ -41,6 +49,7 @@ def test_phantom_is_deterministic_varied_and_head_like():
 
 
 # ---- built-in data, both modes --------------------------------------------------------------------
+
 
 def test_builtin_volumes_are_scaled_and_reproducible():
     d = dm()
@@ -87,9 +96,12 @@ def test_bad_options_are_one_sentence():
 
 # ---- readers -------------------------------------------------------------------------------------
 
+
 def test_nifti_folder_scaling_and_spacing(tmp_path):
     for i in range(3):
-        write_nifti(tmp_path / f"sub{i}" / "t1.nii.gz", phantom((24, 24, 24), seed=i), spacing=(2.0, 2.0, 2.0))
+        write_nifti(
+            tmp_path / f"sub{i}" / "t1.nii.gz", phantom((24, 24, 24), seed=i), spacing=(2.0, 2.0, 2.0)
+        )
     d = dm(tmp_path, spacing=(4.0, 4.0, 4.0), crop_margin=0.0, val_fraction=0.34)
     d.setup()
     assert d.num_volumes == {"train": 2, "val": 1}
@@ -123,8 +135,14 @@ def test_dicom_series_matches_nifti_of_same_volume(tmp_path):
     write_nifti(tmp_path / "nifti" / "v.nii.gz", vol, spacing=(2.0, 2.0, 3.0))
     out = []
     for sub in ("dicom", "nifti"):
-        d = dm(tmp_path / sub, shape=(16, 16, 16), spacing=(2.0, 2.0, 3.0), random_flip=False, crop_margin=0.0,
-               val_fraction=0.0)
+        d = dm(
+            tmp_path / sub,
+            shape=(16, 16, 16),
+            spacing=(2.0, 2.0, 3.0),
+            random_flip=False,
+            crop_margin=0.0,
+            val_fraction=0.0,
+        )
         d.setup()
         out.append(d.train_set[0]["x"])
     assert out[0].shape == (1, 16, 16, 16)
@@ -136,11 +154,23 @@ def test_datalist_json_with_validation_list(tmp_path):
     for i in range(3):
         write_nifti(tmp_path / "imagesTr" / f"case{i}.nii.gz", phantom((16, 16, 16), seed=i))
     write_nifti(tmp_path / "imagesVa" / "val0.nii.gz", phantom((16, 16, 16), seed=9))
-    datalist = {"training": [{"image": f"./imagesTr/case{i}.nii.gz", "label": "unused"} for i in range(3)],
-                "validation": [{"image": "./imagesVa/val0.nii.gz"}]}
+    datalist = {
+        "training": [{"image": f"./imagesTr/case{i}.nii.gz", "label": "unused"} for i in range(3)],
+        "validation": [{"image": "./imagesVa/val0.nii.gz"}],
+    }
     (tmp_path / "dataset.json").write_text(json.dumps(datalist))
-    d = build_datamodule({"name": "mri", "path": str(tmp_path / "dataset.json"), "mode": "slice", "shape": [16, 16],
-                          "spacing": [2.0, 2.0, 2.0], "num_workers": 0, "cache_workers": 1, "builtin_depth": None})
+    d = build_datamodule(
+        {
+            "name": "mri",
+            "path": str(tmp_path / "dataset.json"),
+            "mode": "slice",
+            "shape": [16, 16],
+            "spacing": [2.0, 2.0, 2.0],
+            "num_workers": 0,
+            "cache_workers": 1,
+            "builtin_depth": None,
+        }
+    )
     d.setup()
     assert d.num_volumes == {"train": 3, "val": 1}
     assert d.train_set[0]["x"].shape == (1, 16, 16)
@@ -159,6 +189,7 @@ def test_complex_nifti_gives_real_and_imaginary_channels(tmp_path):
 
 
 # ---- bad input ------------------------------------------------------------------------------------
+
 
 def test_bad_volumes_are_skipped_counted_and_named(tmp_path, caplog):
     good = [write_nifti(tmp_path / f"good{i}.nii.gz", phantom((16, 16, 16), seed=i)) for i in range(6)]
@@ -183,9 +214,16 @@ def test_bad_volumes_are_skipped_counted_and_named(tmp_path, caplog):
         d.setup()
     assert sum(d.num_volumes.values()) == len(good) + 1  # the good NIfTI files and the good DICOM series
     text = caplog.text
-    for name, why in [("has_nan", "NaN"), ("all_zero", "empty"), ("constant", "constant"), ("flat2d", "2D"),
-                      ("four_d", "select_channel"), ("broken", "could not be read"), ("dicom_bad", "not readable"),
-                      ("dicom_mixed", "mixes pixel spacings")]:
+    for name, why in [
+        ("has_nan", "NaN"),
+        ("all_zero", "empty"),
+        ("constant", "constant"),
+        ("flat2d", "2D"),
+        ("four_d", "select_channel"),
+        ("broken", "could not be read"),
+        ("dicom_bad", "not readable"),
+        ("dicom_mixed", "mixes pixel spacings"),
+    ]:
         assert any(name in r.getMessage() and why in r.getMessage() for r in caplog.records), (name, text)
     assert "Skipped 8 of 15 volumes" in text
 

@@ -22,8 +22,8 @@ PRESETS: dict[str, dict] = {
 # 3D: one more level and fewer channels, so MONAI's middle-block self-attention (always present) runs on
 # (D/4)^3 or (D/8)^3 tokens instead of (D/2)^3: at 32^3 that is 512 instead of 4,096 tokens per volume
 PRESETS_3D: dict[str, dict] = {
-    "tiny": dict(channels=(8, 16, 32), attention_levels=(False, False, False), num_res_blocks=1, norm_num_groups=8,
-                 num_head_channels=8),
+    "tiny": dict(channels=(8, 16, 32), attention_levels=(False, False, False), num_res_blocks=1,
+                 norm_num_groups=8, num_head_channels=8),
     "small": dict(channels=(32, 64, 128), attention_levels=(False, False, False), num_res_blocks=1,
                   norm_num_groups=16, num_head_channels=32),
     "base": dict(channels=(64, 128, 256, 256), attention_levels=(False, False, False, True), num_res_blocks=2,
@@ -34,7 +34,7 @@ PRESETS_3D: dict[str, dict] = {
 
 
 class UNetBackbone(nn.Module):
-    """Wraps ``DiffusionModelUNet``; the noise level is scaled to the ~[0, 1000] range its embedding expects."""
+    """Wraps ``DiffusionModelUNet``; noise levels are scaled to the ~[0, 1000] range its embedding expects."""
 
     def __init__(self, net: DiffusionModelUNet, noise_scale: float = 1000.0):
         super().__init__()
