@@ -262,3 +262,19 @@ def test_headers_never_reach_items(tmp_path):
     d.setup()
     item = d.train_set[0]
     assert set(item) == {"x"} and type(item["x"]) is torch.Tensor  # no MetaTensor, no header dictionary
+
+
+def test_disk_cache_is_reused_and_keyed_on_settings(tmp_path):
+    for i in range(3):
+        write_nifti(tmp_path / "data" / f"v{i}.nii.gz", phantom((16, 16, 16), seed=i))
+    cache = tmp_path / "cache"
+    first = dm(tmp_path / "data", cache_dir=str(cache), val_fraction=0.0, random_flip=False)
+    first.setup()
+    files = sorted(cache.glob("*.pt"))
+    assert len(files) == 3
+    again = dm(tmp_path / "data", cache_dir=str(cache), val_fraction=0.0, random_flip=False)
+    again.setup()
+    assert sorted(cache.glob("*.pt")) == files  # decoded once, read back
+    torch.testing.assert_close(again.val_set[0]["x"], first.val_set[0]["x"])
+    dm(tmp_path / "data", cache_dir=str(cache), spacing=(2.0, 2.0, 2.0), val_fraction=0.0).setup()
+    assert len(list(cache.glob("*.pt"))) == 6  # other settings: decoded again, not mixed up

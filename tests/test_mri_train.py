@@ -105,7 +105,8 @@ def test_nothing_from_the_patient_reaches_wandb(tmp_path):
     # ... but nothing in the W&B run folder (what `wandb sync` uploads) carries a patient string or the path
     wandb_files = [p for p in (out / "wandb").rglob("*") if p.is_file()]
     blobs = b"".join(p.read_bytes() for p in wandb_files)
-    assert b"intensity_percentile" in blobs and b"not recorded: privacy" in blobs  # config logged, path redacted
+    # the run config was logged, with the path redacted
+    assert b"intensity_percentile" in blobs and b"not recorded: privacy" in blobs
     for p in wandb_files:
         blob = p.read_bytes()
         for s in PATIENT_STRINGS:
@@ -114,5 +115,5 @@ def test_nothing_from_the_patient_reaches_wandb(tmp_path):
         assert not any(s.lower() in p.name.lower() for s in PATIENT_STRINGS)
     run_config = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["run_config"]
     assert "private_cohort" not in repr(run_config)
-    # decision (docs/mri.md): the local config.yaml keeps datamodule.path, it never leaves the machine by itself
+    # decision (docs/mri.md): the local config.yaml keeps datamodule.path; it does not leave the machine
     assert "private_cohort" in (out / "config.yaml").read_text()
