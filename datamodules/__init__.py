@@ -10,6 +10,7 @@ from .base import DataError, DiffusionDataModule
 DATAMODULES: dict[str, str] = {
     "image": "datamodules.image:ImageDataModule",
     "audio": "datamodules.audio:AudioDataModule",
+    "mri": "datamodules.mri:MRIDataModule",
 }
 
 

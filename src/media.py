@@ -59,7 +59,11 @@ class ImageMedia:
 
 
 # kind -> "module:Class"; other domains register theirs here
-MEDIA: dict[str, str] = {"image": "src.media:ImageMedia", "audio": "src.audio:AudioMedia"}
+MEDIA: dict[str, str] = {
+    "image": "src.media:ImageMedia",
+    "audio": "src.audio:AudioMedia",
+    "mri": "src.media_mri:MRIMedia",
+}
 
 
 def build_media(cfg: dict):

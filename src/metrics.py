@@ -14,12 +14,13 @@ import logging
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import WandbLogger
 from scipy import linalg
 
 log = logging.getLogger(__name__)
 
 # kind -> "module:Class"; other domains register theirs here
-METRICS: dict[str, str] = {"audio": "src.audio:AudioMetrics"}
+METRICS: dict[str, str] = {"audio": "src.audio:AudioMetrics", "mri": "src.mri_metrics:MRIMetrics"}
 
 # keys of the `metrics:` node read by the callback; the others go to the metrics class
 CALLBACK_KEYS = ("num_samples", "sampler", "steps", "batch_size")
@@ -46,22 +47,25 @@ def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, c
     return max(dist, 0.0)
 
 
-class SampleMetricsCallback(pl.Callback):
+class MetricsCallback(pl.Callback):
     """At the end of every validation, logs ``val/<name>`` for each score of the domain's metrics class.
 
     When validation batches carry ``cond`` (e.g. a mel spectrogram) the samples are drawn from those, so
-    sample i corresponds to real item i.
+    sample i corresponds to real item i. ``real_media`` (a media writer) is given only when the user allowed
+    real images to be uploaded (``privacy.upload_real_images``); then the real items also go to W&B, once.
     """
 
-    def __init__(self, metrics: dict, seed: int = 0):
+    def __init__(self, metrics: dict, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+                 batch_size: int | None = None, real_media=None):
         cfg = dict(metrics)
         num = cfg.get("num_samples")
         self.num = 8 if num is None else int(num)  # 0 turns the metrics off
-        self.sampler, self.steps = cfg.get("sampler"), cfg.get("steps")
-        self.batch_size = cfg.get("batch_size")
-        self.seed = seed
+        self.sampler, self.steps = cfg.get("sampler") or sampler, cfg.get("steps") or steps
+        self.batch_size = cfg.get("batch_size") or batch_size
+        self.seed, self.real_media = seed, real_media
         self.metrics = build_metrics(cfg)
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._real_logged = False
 
     def _real_items(self, trainer) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first ``num`` validation items (and their ``cond``), read once and kept on the CPU."""
@@ -90,5 +94,10 @@ class SampleMetricsCallback(pl.Callback):
         generated = module.sample(len(real), sampler=self.sampler, steps=self.steps, seed=self.seed,
                                   cond=cond, batch_size=self.batch_size)
         scores = self.metrics(generated.float().cpu(), real.float())
-        for name, value in scores.items():
+        for name, value in scores.items():  # NaN too (too few items): every rank must log the same keys
             module.log(f"val/{name}", float(value), on_epoch=True, sync_dist=True, batch_size=len(real))
+        if self.real_media is not None and not self._real_logged and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_metrics(self.real_media.to_wandb(real, key="real/validation"), step=trainer.global_step)
+            self._real_logged = True

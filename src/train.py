@@ -19,9 +19,10 @@ from datamodules import DataError, build_datamodule
 
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step, is_sharded
-from .config import register_resolvers, to_plain
+from .config import redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
-from .metrics import SampleMetricsCallback
+from .media import build_media
+from .metrics import MetricsCallback
 from .module import DiffusionModule
 from .preemption import LastCheckpoint, is_preempted, requeue
 
@@ -29,7 +30,8 @@ log = logging.getLogger("src.train")
 register_resolvers()
 
 
-def build_logger(cfg: dict, out: Path):
+def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
+    privacy = privacy or {}
     name = cfg.get("name", "none")
     if name == "none":
         return False
@@ -41,9 +43,17 @@ def build_logger(cfg: dict, out: Path):
     if mode not in ("offline", "online", "disabled"):
         raise ValueError(f"logger.mode must be offline, online or disabled; got '{mode}'.")
     os.environ.setdefault("WANDB_SILENT", "true")
+    extra = {}
+    if privacy.get("patient_data"):
+        import wandb
+
+        # console output names input files, and system metadata holds the command line (datamodule.path)
+        extra["settings"] = wandb.Settings(console="off", x_disable_meta=True, disable_git=True,
+                                           save_code=False, x_save_requirements=False)
     return WandbLogger(project=cfg.get("project", "diffusion"), entity=cfg.get("entity"),
                        name=cfg.get("run_name") or out.name, save_dir=str(out), offline=mode == "offline",
-                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out))
+                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out),
+                       **extra)
 
 
 def _wandb_id(out: Path) -> str:
@@ -107,6 +117,12 @@ def log_distributed(trainer: pl.Trainer, module) -> None:
 
 def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback]:
     s = cfg.sampling
+    privacy = to_plain(cfg.get("privacy"))
+    extra: list[pl.Callback] = []
+    if cfg.get("metrics"):
+        real_media = build_media(to_plain(cfg.media)) if privacy.get("upload_real_images") else None
+        extra.append(MetricsCallback(to_plain(cfg.metrics), sampler=s.sampler, steps=s.steps, seed=cfg.seed,
+                                     batch_size=s.batch_size, real_media=real_media))
     callbacks = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
@@ -114,11 +130,10 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
         SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
-        RunConfigInCheckpoint(plain),
+        RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data")))),
         LearningRateMonitor(logging_interval="step"),
+        *extra,
     ]
-    if cfg.get("metrics"):
-        callbacks.append(SampleMetricsCallback(to_plain(cfg.metrics), seed=cfg.seed))
     return callbacks
 
 
@@ -140,7 +155,8 @@ def train(cfg: DictConfig) -> dict:
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
-    logger = build_logger(to_plain(cfg.logger), out)
+    privacy = to_plain(cfg.get("privacy"))
+    logger = build_logger(to_plain(cfg.logger), out, privacy)
     callbacks = [cb for cb in build_callbacks(cfg, out, plain)
                  if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
     callbacks += [last, LambdaCallback(on_fit_start=log_distributed)]
@@ -149,7 +165,8 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
         if logger:
-            logger.log_hyperparams({"config": plain, "backbone_parameters": model.num_parameters()})
+            safe = redact(plain, data_path=not privacy.get("upload_data_paths", False))
+            logger.log_hyperparams({"config": safe, "backbone_parameters": model.num_parameters()})
     ckpt_path = resume_checkpoint(cfg, out)
     if ckpt_path and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
         raise CheckpointError(f"{ckpt_path} is a sharded (trainer=fsdp) checkpoint; resume it with "

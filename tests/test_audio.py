@@ -170,7 +170,7 @@ def test_vocoder_training_logs_paired_metrics(tmp_path):
     import pytorch_lightning as pl
 
     from datamodules.audio import AudioDataModule
-    from src.metrics import SampleMetricsCallback
+    from src.metrics import MetricsCallback
     from src.module import DiffusionModule
 
     dm = AudioDataModule(sample_rate=8000, clip_seconds=0.125, builtin_size=16, val_fraction=0.25,
@@ -179,7 +179,7 @@ def test_vocoder_training_logs_paired_metrics(tmp_path):
     module = DiffusionModule(backbone=backbone,
                              diffusion={"family": "ddpm", "clip_denoised": [-1.0, 1.0]}, data_shape=[1, 1000],
                              ema={"decay": 0.9})
-    metrics = SampleMetricsCallback({"kind": "audio", "sample_rate": 8000, "paired": True, "num_samples": 3,
+    metrics = MetricsCallback({"kind": "audio", "sample_rate": 8000, "paired": True, "num_samples": 3,
                                      "steps": 3, "n_mels": 16, "fft_sizes": [64, 128]})
     trainer = pl.Trainer(max_steps=2, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,

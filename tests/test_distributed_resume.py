@@ -12,6 +12,7 @@ order, so in practice they agree bit for bit.
 from __future__ import annotations
 
 import pytest
+
 from .dist_helpers import TINY, load_training_state, max_abs_diff, run_train
 
 N = 8

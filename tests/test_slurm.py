@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from .dist_helpers import REPO, TINY, clean_env
 
 SETUP = REPO / "scripts" / "local_slurm.sh"
