@@ -1,13 +1,15 @@
 """MRI: NIfTI files, DICOM series or a datalist JSON (or built-in phantoms), as 3D volumes or 2D slices.
 
 ``mode=volume`` yields ``{"x": (C, D0, D1, D2)}``, ``mode=slice`` yields ``{"x": (C, H, W)}`` slices along
-``slice_axis`` of the RAS-oriented volume, near-empty slices skipped. ``C`` is 1 (magnitude) or 2 (real and
-imaginary parts, ``channels=2``, for complex-valued data). Values follow the convention in
+``slice_axis`` of the RAS-oriented volume, near-empty slices skipped. ``C`` is 1
+(magnitude) or 2 (real and imaginary parts, ``channels=2``, for complex-valued data). Values follow the convention in
 ``mri_transforms`` (zero-anchored percentile scaling to [-1, 1]).
 
 Every volume is read, checked and preprocessed once at setup and kept in a MONAI ``CacheDataset`` (memory)
 or ``PersistentDataset`` (``cache_dir``, on disk); unusable volumes are skipped, counted and named in the
 local log, and too many of them stop the run (``max_bad_fraction``). Nothing here logs header fields.
+``path`` may also name webdataset shards of NIfTI files (``python -m datamodules.shards --domain mri``,
+decoded per sample by ``mri_shards``).
 """
 
 from __future__ import annotations
@@ -15,15 +17,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from monai.data import CacheDataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose
 from torch.utils.data import Dataset
 
 from .base import BadInputCounter, DataError, DiffusionDataModule, split_indices
 from .mri_io import check_headers, discover
-from .mri_transforms import KEY, Prepare, augment_chain, load_size, prepare_chain, slice_foreground
+from .mri_shards import EXTENSIONS, MRIShardDecoder, list_items, pack_sample  # noqa: F401 - shard interface
+from .mri_transforms import (
+    KEY,
+    Prepare,
+    augment_chain,
+    augment_item,
+    load_size,
+    prepare_chain,
+    slice_foreground,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +60,7 @@ class CachedItems(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         v, s = self.index[i]
-        img = self.volumes[v][KEY]
-        if s is not None:
-            img = img.select(self.axis + 1, s)
-        self.augment.set_random_state(seed=int(np.random.randint(0, 2**31 - 1)))
-        x = self.augment({KEY: img})[KEY]
-        if isinstance(x, MetaTensor):
-            x = x.as_tensor()
-        return {"x": x.float().contiguous().clone()}
+        return augment_item(self.volumes[v][KEY], s, self.axis, self.augment)
 
 
 class MRIDataModule(DiffusionDataModule):
@@ -176,6 +179,26 @@ class MRIDataModule(DiffusionDataModule):
             )
         return train, val, total
 
+    def _prepare(self) -> Prepare:
+        """The deterministic chain per volume, shared by the cache and the shard decoder."""
+        chain = prepare_chain(
+            channels=self.channels,
+            spacing=self.spacing,
+            percentile=self.percentile,
+            foreground_threshold=self.fg_threshold,
+            foreground_margin=self.fg_margin,
+            padded_size=self._volume_shape(load_size(self.shape, self.crop_margin)),
+            select_channel=self.select_channel,
+            phantom_shape=self._phantom_shape(),
+            phantom_spacing=[s or 1.0 for s in (self.spacing or [1.0] * 3)],
+        )
+        return Prepare(chain, self.fg_threshold, self.channels == 2)
+
+    def shard_decoder(self, train: bool) -> MRIShardDecoder:
+        augment = augment_chain(self.shape, train, self._flip_axis() if train else None)
+        return MRIShardDecoder(self._prepare(), augment, self.mode, self.slice_axis, self.fg_threshold,
+                               self.min_slice_fg, self.channels == 2, train)
+
     def _cache(self, items: list[dict]) -> Dataset:
         settings = dict(
             mode=self.mode,
@@ -189,18 +212,7 @@ class MRIDataModule(DiffusionDataModule):
             margin=self.fg_margin,
             crop=self.crop_margin,
         )
-        chain = prepare_chain(
-            channels=self.channels,
-            spacing=self.spacing,
-            percentile=self.percentile,
-            foreground_threshold=self.fg_threshold,
-            foreground_margin=self.fg_margin,
-            padded_size=self._volume_shape(load_size(self.shape, self.crop_margin)),
-            select_channel=self.select_channel,
-            phantom_shape=self._phantom_shape(),
-            phantom_spacing=[s or 1.0 for s in (self.spacing or [1.0] * 3)],
-        )
-        transform = Compose([Prepare(chain, self.fg_threshold, self.channels == 2)])
+        transform = Compose([self._prepare()])
         if self.cache_dir:
             # the settings are part of each item, hence of the cache key: changing them re-decodes
             items = [{**it, "settings": repr(settings)} for it in items]
@@ -224,7 +236,7 @@ class MRIDataModule(DiffusionDataModule):
         return out
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.train_set is not None or self.is_streaming:
             return
         counter = BadInputCounter("volume", self.max_bad_fraction)
         train_items, val_items, total = self._items(counter)

@@ -13,6 +13,7 @@ signal is -1), complex ``z`` maps to ``(Re z, Im z) / s`` clipped to magnitude <
 
 from __future__ import annotations
 
+import gzip
 import math
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor, NibabelReader, PydicomReader
+from monai.data.utils import correct_nifti_header_if_necessary
 from monai.transforms import (
     CenterSpatialCropd,
     Compose,
@@ -51,6 +53,35 @@ def magnitude_fraction(x: torch.Tensor, complex_valued: bool) -> torch.Tensor:
     return (x[:1].float() + 1) / 2
 
 
+class NiftiBytes:
+    """A NIfTI file's bytes (a shard member) standing in for its path; ``str`` is a name for messages."""
+
+    def __init__(self, name: str, data: bytes, gzipped: bool):
+        self.name, self.data, self.gzipped = name, data, gzipped
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class NiftiBytesReader(NibabelReader):
+    """MONAI's NibabelReader over ``NiftiBytes`` instead of a path, so ``LoadImage`` converts a shard member
+    exactly as it converts the file on disk (nibabel's ``load`` takes only file names)."""
+
+    def verify_suffix(self, filename) -> bool:
+        return True
+
+    def read(self, data, **kwargs):
+        import nibabel as nib
+
+        (item,) = data if isinstance(data, (tuple, list)) else (data,)
+        raw = gzip.decompress(item.data) if item.gzipped else item.data
+        self.filenames = (str(item),)
+        # sizeof_hdr, the first field, tells NIfTI-2 (540) from NIfTI-1 (348) in either byte order
+        nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+        img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
+        return correct_nifti_header_if_necessary(img)
+
+
 class LoadVolumed(MapTransform):
     """Reads an item with the MONAI reader its format needs, or draws a built-in phantom; channel first."""
 
@@ -69,10 +100,12 @@ class LoadVolumed(MapTransform):
 
     def _loader(self, kind: str) -> LoadImage:
         if kind not in self.loaders:  # built on first use: PydicomReader probes optional GPU decoders noisily
-            reader = NibabelReader(squeeze_non_spatial_dims=True) if kind == "nifti" else PydicomReader()
+            readers = {"nifti": NibabelReader, "nifti_bytes": NiftiBytesReader}
+            reader = readers[kind](squeeze_non_spatial_dims=True) if kind in readers else PydicomReader()
             # dtype=None keeps complex voxels complex; the next transform decides magnitude or (real, imag)
             self.loaders[kind] = LoadImage(
-                reader=reader, image_only=True, dtype=None, ensure_channel_first=True
+                reader=reader, image_only=True, dtype=None, ensure_channel_first=True,
+                expanduser=kind != "nifti_bytes",
             )
         return self.loaders[kind]
 
@@ -281,3 +314,14 @@ def augment_chain(shape: Sequence[int], train: bool, flip_axis: int | None) -> C
     if flip_axis is not None:
         steps.append(RandFlipd(KEY, prob=0.5, spatial_axis=flip_axis))
     return Compose(steps)
+
+
+def augment_item(volume: torch.Tensor, slice_index: int | None, axis: int, augment: Compose) -> dict:
+    """One item ``{"x": tensor}``: the volume (or its slice ``slice_index`` along spatial ``axis``) through
+    ``augment``, whose random state is drawn from numpy's global RNG (seeded per draw by the loaders)."""
+    img = volume if slice_index is None else volume.select(axis + 1, slice_index)
+    augment.set_random_state(seed=int(np.random.randint(0, 2**31 - 1)))
+    x = augment({KEY: img})[KEY]
+    if isinstance(x, MetaTensor):
+        x = x.as_tensor()
+    return {"x": x.float().contiguous().clone()}
