@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from mri_helpers import phantom, write_dicom_series, write_nifti
 
 from datamodules import DataError, build_datamodule
 from datamodules.base import ReproducibleItems
 from datamodules.mri import MRIDataModule
 from datamodules.phantoms import head_phantom
+
+from .mri_helpers import phantom, write_dicom_series, write_nifti
 
 
 def dm(path=None, **kw) -> MRIDataModule:

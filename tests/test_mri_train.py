@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from mri_helpers import FAKE_DATE, FAKE_PATIENT_ID, phantom, write_dicom_series, write_nifti
+
+from .mri_helpers import FAKE_DATE, FAKE_PATIENT_ID, phantom, write_dicom_series, write_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
 
