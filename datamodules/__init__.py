@@ -9,6 +9,8 @@ from .base import DataError, DiffusionDataModule
 # name -> "module:Class", imported lazily so one domain's heavy imports never slow another's
 DATAMODULES: dict[str, str] = {
     "image": "datamodules.image:ImageDataModule",
+    "audio": "datamodules.audio:AudioDataModule",
+    "mri": "datamodules.mri:MRIDataModule",
 }
 
 

@@ -3,7 +3,8 @@
 Training data is one endless, deterministic stream per rank: epoch ``e`` is a permutation seeded by
 ``(seed, e)``, split across ranks like ``DistributedSampler``. Its position is derived from the restored
 ``global_step``, so a resumed run sees exactly the samples the uninterrupted run would have seen, and every
-rank runs the same number of steps (no DDP hang on uneven data).
+rank runs the same number of steps (no DDP hang on uneven data). When ``datamodule.path`` names webdataset
+shards, the same promises hold for the streaming loaders of ``datamodules/stream.py``.
 """
 
 from __future__ import annotations
@@ -72,29 +73,42 @@ class ReproducibleItems(Dataset):
 
     def __getitem__(self, key: int):
         seed = (self.seed * 1_000_003 + int(key)) % (2**32)
-        np_state = np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                np.random.seed(seed)
-                return self.dataset[int(key) % len(self.dataset)]
-        finally:
-            np.random.set_state(np_state)
+        return call_seeded(seed, self.dataset.__getitem__, int(key) % len(self.dataset))
+
+
+def call_seeded(seed: int, fn, *args):
+    """``fn(*args)`` with torch and numpy global RNGs seeded by ``seed``; the caller's RNGs stay untouched."""
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed % (2**32))
+            return fn(*args)
+    finally:
+        np.random.set_state(np_state)
 
 
 class BadInputCounter:
     """Counts skipped inputs and raises once their share passes ``max_fraction``."""
 
+    MAX_EXAMPLES = 20  # an endless stream meets the same bad sample again and again: keep a few, count all
+
     def __init__(self, what: str, max_fraction: float, key: str = "datamodule.max_bad_fraction"):
         self.what, self.max_fraction, self.key = what, max_fraction, key
         self.bad: list[tuple[str, str]] = []
+        self.count = 0
+        self._logged: set[str] = set()
 
     def add(self, name: str, reason: str) -> None:
-        self.bad.append((name, reason))
-        log.warning("Skipping %s %s: %s", self.what, name, reason)
+        self.count += 1
+        if len(self.bad) < self.MAX_EXAMPLES:
+            self.bad.append((name, reason))
+        if name not in self._logged and len(self._logged) < 1000:
+            self._logged.add(name)
+            log.warning("Skipping %s %s: %s", self.what, name, reason)
 
     def check(self, total: int) -> None:
-        n = len(self.bad)
+        n = self.count
         if total == 0:
             return
         if n / total > self.max_fraction:
@@ -126,16 +140,22 @@ class Subset(Dataset):
 
 
 class DiffusionDataModule(pl.LightningDataModule):
-    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup`` and set ``data_shape``."""
+    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup``, set ``data_shape``."""
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
-                 pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0, **_):
+                 pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0,
+                 shards: dict | None = None, **_):
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_batch_size = val_batch_size or batch_size
         self.pin_memory, self.persistent_workers, self.seed = pin_memory, persistent_workers, seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        from .stream import ShardSettings
+
+        # streaming from webdataset shards (datamodules/stream.py) when datamodule.path names shards
+        self.shard_settings = ShardSettings.from_config(shards)
+        self.stream = None
 
     @property
     def data_shape(self) -> list[int]:
@@ -150,7 +170,37 @@ class DiffusionDataModule(pl.LightningDataModule):
         return dict(num_workers=workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
                     persistent_workers=self.persistent_workers and workers > 0)
 
+    # ---- webdataset shards: a subclass stores datamodule.path in self.path and implements shard_decoder ----
+    @property
+    def is_streaming(self) -> bool:
+        if getattr(self, "_streaming", None) is None:  # decided once: it may list a large folder
+            from .shards import is_shard_path
+
+            self._streaming = is_shard_path(getattr(self, "path", None))
+        return self._streaming
+
+    def shard_decoder(self, train: bool):
+        """A picklable callable: one shard sample ``{ext: bytes, ...}`` -> one item ``{"x": tensor}``."""
+        raise DataError(f"{type(self).__name__} cannot read webdataset shards yet; "
+                        "pass a folder as datamodule.path.")
+
+    def _shard_stream(self):
+        if self.stream is None:
+            from .stream import ShardSource
+
+            self.stream = ShardSource(self)
+        return self.stream
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict() if self.stream is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and self.is_streaming:
+            self._shard_stream().load_state_dict(state)
+
     def train_dataloader(self):
+        if self.is_streaming:
+            return self._shard_stream().train_loader()
         rank, world = self._rank_world()
         t = getattr(self, "trainer", None)
         accum = t.accumulate_grad_batches if t is not None else 1
@@ -163,9 +213,14 @@ class DiffusionDataModule(pl.LightningDataModule):
                           **self._loader_kwargs())
 
     def val_dataloader(self):
+        if self.is_streaming:
+            return self._shard_stream().val_loader()
         if self.val_set is None or len(self.val_set) == 0:
             return []
         rank, world = self._rank_world()
-        indices = list(range(rank, len(self.val_set), world)) or [0]
+        n = len(self.val_set)
+        # the same number of items on every rank (wrapping round, as DistributedSampler pads), so collectives
+        # in validation (sharded forward passes, metric sync) never wait on a rank that ran out of batches
+        indices = [(rank + k * world) % n for k in range(math.ceil(n / world))]
         return DataLoader(Subset(self.val_set, indices), batch_size=self.val_batch_size, shuffle=False,
                           **self._loader_kwargs())

@@ -1,7 +1,9 @@
-"""Images: a folder of png/jpg (recursive) or the built-in synthetic shapes, scaled to [-1, 1]."""
+"""Images: a folder of png/jpg (recursive), webdataset shards of them, or the built-in synthetic shapes."""
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from .base import BadInputCounter, DataError, DiffusionDataModule, Subset, split
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+EXTENSIONS = IMAGE_EXTENSIONS  # what `python -m datamodules.shards --domain image` packs
 
 
 def list_images(root: Path) -> list[Path]:
@@ -38,6 +41,24 @@ def to_tensor(img: Image.Image, resolution: int, channels: int, flip: bool) -> t
         arr = arr.transpose(2, 0, 1)
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.flip(-1) if flip else t
+
+
+def pack_sample(path: Path) -> tuple[dict[str, bytes], dict]:
+    """The file's own encoded bytes, once its header reads as an image (the folder path's test of a file)."""
+    with Image.open(path) as img:  # header only; UnidentifiedImageError is an OSError
+        width, height, mode = *img.size, img.mode
+    meta = {"width": width, "height": height, "mode": mode}
+    return {path.suffix.lower().lstrip("."): path.read_bytes()}, meta
+
+
+def decode_sample(sample: dict, resolution: int, channels: int, random_flip: bool) -> dict:
+    """One shard sample -> ``{"x": tensor}``, exactly as ``ImageFolder`` reads the same file."""
+    ext = next((e[1:] for e in sorted(IMAGE_EXTENSIONS) if e[1:] in sample), None)
+    if ext is None:
+        raise ValueError(f"no image member ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the sample")
+    with Image.open(io.BytesIO(sample[ext])) as img:
+        flip = random_flip and bool(torch.randint(0, 2, (1,)).item())
+        return {"x": to_tensor(img, resolution, channels, flip)}
 
 
 class ImageFolder(Dataset):
@@ -113,8 +134,9 @@ class SyntheticShapes(Dataset):
 
 
 class ImageDataModule(DiffusionDataModule):
-    def __init__(self, path: str | None = None, resolution: int = 32, channels: int = 3, random_flip: bool = True,
-                 val_fraction: float = 0.05, max_bad_fraction: float = 0.01, builtin_size: int = 2048, **kw):
+    def __init__(self, path: str | None = None, resolution: int = 32, channels: int = 3,
+                 random_flip: bool = True, val_fraction: float = 0.05, max_bad_fraction: float = 0.01,
+                 builtin_size: int = 2048, **kw):
         super().__init__(**kw)
         if channels not in (1, 3):
             raise DataError(f"datamodule.channels must be 1 or 3 for images, got {channels}.")
@@ -148,8 +170,12 @@ class ImageDataModule(DiffusionDataModule):
         counter.check(len(files))
         return good
 
+    def shard_decoder(self, train: bool):
+        return functools.partial(decode_sample, resolution=self.resolution, channels=self.channels,
+                                 random_flip=self.random_flip and train)
+
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.train_set is not None or self.is_streaming:
             return
         if self.path:
             files = self._scan(Path(self.path).expanduser())

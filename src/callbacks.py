@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 
 from .media import build_media
+from .preemption import is_preempted
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,8 @@ class SampleCallback(pl.Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end), draw EMA samples, save them, log them."""
 
     def __init__(self, out_dir: str | Path, media: dict, every_n_steps: int = 1000, num: int = 16,
-                 sampler: str | None = None, steps: int | None = None, seed: int = 0, batch_size: int | None = None):
+                 sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                 batch_size: int | None = None):
         self.out_dir = Path(out_dir)
         self.media = build_media(media)
         self.every, self.num, self.sampler, self.steps = every_n_steps, num, sampler, steps
@@ -47,7 +49,8 @@ class SampleCallback(pl.Callback):
             self._draw(trainer, module)
 
     def on_train_end(self, trainer, module):
-        self._draw(trainer, module)
+        if not is_preempted(trainer):  # a preempted job spends its last seconds saving, not sampling
+            self._draw(trainer, module)
 
 
 class ThroughputCallback(pl.Callback):

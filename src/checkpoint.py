@@ -29,27 +29,58 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: the message says which file and what to do."""
 
 
+SHARDED_META = "meta.pt"  # what Lightning's ModelParallelStrategy writes beside the shards
+
+
+def is_sharded(path: str | Path) -> bool:
+    """A distributed (FSDP2) checkpoint: a folder of per-rank shards plus ``meta.pt``."""
+    path = Path(path)
+    return path.is_dir() and (path / SHARDED_META).is_file()
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The ``global_step`` stored in a checkpoint file or sharded folder; -1 when it cannot be read."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            ckpt = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt.get("global_step", -1))
+    except Exception:  # noqa: BLE001 - unreadable means "not a candidate", whatever the reason
+        return -1
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint without unpickling arbitrary code (``weights_only=True``)."""
+    """Load a checkpoint without unpickling arbitrary code (``weights_only=True``).
+
+    A sharded (FSDP2) checkpoint folder is consolidated in memory, see ``src.consolidate``.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist; pass the path of a .ckpt file from "
                               "a run's checkpoints/ folder.")
-    if path.is_dir():
-        raise CheckpointError(f"Checkpoint {path} is a folder; pass a .ckpt file (a sharded checkpoint must "
-                              "first be consolidated into one file).")
+    if path.is_dir() and not is_sharded(path):
+        raise CheckpointError(f"Checkpoint {path} is a folder without {SHARDED_META}; pass a .ckpt file or "
+                              "a sharded checkpoint folder written by src.train.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if path.is_dir():
+            from .consolidate import consolidate
+
+            ckpt = consolidate(path)
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(f"Could not read checkpoint {path} safely ({type(e).__name__}: {e}); "
                               "is it a checkpoint written by src.train?") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path} is not a checkpoint written by src.train (no state_dict/hyper_parameters).")
+        raise CheckpointError(f"{path} is not a checkpoint written by src.train "
+                              "(no state_dict/hyper_parameters).")
     return ckpt
 
 
 def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the DiffusionModule from the checkpoint's own config (allow-listed builders) and load weights."""
+    """Rebuild the DiffusionModule from the checkpoint's own config (allow-listed builders), load weights."""
     from .module import DiffusionModule
 
     ckpt = load_checkpoint(path)

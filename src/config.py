@@ -35,3 +35,15 @@ def to_plain(cfg: DictConfig | dict | None) -> dict:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
+
+
+REDACTED = "<not recorded: privacy>"
+
+
+def redact(plain: dict, data_path: bool) -> dict:
+    """A copy of a plain config without what must not leave the machine: ``datamodule.path`` when asked."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in plain.items()}
+    if data_path and isinstance(out.get("datamodule"), dict) and out["datamodule"].get("path"):
+        out["datamodule"]["path"] = REDACTED
+    return out
+

@@ -19,6 +19,17 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _reshard(module: nn.Module) -> None:
+    """Return FSDP2 units that a forward pass left gathered (reshard_after_forward=False) to their shards."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 class EMA(nn.Module):
     """EMA with the warm-up schedule ``decay_n = min(decay, 1 - (1 + n / inv_gamma) ** -power)``.
 
@@ -51,10 +62,12 @@ class EMA(nn.Module):
     def update(self, model: nn.Module) -> None:
         n = self.updates
         weight = 1.0 - self.decay_at(n)
+        _reshard(self.module)
         ema_params = [_local(p) for p in self.module.parameters()]
         params = [_local(p).detach() for p in model.parameters()]
         if len(ema_params) != len(params):
-            raise RuntimeError("EMA and model have different parameter lists; was the model changed after EMA?")
+            raise RuntimeError("EMA and model have different parameter lists; "
+                               "was the model changed after the EMA was made?")
         torch._foreach_lerp_(ema_params, [p.to(e.dtype) for p, e in zip(params, ema_params)], weight)
         for e, b in zip(self.module.buffers(), model.buffers()):
             _local(e).copy_(_local(b))

@@ -24,7 +24,8 @@ def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.nda
     grid = torch.zeros(3, ncol * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = x[i, :3]
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top:top + h, left:left + w] = x[i, :3]
     return grid.permute(1, 2, 0).numpy()
 
 
@@ -58,7 +59,11 @@ class ImageMedia:
 
 
 # kind -> "module:Class"; other domains register theirs here
-MEDIA: dict[str, str] = {"image": "src.media:ImageMedia"}
+MEDIA: dict[str, str] = {
+    "image": "src.media:ImageMedia",
+    "audio": "src.audio:AudioMedia",
+    "mri": "src.media_mri:MRIMedia",
+}
 
 
 def build_media(cfg: dict):

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from .backbones import build_backbone
 from .diffusion import build_objective, clipped, get_sampler
@@ -36,6 +35,11 @@ def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return batch, None
 
 
+def channels_last_format(data_ndim: int) -> torch.memory_format | None:
+    """channels-last layout for 2-D (``(C, H, W)``) and 3-D (``(C, D, H, W)``) data; none for 1-D."""
+    return {3: torch.channels_last, 4: torch.channels_last_3d}.get(data_ndim)
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
     if warmup > 0 and step < warmup:
@@ -48,18 +52,27 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 class DiffusionModule(pl.LightningModule):
     def __init__(self, backbone: dict, diffusion: dict, data_shape: list[int], optim: dict | None = None,
-                 ema: dict | None = None, seed: int = 0, val_buckets: int = 5):
+                 ema: dict | None = None, seed: int = 0, val_buckets: int = 5, perf: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
-                          "min_lr_ratio": 0.1, "fused": None, **(optim or {})}
+                          "min_lr_ratio": 0.1, "fused": None, "total_steps": None,
+                          **(optim or {})}
         self.diffusion_cfg = dict(diffusion)
         self.data_shape = list(data_shape)
         self.seed = seed
         self.val_buckets = val_buckets
         self.objective = build_objective(diffusion)
         self.backbone = build_backbone(backbone)
+        self.perf = {"compile": False, "channels_last": False, **(perf or {})}
+        self.memory_format = channels_last_format(len(self.data_shape)) if self.perf["channels_last"] else None
+        if self.memory_format is not None:
+            self.backbone.to(memory_format=self.memory_format)
         self.ema = EMA(self.backbone, **(ema or {}))
+        if self.perf["compile"]:
+            # in-place Module.compile keeps state_dict keys free of `_orig_mod.`, so checkpoints load either way
+            self.backbone.compile()
+            self.ema.module.compile()
 
     # ---- training ---------------------------------------------------------------------------------
     def _generator(self, *parts: int) -> torch.Generator:
@@ -75,14 +88,29 @@ class DiffusionModule(pl.LightningModule):
     def forward(self, x, noise_level, cond=None):
         return self.backbone(x, noise_level, cond)
 
+    def configure_model(self):
+        # A sharding strategy (trainer=fsdp) shards the backbone and its EMA copy into the same units, so
+        # each rank's EMA shard lines up with its weight shard; other strategies have no shard_module.
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        shard_module = getattr(strategy, "shard_module", None)
+        if shard_module is not None:
+            shard_module(self.backbone, trainable=True)
+            shard_module(self.ema.module, trainable=False)
+
     def training_step(self, batch, batch_idx):
         x, cond = unpack(batch)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
         accum = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
-        # noise is a pure function of (seed, step, rank, micro-batch): resuming replays it exactly
-        g = self._generator(self.global_step, self.global_rank, batch_idx % accum)
+        # noise, and the global RNG (dropout and the like), are pure functions of (seed, step, rank,
+        # micro-batch): resuming replays them exactly without storing per-rank RNG states
+        parts = (self.global_step, self.global_rank, batch_idx % accum)
+        torch.manual_seed(step_seed(self.seed, *parts, 1))
+        g = self._generator(*parts)
         u, noise = self._noise(x, g)
         loss = self.objective.loss(self.backbone, x, u, noise, cond).mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0],
+                 sync_dist=True)
         return loss
 
     def optimizer_step(self, *args, **kwargs):
@@ -93,8 +121,8 @@ class DiffusionModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
         if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            if hasattr(norm, "full_tensor"):
+            norm = torch.nn.utils.get_total_norm(grads)
+            if hasattr(norm, "full_tensor"):  # sharded (FSDP2) gradients: the norm over all ranks' shards
                 norm = norm.full_tensor()
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
@@ -120,7 +148,8 @@ class DiffusionModule(pl.LightningModule):
         if c.get("fused") is not None:
             kwargs["fused"] = bool(c["fused"])
         opt = torch.optim.AdamW([p for p in self.backbone.parameters() if p.requires_grad], **kwargs)
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 10**9
+        # optim.total_steps pins the schedule's length when a run is stopped early on purpose (tests, staging)
+        total = c.get("total_steps") or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, int(c["warmup_steps"]), total, float(c["min_lr_ratio"])))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -157,7 +186,3 @@ class DiffusionModule(pl.LightningModule):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

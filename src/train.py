@@ -9,21 +9,29 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LambdaCallback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.strategies import ModelParallelStrategy
+from pytorch_lightning.utilities import rank_zero_only
 
 from datamodules import DataError, build_datamodule
 
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
-from .checkpoint import AtomicCheckpointIO, CheckpointError
-from .config import register_resolvers, to_plain
+from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step, is_sharded
+from .config import redact, register_resolvers, to_plain
+from .distributed import build_strategy, cluster_plugins
+from .media import build_media
+from .metrics import MetricsCallback
 from .module import DiffusionModule
+from .preemption import LastCheckpoint, is_preempted, requeue
 
 log = logging.getLogger("src.train")
 register_resolvers()
 
 
-def build_logger(cfg: dict, out: Path):
+def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
+    privacy = privacy or {}
     name = cfg.get("name", "none")
     if name == "none":
         return False
@@ -35,9 +43,17 @@ def build_logger(cfg: dict, out: Path):
     if mode not in ("offline", "online", "disabled"):
         raise ValueError(f"logger.mode must be offline, online or disabled; got '{mode}'.")
     os.environ.setdefault("WANDB_SILENT", "true")
+    extra = {}
+    if privacy.get("patient_data"):
+        import wandb
+
+        # console output names input files, and system metadata holds the command line (datamodule.path)
+        extra["settings"] = wandb.Settings(console="off", x_disable_meta=True, disable_git=True,
+                                           save_code=False, x_save_requirements=False)
     return WandbLogger(project=cfg.get("project", "diffusion"), entity=cfg.get("entity"),
                        name=cfg.get("run_name") or out.name, save_dir=str(out), offline=mode == "offline",
-                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out))
+                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out),
+                       **extra)
 
 
 def _wandb_id(out: Path) -> str:
@@ -47,31 +63,78 @@ def _wandb_id(out: Path) -> str:
     return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
 
 
+def own_checkpoint(out: Path) -> tuple[Path, int] | None:
+    """The newest checkpoint this run folder holds: ``last.ckpt`` (file or sharded folder), or an
+    ``hpc_ckpt_N.ckpt`` that Lightning's own SLURM handler may have written, whichever has the higher step."""
+    candidates = [out / "checkpoints" / "last.ckpt", *sorted(out.glob("hpc_ckpt_*.ckpt"))]
+    found = [p for p in candidates if p.exists()]
+    if not found:
+        return None
+    steps = [checkpoint_step(p) for p in found]
+    best = max(range(len(found)), key=lambda i: steps[i])  # ties keep last.ckpt
+    return found[best], steps[best]
+
+
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+    auto = cfg.get("resume", "auto") == "auto"
+    own = own_checkpoint(out) if auto else None
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path).expanduser()
         if not path.exists():
             raise CheckpointError(f"ckpt_path={path} does not exist; pass an existing .ckpt file.")
+        # a requeued job repeats its command line: its own newer checkpoint, not ckpt_path, is where it is
+        if own is not None and own[1] > checkpoint_step(path):
+            rank_zero_only(log.info)("Resuming from %s at step %d, newer than ckpt_path=%s.", *own, path)
+            return str(own[0])
         return str(path)
-    last = out / "checkpoints" / "last.ckpt"
-    if cfg.get("resume", "auto") == "auto" and last.exists():
-        log.info("Resuming from %s (set resume=never or another paths.output_dir to start afresh).", last)
-        return str(last)
+    if own is not None:
+        rank_zero_only(log.info)("Resuming from %s at step %d (resume=never or a new paths.output_dir starts "
+                                 "afresh).", *own)
+        return str(own[0])
     return None
+
+
+def resolve_precision(trainer_cfg: dict):
+    """``precision: auto``: bf16 mixed precision when training on GPUs, full fp32 otherwise."""
+    precision = trainer_cfg.get("precision", "32-true")
+    if precision != "auto":
+        return precision
+    gpu = trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def log_distributed(trainer: pl.Trainer, module) -> None:
+    if trainer.is_global_zero:
+        env = getattr(trainer.strategy, "cluster_environment", None)  # a single-device strategy has none
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]
+        held = sum(t.numel() * t.element_size() for t in local) / 2**20
+        log.info("Distributed: %s, world size %d, strategy %s, job %s, restart %s; this rank holds %.1f MB "
+                 "of weights and EMA", type(env).__name__, trainer.world_size,
+                 type(trainer.strategy).__name__,
+                 os.environ.get("SLURM_JOB_ID", "-"), os.environ.get("SLURM_RESTART_COUNT", "0"),
+                 held)
 
 
 def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback]:
     s = cfg.sampling
-    return [
+    privacy = to_plain(cfg.get("privacy"))
+    extra: list[pl.Callback] = []
+    if cfg.get("metrics"):
+        real_media = build_media(to_plain(cfg.media)) if privacy.get("upload_real_images") else None
+        extra.append(MetricsCallback(to_plain(cfg.metrics), sampler=s.sampler, steps=s.steps, seed=cfg.seed,
+                                     batch_size=s.batch_size, real_media=real_media))
+    callbacks = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
-                        monitor="step", mode="max", save_last=True),
-        LearningRateMonitor(logging_interval="step"),
+                        monitor="step", mode="max", save_last=True, enable_version_counter=False),
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
         SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
-        RunConfigInCheckpoint(plain),
+        RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data")))),
+        LearningRateMonitor(logging_interval="step"),
+        *extra,
     ]
+    return callbacks
 
 
 def train(cfg: DictConfig) -> dict:
@@ -79,22 +142,44 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir).expanduser().resolve()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     plain = to_plain(cfg)
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) == 0:
+    if rank_zero_only.rank == 0:  # the launch rank (RANK, LOCAL_RANK or SLURM_PROCID), known before setup
         OmegaConf.save(cfg, out / "config.yaml")
+    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", every_n_steps=cfg.checkpoint.every_n_steps)
+    last.install()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
     model = DiffusionModule(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion),
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
-                            seed=cfg.seed, val_buckets=cfg.val_buckets)
+                            seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")))
     trainer_kwargs = to_plain(cfg.trainer)
-    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=build_logger(to_plain(cfg.logger), out),
-                         callbacks=build_callbacks(cfg, out, plain), plugins=[AtomicCheckpointIO()],
-                         use_distributed_sampler=False)
+    trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
+    privacy = to_plain(cfg.get("privacy"))
+    logger = build_logger(to_plain(cfg.logger), out, privacy)
+    callbacks = [cb for cb in build_callbacks(cfg, out, plain)
+                 if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
+    callbacks += [last, LambdaCallback(on_fit_start=log_distributed)]
+    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks,
+                         plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
-    trainer.fit(model, datamodule=dm, ckpt_path=resume_checkpoint(cfg, out))
-    return {"output_dir": str(out), "global_step": trainer.global_step,
+        if logger:
+            safe = redact(plain, data_path=not privacy.get("upload_data_paths", False))
+            logger.log_hyperparams({"config": safe, "backbone_parameters": model.num_parameters()})
+    ckpt_path = resume_checkpoint(cfg, out)
+    if ckpt_path and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
+        raise CheckpointError(f"{ckpt_path} is a sharded (trainer=fsdp) checkpoint; resume it with "
+                              "trainer=fsdp (any number of devices), or make it one file with "
+                              "python -m src.consolidate to sample from it.")
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    preempted = is_preempted(trainer)
+    if preempted and trainer.is_global_zero:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()  # the requeue ends this job: close the offline run before that
+        requeue()  # last: everything is saved
+    return {"output_dir": str(out), "global_step": trainer.global_step, "preempted": preempted,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
 
 

@@ -10,9 +10,15 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .diffusers_unet import build_diffusers_unet2d
+from .diffwave import build_diffwave
 from .unet import build_unet
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {"unet": build_unet}
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "unet": build_unet,
+    "diffwave": build_diffwave,
+    "diffusers_unet2d": build_diffusers_unet2d,
+}
 
 
 def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:

@@ -1,4 +1,4 @@
-"""MONAI's DiffusionModelUNet (2D or 3D) behind the backbone call, with size presets."""
+"""MONAI's DiffusionModelUNet (2D or 3D) behind the backbone call, with size presets per dimensionality."""
 
 from __future__ import annotations
 
@@ -19,8 +19,22 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# 3D: one more level and fewer channels, so MONAI's middle-block self-attention (always present) runs on
+# (D/4)^3 or (D/8)^3 tokens instead of (D/2)^3: at 32^3 that is 512 instead of 4,096 tokens per volume
+PRESETS_3D: dict[str, dict] = {
+    "tiny": dict(channels=(8, 16, 32), attention_levels=(False, False, False), num_res_blocks=1,
+                 norm_num_groups=8, num_head_channels=8),
+    "small": dict(channels=(32, 64, 128), attention_levels=(False, False, False), num_res_blocks=1,
+                  norm_num_groups=16, num_head_channels=32),
+    "base": dict(channels=(64, 128, 256, 256), attention_levels=(False, False, False, True), num_res_blocks=2,
+                 norm_num_groups=32, num_head_channels=64),
+    "large": dict(channels=(96, 192, 384, 512), attention_levels=(False, False, True, True), num_res_blocks=2,
+                  norm_num_groups=32, num_head_channels=64),
+}
+
+
 class UNetBackbone(nn.Module):
-    """Wraps ``DiffusionModelUNet``; the noise level is scaled to the ~[0, 1000] range its embedding expects."""
+    """Wraps ``DiffusionModelUNet``; noise levels are scaled to the ~[0, 1000] range its embedding expects."""
 
     def __init__(self, net: DiffusionModelUNet, noise_scale: float = 1000.0):
         super().__init__()
@@ -31,15 +45,31 @@ class UNetBackbone(nn.Module):
         return self.net(x, timesteps=noise_level * self.noise_scale, context=cond)
 
 
+def checkpoint_blocks(net: DiffusionModelUNet) -> None:
+    """Recompute each down, middle and up block's activations in the backward pass (torch.utils.checkpoint).
+
+    Trades about one extra forward pass for storing only block inputs: what lets large 3D volumes fit.
+    torch's checkpoint_wrapper keeps state-dict keys unchanged, so checkpoints load either way.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    net.down_blocks = nn.ModuleList([checkpoint_wrapper(b) for b in net.down_blocks])
+    net.middle_block = checkpoint_wrapper(net.middle_block)
+    net.up_blocks = nn.ModuleList([checkpoint_wrapper(b) for b in net.up_blocks])
+
+
 def build_unet(spatial_dims: int = 2, in_channels: int = 3, out_channels: int | None = None,
-               preset: str = "small", **overrides) -> nn.Module:
+               preset: str = "small", activation_checkpointing: bool = False, **overrides) -> nn.Module:
     if preset not in PRESETS:
         raise ValueError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     if spatial_dims not in (2, 3):
         raise ValueError(f"The unet backbone supports spatial_dims 2 or 3, got {spatial_dims}.")
-    kwargs = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    presets = PRESETS_3D if spatial_dims == 3 else PRESETS
+    kwargs = {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("channels", "attention_levels"):
         kwargs[key] = tuple(kwargs[key])
     net = DiffusionModelUNet(spatial_dims=spatial_dims, in_channels=in_channels,
                              out_channels=out_channels or in_channels, **kwargs)
+    if activation_checkpointing:
+        checkpoint_blocks(net)
     return UNetBackbone(net)

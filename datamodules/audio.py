@@ -1,0 +1,301 @@
+"""Audio waveforms: a folder of wav/flac/ogg (recursive), webdataset shards of them, or the built-in sounds.
+
+Clips are ``(channels, length)`` at ``sample_rate``: read with soundfile (only the frames a crop needs),
+mixed to mono or stereo, resampled with ``torchaudio.functional.resample``, cropped (random for
+training, centred for validation), zero-padded when the file is shorter, and normalised per clip (peak
+or loudness) into [-1, 1]. With ``mel_conditioning`` a batch also carries the clip's log-mel as ``cond``.
+Shards (``python -m datamodules.shards --domain audio``) hold each file's own bytes and decode through the
+same ``read_clip``, so a shard item equals the folder item for that file.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+import torch
+import torchaudio
+from torch.utils.data import Dataset
+
+from .audio_synth import SyntheticAudio
+from .base import BadInputCounter, DataError, DiffusionDataModule, Subset, split_indices
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# audio that libsndfile cannot promise to read: reported and counted instead of silently ignored
+UNSUPPORTED_EXTENSIONS = (".mp3", ".m4a", ".aac", ".wma", ".opus", ".webm", ".mp4")
+NORMALIZATIONS = ("peak", "loudness", "none")
+SILENCE = 1e-4  # clips quieter than this peak are left as they are instead of being amplified
+RESAMPLE_MARGIN = 64  # extra source frames read on each side so the resampling filter has context
+EXTENSIONS = set(AUDIO_EXTENSIONS)  # what `python -m datamodules.shards --domain audio` packs
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    path: Path
+    frames: int
+    sample_rate: int
+    channels: int
+
+
+def list_audio(root: Path, extensions=AUDIO_EXTENSIONS + UNSUPPORTED_EXTENSIONS) -> list[Path]:
+    # hidden files are skipped: macOS copies leave a "._name.wav" resource fork beside every file
+    return sorted(p for p in root.rglob("*")
+                  if p.suffix.lower() in extensions and not p.name.startswith(".") and p.is_file())
+
+
+def probe(path: Path) -> AudioFile:
+    """Header plus the last frames: catches unreadable, empty and truncated files cheaply.
+
+    Raises ``ValueError`` with the reason when the file cannot be used.
+    """
+    if path.suffix.lower() not in AUDIO_EXTENSIONS:
+        raise ValueError(f"unsupported format {path.suffix}; convert to {', '.join(AUDIO_EXTENSIONS)}")
+    try:
+        info = sf.info(str(path))
+        if info.frames <= 0:
+            raise ValueError("zero-length file (no audio frames)")
+        tail, _ = sf.read(str(path), start=max(info.frames - 16, 0), frames=16, dtype="float32",
+                          always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise ValueError(f"corrupt or truncated ({e})") from None
+    if len(tail) == 0:
+        raise ValueError("truncated (header promises more frames than the file holds)")
+    return AudioFile(path, int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``(c, n)`` -> ``(channels, n)``: average to mono, duplicate mono to stereo, keep the first two."""
+    if x.shape[0] == channels:
+        return x
+    if channels == 1:
+        return x.mean(0, keepdim=True)
+    return x[:2] if x.shape[0] >= 2 else x.expand(2, -1).clone()
+
+
+def fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Cut to ``length`` samples or zero-pad at the end."""
+    if x.shape[-1] >= length:
+        return x[..., :length]
+    return torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+
+
+def normalize(x: torch.Tensor, mode: str, sample_rate: int, peak_level: float = 0.95,
+              target_lufs: float = -20.0) -> torch.Tensor:
+    """Scale one clip into [-1, 1]: to ``peak_level``, or to ``target_lufs`` and down if it peaks over 1."""
+    peak = x.abs().max()
+    if mode == "none" or peak < SILENCE:
+        return x.clamp(-1, 1)
+    if mode == "peak":
+        return x * (peak_level / peak)
+    if x.shape[-1] >= int(0.4 * sample_rate):  # ITU-R BS.1770 needs at least one 400 ms gating block
+        level = torchaudio.functional.loudness(x, sample_rate)
+    else:
+        level = 10 * torch.log10(x.pow(2).mean().clamp_min(1e-12)) - 0.691  # ungated mean-square level
+    if not torch.isfinite(level):
+        return x * (peak_level / peak)
+    x = x * 10 ** ((target_lufs - level) / 20)
+    return x / max(1.0, float(x.abs().max()))
+
+
+def read_clip(snd: sf.SoundFile, sample_rate: int, length: int, channels: int,
+              random_crop: bool) -> torch.Tensor:
+    """``(channels, length)`` at ``sample_rate`` from an open file, reading only the frames the crop needs.
+
+    The crop starts at a random frame (global torch RNG) for training, in the centre otherwise.
+    """
+    rate = snd.samplerate
+    need = math.ceil(length * rate / sample_rate)  # source frames for one clip
+    room = max(snd.frames - need, 0)
+    start = int(torch.randint(0, room + 1, (1,))) if random_crop else room // 2
+    margin = RESAMPLE_MARGIN if rate != sample_rate else 0
+    lo = max(start - margin, 0)
+    snd.seek(lo)
+    data = snd.read(need + (start - lo) + margin, dtype="float32", always_2d=True)
+    x = match_channels(torch.from_numpy(data.T.copy()), channels)
+    if rate != sample_rate:
+        x = torchaudio.functional.resample(x, rate, sample_rate)
+        x = x[:, round((start - lo) * sample_rate / rate):]
+    return fit_length(x, length)
+
+
+class ClipTransform:
+    """Normalises a ``(channels, length)`` clip; shared by folder and built-in data."""
+
+    def __init__(self, sample_rate: int, mode: str, peak_level: float, target_lufs: float):
+        self.sample_rate, self.mode = sample_rate, mode
+        self.peak_level, self.target_lufs = peak_level, target_lufs
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.mode, self.sample_rate, self.peak_level, self.target_lufs)
+
+
+class AudioFolder(Dataset):
+    """Fixed-length clips from probed files; an unreadable file is skipped for the next one."""
+
+    def __init__(self, files: list[AudioFile], sample_rate: int, length: int, channels: int,
+                 random_crop: bool, transform: ClipTransform):
+        self.files, self.sample_rate, self.length, self.channels = files, sample_rate, length, channels
+        self.random_crop, self.transform = random_crop, transform
+        self._warned: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, i: int) -> torch.Tensor:
+        with sf.SoundFile(str(self.files[i].path)) as snd:
+            return self.transform(read_clip(snd, self.sample_rate, self.length, self.channels, self.random_crop))
+
+    def __getitem__(self, i: int) -> dict:
+        for k in range(len(self.files)):
+            j = (i + k) % len(self.files)
+            try:
+                return {"x": self.load(j)}
+            except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+                if j not in self._warned:
+                    self._warned.add(j)
+                    log.warning("Skipping unreadable audio file %s: %s", self.files[j].path, e)
+        raise DataError("No audio file in the dataset could be decoded.")
+
+
+class LogMel:
+    """The log-mel ``(n_mels, frames)`` of a clip's mono mix: the ``cond`` of vocoder training."""
+
+    def __init__(self, sample_rate: int, n_mels: int, n_fft: int = 1024, hop_length: int = 256):
+        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length,
+                                                        n_mels=n_mels)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.mel(x.mean(0)).clamp_min(1e-5))
+
+
+class WithLogMel(Dataset):
+    """Adds ``LogMel`` of the clip as ``cond``."""
+
+    def __init__(self, base: Dataset, sample_rate: int, n_mels: int, n_fft: int = 1024,
+                 hop_length: int = 256):
+        self.base, self.log_mel = base, LogMel(sample_rate, n_mels, n_fft, hop_length)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        item["cond"] = self.log_mel(item["x"])
+        return item
+
+
+# ---- webdataset shards (interface in datamodules/shards.py) ----------------------------------------------
+def list_items(root: Path) -> list[Path]:
+    """The folder path's own listing (unsupported formats included, so they are skipped and counted)."""
+    return list_audio(root)
+
+
+def pack_sample(path: Path) -> tuple[dict[str, bytes], dict]:
+    """The file's own encoded bytes, once it passes the folder path's ``probe`` (else ``ValueError``)."""
+    f = probe(path)
+    meta = {"frames": f.frames, "sample_rate": f.sample_rate, "channels": f.channels}
+    return {path.suffix.lower().lstrip("."): path.read_bytes()}, meta
+
+
+def decode_sample(sample: dict, sample_rate: int, length: int, channels: int, random_crop: bool,
+                  transform: ClipTransform, log_mel: LogMel | None = None) -> dict:
+    """One shard sample -> ``{"x": tensor}`` (and ``cond``), exactly as ``AudioFolder`` reads the same file."""
+    ext = next((e[1:] for e in AUDIO_EXTENSIONS if e[1:] in sample), None)
+    if ext is None:
+        raise ValueError(f"no audio member ({', '.join(AUDIO_EXTENSIONS)}) in the sample")
+    with sf.SoundFile(io.BytesIO(sample[ext])) as snd:
+        if snd.frames <= 0:
+            raise ValueError("zero-length audio (no frames)")
+        item = {"x": transform(read_clip(snd, sample_rate, length, channels, random_crop))}
+    if log_mel is not None:
+        item["cond"] = log_mel(item["x"])
+    return item
+
+
+class AudioDataModule(DiffusionDataModule):
+    def __init__(self, path: str | None = None, sample_rate: int = 16000, clip_seconds: float = 0.5,
+                 channels: int = 1, normalize: str = "peak", peak_level: float = 0.95,
+                 target_lufs: float = -20.0,
+                 mel_conditioning: bool = False, n_mels: int = 80, hop_length: int = 256,
+                 val_fraction: float = 0.05, max_bad_fraction: float = 0.01, builtin_size: int = 2048, **kw):
+        super().__init__(**kw)
+        if channels not in (1, 2):
+            raise DataError(f"datamodule.channels must be 1 (mono) or 2 (stereo) for audio, got {channels}.")
+        if normalize not in NORMALIZATIONS:
+            raise DataError(f"datamodule.normalize must be one of {', '.join(NORMALIZATIONS)}, "
+                            f"got '{normalize}'.")
+        if sample_rate <= 0 or clip_seconds <= 0:
+            raise DataError("datamodule.sample_rate and datamodule.clip_seconds must be positive.")
+        self.path, self.sample_rate, self.channels = path, int(sample_rate), channels
+        self.length = max(1, round(clip_seconds * sample_rate))
+        self.transform = ClipTransform(self.sample_rate, normalize, peak_level, target_lufs)
+        self.mel_conditioning, self.n_mels, self.hop_length = mel_conditioning, n_mels, hop_length
+        self.val_fraction, self.max_bad_fraction = val_fraction, max_bad_fraction
+        self.builtin_size = builtin_size
+        self.num_bad = self.num_padded = 0
+
+    @property
+    def data_shape(self) -> list[int]:
+        return [self.channels, self.length]
+
+    def _scan(self, root: Path) -> list[AudioFile]:
+        if not root.exists():
+            raise DataError(f"datamodule.path={root} does not exist; pass a folder of wav/flac/ogg files "
+                            "or leave datamodule.path unset to train on the built-in sounds.")
+        if not root.is_dir():
+            raise DataError(f"datamodule.path={root} is not a folder; pass a folder of wav/flac/ogg files.")
+        paths = list_audio(root)
+        if not paths:
+            raise DataError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {root}; "
+                            "check datamodule.path.")
+        counter = BadInputCounter("audio file", self.max_bad_fraction)
+        good = []
+        for p in paths:
+            try:
+                good.append(probe(p))
+            except ValueError as e:
+                counter.add(str(p), str(e))
+        self.num_bad = len(counter.bad)
+        counter.check(len(paths))
+        short = [f for f in good if f.frames * self.sample_rate < self.length * f.sample_rate]
+        self.num_padded = len(short)
+        if short:
+            log.warning("%d of %d audio files are shorter than the %.3f s clip and are zero-padded "
+                        "(e.g. %s).",
+                        len(short), len(good), self.length / self.sample_rate, short[0].path)
+        resampled = sum(f.sample_rate != self.sample_rate for f in good)
+        if resampled:
+            log.info("%d of %d audio files are resampled to %d Hz.", resampled, len(good), self.sample_rate)
+        return good
+
+    def shard_decoder(self, train: bool):
+        log_mel = LogMel(self.sample_rate, self.n_mels, hop_length=self.hop_length) \
+            if self.mel_conditioning else None
+        return functools.partial(decode_sample, sample_rate=self.sample_rate, length=self.length,
+                                 channels=self.channels, random_crop=train, transform=self.transform,
+                                 log_mel=log_mel)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None or self.is_streaming:
+            return
+        if self.path:
+            files = self._scan(Path(self.path).expanduser())
+            train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
+            args = (self.sample_rate, self.length, self.channels)
+            self.train_set = AudioFolder([files[i] for i in train_idx], *args, True, self.transform)
+            self.val_set = AudioFolder([files[i] for i in val_idx], *args, False, self.transform)
+        else:
+            full = SyntheticAudio(self.builtin_size, self.length, self.sample_rate, self.channels, self.seed,
+                                  self.transform)
+            train_idx, val_idx = split_indices(len(full), self.val_fraction, self.seed)
+            self.train_set, self.val_set = Subset(full, train_idx), Subset(full, val_idx)
+        if self.mel_conditioning:
+            mel = dict(sample_rate=self.sample_rate, n_mels=self.n_mels, hop_length=self.hop_length)
+            self.train_set, self.val_set = WithLogMel(self.train_set, **mel), WithLogMel(self.val_set, **mel)

@@ -1,0 +1,89 @@
+"""``last.ckpt`` always holds where training stopped: after the final step, or after a preemption signal.
+
+SLURM sends SIGUSR1 ahead of the time limit (``--signal=SIGUSR1@90``). Lightning's own SLURM handler saves
+*inside* the signal handler; each rank gets the signal at a different point of its step, so the collectives
+of a distributed save (a barrier under DDP, a sharded write under FSDP2) can meet a different collective on
+another rank and hang. Here the handler only raises a flag; at the next optimizer-step boundary the ranks
+agree on it (one small all-reduce), all save ``last.ckpt`` together, training stops, and rank 0 calls
+``scontrol requeue`` once everything is written. The requeued job keeps its job id, hence its run folder,
+and resumes from ``last.ckpt`` by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+log = logging.getLogger(__name__)
+
+
+class LastCheckpoint(pl.Callback):
+    def __init__(self, path: str | Path, signum: int = signal.SIGUSR1, every_n_steps: int = 0):
+        self.path = Path(path)
+        self.signum = signum
+        self.every_n_steps = every_n_steps  # ModelCheckpoint's interval: then it writes last.ckpt itself
+        self.requested = False
+        self.preempted = False
+        self._saved_step = -1
+
+    def install(self) -> None:
+        """Install the handler early, in the main thread: SIGUSR1's default action kills the process."""
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            signal.signal(self.signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.preempted or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # only whole optimizer steps are a resumable position
+        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            return
+        step = trainer.global_step
+        if trainer.is_global_zero:
+            log.warning("Preemption signal received: saving %s at step %d and stopping.", self.path, step)
+        if not (self.every_n_steps > 0 and step % self.every_n_steps == 0):
+            self._save(trainer)
+        self.preempted = True
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        # ModelCheckpoint writes last.ckpt only on its interval: keep the steps after its last save too
+        if not self.preempted and self._saved_step != trainer.global_step:
+            self._save(trainer)
+
+
+def is_preempted(trainer: pl.Trainer) -> bool:
+    return any(isinstance(cb, LastCheckpoint) and cb.preempted for cb in trainer.callbacks)
+
+
+def requeue() -> bool:
+    """Put this SLURM job back in the queue (same job id); False when not under SLURM or scontrol fails."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        log.warning("Stopped on a preemption signal outside SLURM; run the same command again to resume.")
+        return False
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.error("Could not requeue SLURM job %s (%s); resubmit it to resume from last.ckpt.", job, e)
+        return False
+    if result.returncode != 0:
+        log.error("scontrol requeue %s failed: %s; resubmit the job to resume from last.ckpt.", job,
+                  result.stderr.strip())
+        return False
+    log.warning("Requeued SLURM job %s; it will resume from last.ckpt.", job)
+    return True
