@@ -25,13 +25,16 @@ DIFFUSION = dict(family="ddpm", schedule="linear", num_timesteps=1000, predictio
                  steps=4)
 
 
-def make_checkpoint(path: Path, data_shape, domain="mri", spatial_dims=2) -> Path:
+def make_checkpoint(path: Path, data_shape, domain="mri", spatial_dims=2,
+                    scaling="zero_anchored_percentile") -> Path:
     """A checkpoint dict laid out as src.train writes it (state_dict, hyper_parameters, run_config)."""
     torch.manual_seed(0)
     module = DiffusionModule(backbone=dict(name="unet", spatial_dims=spatial_dims, in_channels=data_shape[0],
                                            preset="tiny"), diffusion=DIFFUSION, data_shape=list(data_shape))
     mode = "slice" if spatial_dims == 2 else "volume"
-    run_config = {"domain": {"name": domain}, "datamodule": {"mode": mode}}
+    run_config = {"domain": {"name": domain},
+                  "datamodule": {"mode": mode, "intensity_scaling": scaling, "intensity_percentile": 99.5,
+                                 "spacing": [3.0, 3.0, 3.0], "slice_axis": 2}}
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "run_config": run_config}, path)
     return path
@@ -253,11 +256,17 @@ def test_volume_model_is_refused(tmp_path, singlecoil_h5, capsys):
     assert "3D model" in err and "datamodule.mode=slice" in err
 
 
+def test_unknown_intensity_convention_is_refused(tmp_path, singlecoil_h5, capsys):
+    other = make_checkpoint(tmp_path / "minmax.ckpt", [1, SIZE, SIZE], scaling="minmax")
+    err = run_cli(base_args(other, singlecoil_h5[0], tmp_path / "o.nii.gz"), capsys)
+    assert "'minmax'" in err and "zero_anchored_percentile" in err
+
+
 def test_resolution_mismatch(tmp_path, singlecoil_h5, capsys):
     small = make_checkpoint(tmp_path / "small.ckpt", [1, 16, 16])
     args = [*base_args(small, singlecoil_h5[0], tmp_path / "o.nii.gz"), "--steps", "2", "--quiet"]
     err = run_cli(args, capsys)
-    assert "trained on 16x16" in err and "--allow-resolution-mismatch" in err
+    assert "trained on 16x16 slices of 3 x 3 mm pixels" in err and "--allow-resolution-mismatch" in err
     main([*args, "--allow-resolution-mismatch"])  # the convolutional network runs at 32x32 when allowed
     assert nib.load(tmp_path / "o.nii.gz").shape == (SIZE, SIZE, 2)
 

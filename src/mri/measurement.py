@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from datamodules.mri_transforms import reference_intensity
 from src.inverse.operators import LinearOperator
 from src.inverse.tv import tv_reconstruct
 
@@ -119,22 +120,21 @@ def zero_filled(meas: Measurement, batch_size: int = 16) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def robust_max(image: np.ndarray | torch.Tensor, quantile: float = 0.995) -> float:
-    """Intensity scale of a volume: a high quantile of its magnitude (insensitive to a few hot voxels)."""
-    t = torch.as_tensor(np.asarray(image)).abs().float().flatten()
-    if t.numel() > 2**24:  # torch.quantile's input limit; a strided subsample is plenty for one number
-        t = t[:: t.numel() // 2**23 + 1]
-    value = float(torch.quantile(t, quantile)) if quantile < 1 else float(t.max())
-    return value if value > 0 else float(t.max()) or 1.0
+def robust_max(image: np.ndarray | torch.Tensor, percentile: float = 99.5) -> float:
+    """Intensity scale ``s`` of a volume, as the MRI domain computes it for training (a high percentile of the
+    magnitude, insensitive to a few hot voxels); the maximum when that percentile is 0."""
+    mag = torch.as_tensor(np.asarray(image)).abs().float()
+    value = reference_intensity(mag[None], complex_valued=False, percentile=percentile)
+    return value if value > 0 else float(mag.max()) or 1.0
 
 
 def compressed_sensing(meas: Measurement, lam: float = 0.01, iters: int = 300, batch_size: int = 16,
-                       device: str | torch.device = "cpu", quantile: float = 0.995) -> np.ndarray:
+                       device: str | torch.device = "cpu", percentile: float = 99.5) -> np.ndarray:
     """Total-variation regularised reconstruction (Lustig, Donoho & Pauly 2007; solved by Chambolle-Pock).
 
     The data are divided by the zero-filled volume's ``robust_max`` first, so ``lam`` is scale-free.
     """
-    scale = robust_max(zero_filled(meas), quantile)
+    scale = robust_max(zero_filled(meas), percentile)
     out = []
     for start in range(0, meas.num_slices, batch_size):
         idx = list(range(start, min(start + batch_size, meas.num_slices)))

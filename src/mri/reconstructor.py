@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamodules.mri import INTENSITY_SCALING
 from src.checkpoint import CheckpointError, module_from_checkpoint
 from src.inverse.sampler import sample_posterior
 
@@ -104,6 +105,15 @@ def check_model(module, run_config: dict | None, name: str) -> None:
     if shape[0] not in (1, 2):
         raise CheckpointError(f"Checkpoint {name} models {shape[0]}-channel slices; reconstruction needs 1 "
                               "channel (magnitude) or 2 channels (real, imaginary).")
+    data = (run_config or {}).get("datamodule") or {}
+    if data.get("mode", "slice") != "slice":
+        raise CheckpointError(f"Checkpoint {name} was trained with datamodule.mode={data['mode']}; "
+                              "reconstruction needs a slice model: train with domain=mri datamodule.mode=slice.")
+    scaling = data.get("intensity_scaling", INTENSITY_SCALING)
+    if scaling != INTENSITY_SCALING:
+        raise CheckpointError(f"Checkpoint {name} scales intensities by '{scaling}', which reconstruction "
+                              f"cannot invert; it needs models trained with the '{INTENSITY_SCALING}' "
+                              "convention of the mri domain (docs/mri.md).")
 
 
 def downsampling_factor(module) -> int:
@@ -122,7 +132,7 @@ class Reconstructor:
     def __init__(self, module, run_config: dict | None = None, device: str | torch.device = "cpu",
                  steps: int | None = None, eta: float = 0.85, cg_iters: int = 5, batch_size: int = 8,
                  use_ema: bool = True, allow_resolution_mismatch: bool = False,
-                 intensity_quantile: float = 0.995, name: str = "model"):
+                 intensity_percentile: float | None = None, name: str = "model"):
         check_model(module, run_config, name)
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
@@ -130,7 +140,9 @@ class Reconstructor:
         self.steps = int(steps or module.diffusion_cfg.get("steps") or 50)
         self.eta, self.cg_iters, self.batch_size = float(eta), int(cg_iters), int(batch_size)
         self.use_ema, self.allow_resolution_mismatch = use_ema, allow_resolution_mismatch
-        self.quantile = float(intensity_quantile)
+        trained = ((run_config or {}).get("datamodule") or {}).get("intensity_percentile", 99.5)
+        self.data_config = dict((run_config or {}).get("datamodule") or {})
+        self.percentile = float(intensity_percentile if intensity_percentile is not None else trained)
         self.channels = int(module.data_shape[0])
         self.factor = downsampling_factor(module)
         if self.steps < 1:
@@ -159,7 +171,7 @@ class Reconstructor:
             raise ValueError(f"--num-samples must be at least 1, got {num_samples}.")
         t0 = time.perf_counter()
         zf = zero_filled(meas)
-        scale = robust_max(zf, self.quantile)
+        scale = robust_max(zf, self.percentile)
         s_count, (h, w) = meas.num_slices, meas.shape
         items = [(s, k) for s in range(s_count) for k in range(num_samples)]
         mags = np.zeros((num_samples, s_count, h, w), dtype=np.float32)
@@ -185,8 +197,12 @@ class Reconstructor:
     def check_resolution(self, shape: tuple[int, int]) -> None:
         trained = tuple(int(v) for v in self.module.data_shape[1:])
         if tuple(shape) != trained and not self.allow_resolution_mismatch:
+            spacing, axis = self.data_config.get("spacing"), int(self.data_config.get("slice_axis", 2))
+            in_plane = [s for a, s in enumerate(spacing or []) if a != axis]
+            known = len(in_plane) == 2 and None not in in_plane
+            pixels = f" of {in_plane[0]:g} x {in_plane[1]:g} mm pixels" if known else ""
             raise ValueError(
-                f"The model was trained on {trained[0]}x{trained[1]} slices but the k-space slices are "
+                f"The model was trained on {trained[0]}x{trained[1]} slices{pixels} but the k-space slices are "
                 f"{shape[0]}x{shape[1]}; use a model trained at this size, or pass "
                 "--allow-resolution-mismatch (Python: allow_resolution_mismatch=True) to run the "
                 "convolutional network at this size anyway (its quality at other sizes is not validated).")
