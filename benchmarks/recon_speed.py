@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.phantoms2d import phantom_volume  # noqa: E402
+from datamodules.phantoms import head_phantom  # noqa: E402
 from src.module import DiffusionModule  # noqa: E402
 from src.mri.fft import fft2c  # noqa: E402
 from src.mri.measurement import compressed_sensing, undersample, zero_filled  # noqa: E402
@@ -48,7 +48,8 @@ def main() -> None:
                              diffusion=dict(family="ddpm", steps=args.steps), data_shape=[1, size, size])
     rec = Reconstructor(module, {"domain": {"name": "mri"}}, device=args.device, steps=args.steps,
                         batch_size=args.batch_size)
-    image = torch.from_numpy(phantom_volume(0, args.slices, size)).to(torch.complex64)
+    image = torch.from_numpy(np.stack([head_phantom((size, size), seed=i) for i in range(args.slices)]))
+    image = image.to(torch.complex64)
     if args.coils > 1:
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
         angles = torch.arange(args.coils) * 2 * np.pi / args.coils
