@@ -44,7 +44,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size = args.size
-    module = DiffusionModule(backbone=dict(name="unet", spatial_dims=2, in_channels=1, preset=args.preset),
+    module = DiffusionModule(backbone=dict(name="unet", spatial_dims=2, in_channels=1, preset=args.preset,
+                                           use_flash_attention=True),  # as the mri domain configures it
                              diffusion=dict(family="ddpm", steps=args.steps), data_shape=[1, size, size])
     rec = Reconstructor(module, {"domain": {"name": "mri"}}, device=args.device, steps=args.steps,
                         batch_size=args.batch_size)

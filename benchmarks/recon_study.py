@@ -7,10 +7,12 @@
    tiny, DDPM; a few minutes on a CPU); an existing OUT/train/checkpoints/last.ckpt is reused,
 2. takes test slices from that run's validation phantoms (held out from training) and tunes the TV weight
    of the compressed-sensing baseline on the validation slices of differently seeded phantoms,
-3. undersamples the test slices retrospectively (equispaced, 4x with 8% centre, 8x with 4% centre) and
-   reconstructs them through the CLI (`python -m src.reconstruct --simulate ... --compare-cs`),
+3. undersamples the test slices retrospectively (equispaced and random masks, 4x with 8% centre,
+   8x with 4% centre) and reconstructs them through the CLI
+   (`python -m src.reconstruct --simulate ... --compare-cs`),
 4. prints a Markdown table of PSNR / SSIM / NMSE (fastMRI convention), writes OUT/results.json and
-   OUT/figure.png (per acceleration: reference, zero-filled, CS, diffusion mean, 4 x standard deviation).
+   OUT/figure.png (per mask and acceleration, a middle test slice: reference, zero-filled, CS,
+   diffusion mean, 4 x standard deviation).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from src.mri.metrics import psnr  # noqa: E402
 from src.reconstruct import main as reconstruct_cli  # noqa: E402
 
 SETTINGS = [(4, 0.08), (8, 0.04)]  # fastMRI's standard (acceleration, centre fraction) pairs
+MASKS = ("equispaced", "random")
 CS_LAMBDAS = (0.003, 0.01, 0.03, 0.1, 0.3)
 
 
@@ -64,14 +67,14 @@ def held_out_slices(ckpt: Path, seed: int, count: int) -> np.ndarray:
     return np.stack([(dm.val_set[int(i)]["x"][0].numpy() + 1) / 2 for i in picks]).astype(np.float32)
 
 
-def tune_cs(volume: np.ndarray, acceleration: float, center: float, seed: int) -> float:
-    meas = simulate_from_image(volume, "equispaced", acceleration, center, seed)
+def tune_cs(volume: np.ndarray, mask: str, acceleration: float, center: float, seed: int) -> float:
+    meas = simulate_from_image(volume, mask, acceleration, center, seed)
     scores = {lam: psnr(volume, compressed_sensing(meas, lam=lam, iters=300)) for lam in CS_LAMBDAS}
-    print(f"CS lambda search at {acceleration:g}x: " + ", ".join(f"{k:g}: {v:.2f} dB" for k, v in scores.items()))
+    print(f"CS lambda search, {mask} {acceleration:g}x: " + ", ".join(f"{k:g}: {v:.2f} dB" for k, v in scores.items()))
     return max(scores, key=scores.get)
 
 
-def save_figure(out: Path, test: np.ndarray, slice_index: int = 0) -> Path:
+def save_figure(out: Path, test: np.ndarray, slice_index: int) -> Path:
     import nibabel as nib
     from PIL import Image
 
@@ -79,8 +82,8 @@ def save_figure(out: Path, test: np.ndarray, slice_index: int = 0) -> Path:
         return np.asarray(nib.load(out / name).dataobj).transpose(2, 0, 1)[slice_index]
 
     rows = []
-    for acc, _ in SETTINGS:
-        stem = f"recon_{acc}x"
+    for mask, (acc, _) in [(m, s) for m in MASKS for s in SETTINGS]:
+        stem = f"recon_{mask}_{acc}x"
         tiles = [test[slice_index], load(f"{stem}.zero_filled.nii.gz"), load(f"{stem}.cs.nii.gz"),
                  load(f"{stem}.nii.gz"), 4 * load(f"{stem}.std.nii.gz")]
         rows.append(np.concatenate(tiles, axis=1))
@@ -109,26 +112,29 @@ def main() -> None:
     spacing = load_checkpoint(ckpt)["run_config"]["datamodule"]["spacing"]
     test_path = write_nifti(test, np.diag([*spacing, 1.0]), out / "test_slices.nii.gz")
     results = {"train_seconds": train_seconds, "checkpoint": str(ckpt)}
-    for acc, center in SETTINGS:
-        lam = tune_cs(tune, acc, center, args.seed)
-        summary = reconstruct_cli([
-            "--checkpoint", str(ckpt), "--input", str(test_path), "--simulate", "--mask", "equispaced",
-            "--acceleration", str(acc), "--center-fraction", str(center), "--seed", str(args.seed),
-            "--output", str(out / f"recon_{acc}x.nii.gz"), "--steps", str(args.steps),
-            "--num-samples", str(args.num_samples), "--compare-cs", "--cs-lambda", str(lam),
-            "--save-zero-filled", "--device", "cpu", "--quiet"])
-        summary["cs_lambda"] = lam
-        results[f"{acc}x"] = summary
+    for mask in MASKS:
+        for acc, center in SETTINGS:
+            lam = tune_cs(tune, mask, acc, center, args.seed)
+            summary = reconstruct_cli([
+                "--checkpoint", str(ckpt), "--input", str(test_path), "--simulate", "--mask", mask,
+                "--acceleration", str(acc), "--center-fraction", str(center), "--seed", str(args.seed),
+                "--output", str(out / f"recon_{mask}_{acc}x.nii.gz"), "--steps", str(args.steps),
+                "--num-samples", str(args.num_samples), "--compare-cs", "--cs-lambda", str(lam),
+                "--save-zero-filled", "--device", "cpu", "--quiet"])
+            summary["cs_lambda"] = lam
+            results[f"{mask} {acc}x"] = summary
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    save_figure(out, test)
-    print("\n| acceleration | method | PSNR (dB) | SSIM | NMSE |\n| --- | --- | --- | --- | --- |")
+    save_figure(out, test, slice_index=len(test) // 2)
+    print("\n| mask | acceleration | method | PSNR (dB) | SSIM | NMSE |\n| --- | --- | --- | --- | --- | --- |")
     names = {"zero_filled": "zero-filled", "compressed_sensing": "compressed sensing (TV)",
              "reconstruction": f"diffusion prior (mean of {args.num_samples})"}
-    for acc, _ in SETTINGS:
-        summary = results[f"{acc}x"]
+    for key, summary in results.items():
+        if not isinstance(summary, dict):
+            continue
+        mask, acc = key.split()
         m = summary["metrics"]
         for name in ("zero_filled", "compressed_sensing", "reconstruction"):
-            print(f"| {acc}x ({summary['acceleration']:.2f}x measured) | {names[name]} | "
+            print(f"| {mask} | {acc} ({summary['acceleration']:.2f}x measured) | {names[name]} | "
                   f"{m[name]['psnr']:.2f} | {m[name]['ssim']:.4f} | {m[name]['nmse']:.4f} |")
 
 
