@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from datamodules.base import DataError
 
@@ -102,10 +103,11 @@ def load_input(args):
     scan = read_kspace_h5(inp)
     source = f"'kspace' in {inp}"
     if args.simulate:
-        if not bool(columns_from_kspace(scan.kspace).all()):
+        kspace = torch.as_tensor(scan.kspace)
+        if not bool(columns_from_kspace(kspace).all()):
             raise DataError(f"{source} is already undersampled (some columns are empty); drop --simulate to "
                             "reconstruct it as acquired.")
-        full = ifft2c(__import__("torch").as_tensor(scan.kspace))
+        full = ifft2c(kspace)
         truth = (rss(full, coil_dim=1) if full.ndim == 4 else full.abs()).numpy()
         meas = undersample(scan.kspace, args.mask, args.acceleration, args.center_fraction, args.seed, source)
         return meas, scan.affine, None, truth, scan.notes

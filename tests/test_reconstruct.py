@@ -187,6 +187,27 @@ def test_cli_on_hdf5_writes_volume_metrics_and_keeps_input(ckpt, singlecoil_h5, 
     assert (tmp_path / "out" / "recon.cs.nii.gz").exists()
 
 
+def test_cli_on_fully_sampled_multicoil_hdf5_with_simulate(ckpt, tmp_path, capsys):
+    img = torch.from_numpy(phantom(2)).to(torch.complex64)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
+    sens = torch.stack([torch.exp(-((yy - c) ** 2 + xx**2)) * np.exp(1j * c) for c in (-1.0, 0.0, 1.0)])
+    kspace = fft2c(sens[None].to(torch.complex64) * img[:, None])
+    path = tmp_path / "multicoil.h5"
+    with h5py.File(path, "w") as f:
+        f["kspace"] = kspace.numpy()
+    summary = main([*base_args(ckpt, path, tmp_path / "mc.nii.gz"), "--simulate", "--acceleration", "2",
+                    "--center-fraction", "0.25", "--steps", "2", "--quiet"])
+    assert summary["coils"] == 3 and summary["acceleration"] == pytest.approx(2.0, rel=0.1)
+    truth = rss(ifft2c(kspace), coil_dim=1).numpy()  # fastMRI's multi-coil target: RSS of the full data
+    metrics = summary["metrics"]
+    assert metrics["reference"] == str(path)
+    zf = rss(ifft2c(kspace * undersampling_mask("equispaced", SIZE, 2, 0.25, 0)), coil_dim=1).numpy()
+    assert metrics["zero_filled"] == pytest.approx(all_metrics(truth, zf), rel=1e-4)
+    err = run_cli([*base_args(ckpt, path, tmp_path / "mc.nii.gz"), "--simulate", "--acceleration", "8",
+                   "--center-fraction", "0.1"], capsys)
+    assert "centre columns" in err  # 3 calibration columns are too few for coil maps
+
+
 def test_cli_on_nifti_simulation_with_samples(ckpt, tmp_path, capsys):
     affine = np.diag([0.9, 0.8, 2.5, 1.0])
     affine[:3, 3] = [10, -5, 3]
