@@ -1,0 +1,1 @@
+"""MRI reconstruction: centred FFTs, fastMRI masks, coil operators, I/O, metrics and the Reconstructor."""

@@ -1,0 +1,253 @@
+"""Diffusion-prior MRI reconstruction: a trained slice model + undersampled k-space -> image.
+
+Intensity convention: the model was trained on images in [-1, 1]. Each volume's zero-filled image gives
+a scale ``s = robust_max`` (99.5th percentile of its magnitude by default); a 1-channel (magnitude) model
+sees ``2 |x| / s - 1``, a 2-channel (real, imaginary) model sees ``(Re x, Im x) / s``. Results are mapped
+back by the same ``s``, so the output is in the units of the zero-filled image.
+
+A magnitude model cannot represent phase, so the phase comes from the data: that of the low-resolution
+image of the fully sampled k-space centre (smooth, free of aliasing), kept fixed during sampling. The
+final image is the data-consistent complex estimate of the last step, so the measured samples are exact.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamodules.mri import INTENSITY_SCALING
+from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.inverse.sampler import sample_posterior
+
+from .masks import center_region
+from .measurement import Measurement, as_measurement, robust_max, zero_filled
+
+
+@dataclass
+class Reconstruction:
+    image: np.ndarray            # (S, H, W) magnitude; the mean over samples when num_samples > 1
+    std: np.ndarray | None       # (S, H, W) per-voxel standard deviation over samples (num_samples > 1)
+    complex_image: np.ndarray    # (S, H, W) complex, first sample: exactly what the consistency test checks
+    zero_filled: np.ndarray      # (S, H, W) baseline on the same input
+    scale: float
+    seconds: float
+
+
+class MagnitudeAdapter:
+    """Model space ``(B, 1, H, W)`` magnitude in [-1, 1] <-> complex image with a fixed, smooth phase.
+
+    The phase is that of the low-resolution image of the fully sampled centre and stays fixed, so the
+    model's magnitude is tied to the data through a linear map (letting the phase follow the iterates
+    lets it absorb the missing data and the magnitude drift away from it).
+    """
+
+    def __init__(self, scale: float, init: torch.Tensor):
+        self.scale = scale
+        self.phase = torch.where(init.abs() > 0, init / init.abs().clamp_min(1e-30), torch.ones_like(init))
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x[:, 0] + 1) / 2).clamp_min(0) * self.scale * self.phase
+
+    def to_model(self, c: torch.Tensor) -> torch.Tensor:
+        mag = (c * self.phase.conj()).real.clamp_min(0)  # the component along the phase
+        return (2 * mag / self.scale - 1)[:, None]
+
+
+class ComplexAdapter:
+    """Model space ``(B, 2, H, W)`` = (real, imaginary) / scale <-> complex image."""
+
+    def __init__(self, scale: float, init: torch.Tensor | None = None):
+        self.scale = scale
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.complex(x[:, 0], x[:, 1]) * self.scale
+
+    def to_model(self, c: torch.Tensor) -> torch.Tensor:
+        return torch.stack([c.real, c.imag], dim=1) / self.scale
+
+
+def calibration_window(mask: torch.Tensor) -> torch.Tensor:
+    """Hann window over the fully sampled centre columns (all sampled columns when there is no centre)."""
+    columns = mask.all(dim=-2).reshape(-1, mask.shape[-1]).all(dim=0)
+    lo, hi = center_region(columns)
+    if hi - lo < 2:
+        return mask.float()
+    window = torch.zeros(mask.shape[-1], device=mask.device)
+    window[lo:hi] = torch.hann_window(hi - lo + 2, periodic=False, device=mask.device)[1:-1]
+    return window
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA GPU is available here; use --device cpu.")
+    return torch.device(device)
+
+
+def check_model(module, run_config: dict | None, name: str) -> None:
+    """A slice model of the MRI domain, or a CheckpointError saying what kind of model this is instead."""
+    domain = (run_config.get("domain") or {}).get("name") if run_config is not None else "mri"
+    if domain != "mri":  # run_config None: a module handed over in Python, trusted to be an MRI model
+        raise CheckpointError(f"Checkpoint {name} is a model of the '{domain}' domain, not MRI; "
+                              "reconstruction needs a checkpoint trained with `python -m src.train "
+                              "domain=mri datamodule.mode=slice`.")
+    shape = list(module.data_shape)
+    if len(shape) != 3:
+        mode = ((run_config or {}).get("datamodule") or {}).get("mode", "volume")
+        raise CheckpointError(f"Checkpoint {name} is a {len(shape) - 1}D model (data shape {shape}, mode "
+                              f"{mode}); reconstruction works slice by slice and needs a 2D slice model: "
+                              "train one with domain=mri datamodule.mode=slice.")
+    if shape[0] not in (1, 2):
+        raise CheckpointError(f"Checkpoint {name} models {shape[0]}-channel slices; reconstruction needs 1 "
+                              "channel (magnitude) or 2 channels (real, imaginary).")
+    data = (run_config or {}).get("datamodule") or {}
+    if data.get("mode", "slice") != "slice":
+        raise CheckpointError(f"Checkpoint {name} was trained with datamodule.mode={data['mode']}; "
+                              "reconstruction needs a slice model: train with domain=mri datamodule.mode=slice.")
+    scaling = data.get("intensity_scaling", INTENSITY_SCALING)
+    if scaling != INTENSITY_SCALING:
+        raise CheckpointError(f"Checkpoint {name} scales intensities by '{scaling}', which reconstruction "
+                              f"cannot invert; it needs models trained with the '{INTENSITY_SCALING}' "
+                              "convention of the mri domain (docs/mri.md).")
+
+
+def downsampling_factor(module) -> int:
+    blocks = getattr(getattr(module.backbone, "net", None), "down_blocks", None)
+    return 2 ** (len(blocks) - 1) if blocks is not None else 8
+
+
+class Reconstructor:
+    """Posterior sampling with a trained diffusion prior and k-space data consistency at every step.
+
+    ``steps`` sampler steps (default: the model's ``diffusion.steps``); ``eta`` is DDIM's noise level
+    (0: deterministic); ``cg_iters`` conjugate-gradient iterations per data step (multi-coil; single-coil
+    uses the exact projection). ``batch_size`` slices (times samples) run through the network at once.
+    """
+
+    def __init__(self, module, run_config: dict | None = None, device: str | torch.device = "cpu",
+                 steps: int | None = None, eta: float = 0.85, cg_iters: int = 5, batch_size: int = 8,
+                 use_ema: bool = True, allow_resolution_mismatch: bool = False,
+                 intensity_percentile: float | None = None, name: str = "model"):
+        check_model(module, run_config, name)
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        self.name = name
+        self.steps = int(steps or module.diffusion_cfg.get("steps") or 50)
+        self.eta, self.cg_iters, self.batch_size = float(eta), int(cg_iters), int(batch_size)
+        self.use_ema, self.allow_resolution_mismatch = use_ema, allow_resolution_mismatch
+        trained = ((run_config or {}).get("datamodule") or {}).get("intensity_percentile", 99.5)
+        self.data_config = dict((run_config or {}).get("datamodule") or {})
+        self.percentile = float(intensity_percentile if intensity_percentile is not None else trained)
+        self.channels = int(module.data_shape[0])
+        self.factor = downsampling_factor(module)
+        if self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}.")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"--eta must be between 0 and 1, got {self.eta}.")
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str | torch.device = "auto", **options) -> Reconstructor:
+        """Load safely (``weights_only``, model rebuilt from the checkpoint's own allow-listed config)."""
+        dev = resolve_device(device)
+        module, ckpt = module_from_checkpoint(path, device=dev)
+        return cls(module, ckpt.get("run_config") or {}, device=dev, name=str(path), **options)
+
+    # ---- public API -----------------------------------------------------------------------------------
+    def reconstruct(self, kspace, mask=None, num_samples: int = 1, seed: int = 0) -> np.ndarray:
+        """Magnitude image ``(S, H, W)`` (or ``(H, W)`` for a 2D k-space); see ``run`` for everything else."""
+        image = self.run(kspace, mask, num_samples=num_samples, seed=seed).image
+        return image[0] if len(kspace.shape) == 2 and not isinstance(kspace, Measurement) else image
+
+    def run(self, kspace, mask=None, num_samples: int = 1, seed: int = 0,
+            progress: bool = False) -> Reconstruction:
+        meas = kspace if isinstance(kspace, Measurement) else as_measurement(kspace, mask)
+        self.check_resolution(meas.shape)
+        if num_samples < 1:
+            raise ValueError(f"--num-samples must be at least 1, got {num_samples}.")
+        t0 = time.perf_counter()
+        zf = zero_filled(meas)
+        scale = robust_max(zf, self.percentile)
+        s_count, (h, w) = meas.num_slices, meas.shape
+        items = [(s, k) for s in range(s_count) for k in range(num_samples)]
+        mags = np.zeros((num_samples, s_count, h, w), dtype=np.float32)
+        first = np.zeros((s_count, h, w), dtype=np.complex64)
+        bar = _progress(len(items), progress, num_samples)
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            op, y = meas.batch([s for s, _ in chunk], self.device)
+            g = torch.Generator(device=self.device).manual_seed(int(seed) * 1_000_003 + start)
+            image = self._sample(op, y, scale, g).cpu()
+            for j, (s, k) in enumerate(chunk):
+                mags[k, s] = image[j].abs().numpy()
+                if k == 0:
+                    first[s] = image[j].numpy()
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        std = mags.std(axis=0, ddof=1) if num_samples > 1 else None
+        return Reconstruction(image=mags.mean(axis=0), std=std, complex_image=first, zero_filled=zf,
+                              scale=scale, seconds=time.perf_counter() - t0)
+
+    def check_resolution(self, shape: tuple[int, int]) -> None:
+        trained = tuple(int(v) for v in self.module.data_shape[1:])
+        if tuple(shape) != trained and not self.allow_resolution_mismatch:
+            spacing, axis = self.data_config.get("spacing"), int(self.data_config.get("slice_axis", 2))
+            in_plane = [s for a, s in enumerate(spacing or []) if a != axis]
+            known = len(in_plane) == 2 and None not in in_plane
+            pixels = f" of {in_plane[0]:g} x {in_plane[1]:g} mm pixels" if known else ""
+            raise ValueError(
+                f"The model was trained on {trained[0]}x{trained[1]} slices{pixels} but the k-space slices are "
+                f"{shape[0]}x{shape[1]}; use a model trained at this size, or pass "
+                "--allow-resolution-mismatch (Python: allow_resolution_mismatch=True) to run the "
+                "convolutional network at this size anyway (its quality at other sizes is not validated).")
+
+    # ---- internals ------------------------------------------------------------------------------------
+    def _denoiser(self):
+        net = self.module.ema.module if self.use_ema else self.module.backbone
+        den = self.module.objective.denoiser(net)
+        # the training data lie in [-1, 1]; clamping the estimate keeps early, very noisy steps in range
+        clip = self.module.diffusion_cfg.get("clip_denoised") or (-1.0, 1.0)
+        f = self.factor
+
+        def d(x, sigma):
+            h, w = x.shape[-2:]
+            ph, pw = (-h) % f, (-w) % f
+            if ph or pw:  # the UNet needs sizes divisible by its downsampling factor: reflect-pad, then crop
+                out = den(F.pad(x, (0, pw, 0, ph), mode="reflect"), sigma)[..., :h, :w]
+            else:
+                out = den(x, sigma)
+            return out.clamp(*clip)
+
+        return d
+
+    @torch.no_grad()
+    def _sample(self, op, y, scale: float, generator: torch.Generator) -> torch.Tensor:
+        init = op.adjoint(y * calibration_window(op.mask))
+        adapter = (MagnitudeAdapter if self.channels == 1 else ComplexAdapter)(scale, init)
+        last: dict[str, torch.Tensor] = {}
+
+        def step(x0: torch.Tensor, i: int) -> torch.Tensor:
+            # keep the complex data-consistent estimate: the model space may not hold all of it (phase)
+            last["image"] = op.data_consistency(adapter.to_image(x0), y, self.cg_iters)
+            return adapter.to_model(last["image"])
+
+        sigmas = self.module.objective.sampling_sigmas(self.steps)
+        x = torch.randn((y.shape[0], self.channels, *y.shape[-2:]), generator=generator, device=self.device)
+        sample_posterior(self._denoiser(), x * sigmas[0].item(), sigmas, step, eta=self.eta,
+                         generator=generator)
+        return last["image"]
+
+
+def _progress(total: int, enabled: bool, num_samples: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    unit = "slice" if num_samples == 1 else "slice-sample"
+    return tqdm(total=total, unit=unit, desc="reconstructing", dynamic_ncols=True)
