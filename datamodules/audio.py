@@ -23,7 +23,7 @@ import torchaudio
 from torch.utils.data import Dataset
 
 from .audio_synth import SyntheticAudio
-from .base import BadInputCounter, DataError, DiffusionDataModule, Subset, split_indices
+from .base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -246,24 +246,9 @@ class AudioDataModule(DiffusionDataModule):
         return [self.channels, self.length]
 
     def _scan(self, root: Path) -> list[AudioFile]:
-        if not root.exists():
-            raise DataError(f"datamodule.path={root} does not exist; pass a folder of wav/flac/ogg files "
-                            "or leave datamodule.path unset to train on the built-in sounds.")
-        if not root.is_dir():
-            raise DataError(f"datamodule.path={root} is not a folder; pass a folder of wav/flac/ogg files.")
-        paths = list_audio(root)
-        if not paths:
-            raise DataError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {root}; "
-                            "check datamodule.path.")
-        counter = BadInputCounter("audio file", self.max_bad_fraction)
-        good = []
-        for p in paths:
-            try:
-                good.append(probe(p))
-            except ValueError as e:
-                counter.add(str(p), str(e))
-        self.num_bad = len(counter.bad)
-        counter.check(len(paths))
+        good, counter = probe_folder(root, "audio file", "wav/flac/ogg files", list_audio, probe, (ValueError,),
+                                     self.max_bad_fraction, "built-in sounds")
+        self.num_bad = counter.count
         short = [f for f in good if f.frames * self.sample_rate < self.length * f.sample_rate]
         self.num_padded = len(short)
         if short:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -118,6 +119,33 @@ class BadInputCounter:
                 f"e.g. {examples}; fix or remove them, or raise {self.key}.")
         if n:
             log.warning("Skipped %d of %d %ss that could not be read.", n, total, self.what)
+
+
+def probe_folder(root: Path, what: str, kind: str, list_files, probe, errors: tuple[type[BaseException], ...],
+                 max_bad_fraction: float, builtin: str) -> tuple[list, BadInputCounter]:
+    """Check ``datamodule.path``, list its files and ``probe`` each; unreadable ones are counted and skipped.
+
+    ``what`` names one file ("image"), ``kind`` the files a folder should hold ("png/jpg images") and
+    ``builtin`` what an unset path trains on.
+    Returns the probe results of the readable files and the counter (already checked against the limit).
+    """
+    if not root.exists():
+        raise DataError(f"datamodule.path={root} does not exist; pass a folder of {kind} "
+                        f"or leave datamodule.path unset to train on the {builtin}.")
+    if not root.is_dir():
+        raise DataError(f"datamodule.path={root} is not a folder; pass a folder of {kind}.")
+    files = list_files(root)
+    if not files:
+        raise DataError(f"No {what}s found under {root} (looked for {kind}); check datamodule.path.")
+    counter = BadInputCounter(what, max_bad_fraction)
+    good = []
+    for f in files:
+        try:
+            good.append(probe(f))
+        except errors as e:
+            counter.add(str(f), str(e) or type(e).__name__)
+    counter.check(len(files))
+    return good, counter
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

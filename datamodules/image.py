@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .base import BadInputCounter, DataError, DiffusionDataModule, Subset, split_indices
+from .base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,13 @@ def to_tensor(img: Image.Image, resolution: int, channels: int, flip: bool) -> t
         arr = arr.transpose(2, 0, 1)
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.flip(-1) if flip else t
+
+
+def _check_header(path: Path) -> Path:
+    """Open the header only: cheap, and catches non-images and broken headers."""
+    with Image.open(path) as img:
+        img.size  # noqa: B018
+    return path
 
 
 def pack_sample(path: Path) -> tuple[dict[str, bytes], dict]:
@@ -149,26 +156,9 @@ class ImageDataModule(DiffusionDataModule):
         return [self.channels, self.resolution, self.resolution]
 
     def _scan(self, root: Path) -> list[Path]:
-        if not root.exists():
-            raise DataError(f"datamodule.path={root} does not exist; pass a folder of png/jpg images "
-                            "or leave datamodule.path unset to train on the built-in data.")
-        if not root.is_dir():
-            raise DataError(f"datamodule.path={root} is not a folder; pass a folder of png/jpg images.")
-        files = list_images(root)
-        if not files:
-            raise DataError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}; "
-                            "check datamodule.path.")
-        counter = BadInputCounter("image", self.max_bad_fraction)
-        good = []
-        for f in files:
-            try:
-                with Image.open(f) as img:  # header only: cheap, catches non-images and broken headers
-                    img.size  # noqa: B018
-                good.append(f)
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                counter.add(str(f), str(e) or type(e).__name__)
-        counter.check(len(files))
-        return good
+        return probe_folder(root, "image", "png/jpg images", list_images, _check_header,
+                            (OSError, UnidentifiedImageError, ValueError), self.max_bad_fraction,
+                            "built-in data")[0]
 
     def shard_decoder(self, train: bool):
         return functools.partial(decode_sample, resolution=self.resolution, channels=self.channels,
