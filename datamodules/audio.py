@@ -204,6 +204,30 @@ def pack_sample(path: Path) -> tuple[dict[str, bytes], dict]:
     return {path.suffix.lower().lstrip("."): path.read_bytes()}, meta
 
 
+def mel_from_file(path: str | Path, sample_rate: int, channels: int, normalize_mode: str, peak_level: float,
+                  target_lufs: float, n_mels: int, hop_length: int) -> tuple[torch.Tensor, int]:
+    """A whole file's vocoder input, computed as training computes ``cond``: ``(log-mel, waveform length)``.
+
+    The file is mixed to ``channels``, resampled to ``sample_rate`` and normalised like a training clip.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"mel_from={p} does not exist; pass a wav/flac/ogg file.")
+    try:
+        with sf.SoundFile(str(p)) as snd:
+            rate = snd.samplerate
+            data = snd.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise DataError(f"mel_from={p} could not be read as audio ({e}); pass a wav/flac/ogg file.") from None
+    if data.shape[0] == 0:
+        raise DataError(f"mel_from={p} has no audio frames; pass a non-empty file.")
+    x = match_channels(torch.from_numpy(data.T.copy()), channels)
+    if rate != sample_rate:
+        x = torchaudio.functional.resample(x, rate, sample_rate)
+    x = normalize(x, normalize_mode, sample_rate, peak_level, target_lufs)
+    return LogMel(sample_rate, n_mels, hop_length=hop_length)(x), x.shape[-1]
+
+
 def decode_sample(sample: dict, sample_rate: int, length: int, channels: int, random_crop: bool,
                   transform: ClipTransform, log_mel: LogMel | None = None) -> dict:
     """One shard sample -> ``{"x": tensor}`` (and ``cond``), exactly as ``AudioFolder`` reads the same file."""

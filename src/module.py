@@ -158,8 +158,12 @@ class DiffusionModule(pl.LightningModule):
     @torch.no_grad()
     def sample(self, num: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                cond: torch.Tensor | None = None, use_ema: bool = True, batch_size: int | None = None,
-               **options) -> torch.Tensor:
-        """Draw ``num`` samples shaped ``(num, *data_shape)`` with the EMA weights by default."""
+               shape: tuple[int, ...] | list[int] | None = None, **options) -> torch.Tensor:
+        """Draw ``num`` samples shaped ``(num, *data_shape)`` with the EMA weights by default.
+
+        ``shape`` replaces ``data_shape`` for fully convolutional backbones (e.g. a whole file's length for a
+        vocoder); ``cond`` holds one condition per sample.
+        """
         d = self.diffusion_cfg
         sampler = sampler or d.get("sampler") or self.objective.default_sampler
         steps = int(steps or d.get("steps", 32))
@@ -179,7 +183,7 @@ class DiffusionModule(pl.LightningModule):
             if d.get("clip_denoised") is not None:
                 lo, hi = d["clip_denoised"]
                 den = clipped(den, lo, hi)
-            x = torch.randn((n, *self.data_shape), generator=g, device=self.device) * sigmas[0].item()
+            x = torch.randn((n, *(shape or self.data_shape)), generator=g, device=self.device) * sigmas[0].item()
             out.append(fn(den, x, sigmas, generator=g, **opts))
         net.train(was_training)
         return torch.cat(out)

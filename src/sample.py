@@ -3,6 +3,8 @@
     python -m src.sample ckpt=PATH num_samples=N [sampler=heun steps=32 seed=0 ema=true device=cpu] out=DIR
 
 Writes N files in the domain's format (PNG for images, WAV for audio, NIfTI for MRI) under DIR.
+For an audio vocoder checkpoint (trained with datamodule.mel_conditioning=true), ``mel_from=FILE.wav``
+resynthesises the whole file from its log-mel spectrogram: N renditions, each as long as the file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
+
+from datamodules.base import DataError
 
 from .checkpoint import CheckpointError, module_from_checkpoint
 from .media import build_media
@@ -29,12 +33,18 @@ DEFAULTS = {
     "ema": True,
     "device": "auto",
     "prefix": "sample",
+    "mel_from": None,     # audio vocoder checkpoints: resynthesise this file from its log-mel
 }
 
-USAGE = "usage: python -m src.sample ckpt=PATH num_samples=N out=DIR [sampler=NAME steps=K seed=S ema=true device=cpu]"
+USAGE = ("usage: python -m src.sample ckpt=PATH num_samples=N out=DIR "
+         "[sampler=NAME steps=K seed=S ema=true device=cpu mel_from=FILE.wav]")
 
 
 def parse_args(argv: list[str]):
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(f"{USAGE}\n\n{__doc__.strip()}\n\noptions and defaults: "
+              + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()))
+        raise SystemExit(0)
     base = OmegaConf.create(DEFAULTS)
     OmegaConf.set_struct(base, True)
     bad = [a for a in argv if "=" not in a]
@@ -57,6 +67,25 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def vocoder_input(cfg, run_cfg: dict, num: int, device: str):
+    """``(cond, shape)`` for ``mel_from=FILE``: the file's log-mel for every sample and the file's length."""
+    dm = run_cfg.get("datamodule") or {}
+    vocoder = bool(dm.get("mel_conditioning"))
+    if cfg.mel_from is None:
+        if vocoder:
+            print("note: this is a vocoder checkpoint; without mel_from=FILE.wav it samples unconditionally")
+        return None, None
+    if not vocoder:
+        raise ValueError(f"mel_from= needs an audio checkpoint trained with datamodule.mel_conditioning=true; "
+                         f"{cfg.ckpt} was not.")
+    from datamodules.audio import mel_from_file
+
+    mel, length = mel_from_file(cfg.mel_from, int(dm["sample_rate"]), int(dm["channels"]), dm["normalize"],
+                                float(dm["peak_level"]), float(dm["target_lufs"]), int(dm["n_mels"]),
+                                int(dm["hop_length"]))
+    return mel.to(device).expand(num, *mel.shape), (int(dm["channels"]), length)
+
+
 def sample(cfg) -> list[Path]:
     device = resolve_device(cfg.device)
     module, ckpt = module_from_checkpoint(cfg.ckpt, device=device)
@@ -64,9 +93,10 @@ def sample(cfg) -> list[Path]:
     if "media" not in run_cfg:
         raise CheckpointError(f"Checkpoint {cfg.ckpt} has no run_config.media; it was not written by src.train.")
     media = build_media(run_cfg["media"])
+    cond, shape = vocoder_input(cfg, run_cfg, int(cfg.num_samples), device)
     t0 = time.perf_counter()
     x = module.sample(int(cfg.num_samples), sampler=cfg.sampler, steps=cfg.steps, seed=int(cfg.seed),
-                      use_ema=bool(cfg.ema), batch_size=int(cfg.batch_size))
+                      use_ema=bool(cfg.ema), batch_size=int(cfg.batch_size), cond=cond, shape=shape)
     paths = media.save(x, Path(cfg.out).expanduser(), prefix=cfg.prefix)
     print(f"wrote {len(paths)} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s")
     return paths
@@ -76,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         sample(cfg)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, DataError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -67,6 +67,8 @@ def test_sample_cli_rejects_unknown_options_and_missing_checkpoint(tmp_path):
     assert res.returncode != 0 and "unknown option" in res.stderr and "num_samples" in res.stderr
     res = run_module(["src.sample", f"ckpt={tmp_path / 'none.ckpt'}", f"out={tmp_path}"])
     assert res.returncode != 0 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    res = run_module(["src.sample", "--help"])
+    assert res.returncode == 0 and "usage: python -m src.sample" in res.stdout and "num_samples=16" in res.stdout
 
 
 class _Losses(pl.Callback):
