@@ -3,8 +3,8 @@
     python benchmarks/recon_study.py --out outputs/recon_study [--train-steps 600] [--test-slices 16]
 
 1. trains a slice model on the mri domain's built-in head phantoms, exactly as a user would:
-   `python -m src.train domain=mri datamodule.mode=slice experiment=quickstart logger=none` (UNet preset
-   tiny, DDPM; a few minutes on a CPU); an existing OUT/train/checkpoints/last.ckpt is reused,
+   `python -m src.train domain=mri datamodule.mode=slice experiment=quickstart diffusion=ddpm logger=none`
+   (UNet preset tiny, DDPM; a few minutes on a CPU); an existing OUT/train/checkpoints/last.ckpt is reused,
 2. takes test slices from that run's validation phantoms (held out from training) and tunes the TV weight
    of the compressed-sensing baseline on the validation slices of differently seeded phantoms,
 3. undersamples the test slices retrospectively (equispaced and random masks, 4x with 8% centre,
@@ -47,7 +47,7 @@ def train(out: Path, steps: int) -> tuple[Path, float | None]:
         print(f"reusing {ckpt}")
         return ckpt, None
     cmd = [sys.executable, "-m", "src.train", "domain=mri", "datamodule.mode=slice", "experiment=quickstart",
-           "logger=none", f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false",
+           "diffusion=ddpm", "logger=none", f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false",
            f"paths.output_dir={out / 'train'}"]
     print(" ".join(cmd[1:]))
     t0 = time.perf_counter()

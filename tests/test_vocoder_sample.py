@@ -5,7 +5,8 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
-from src.sample import DEFAULTS, main as sample_main, vocoder_input
+from src.sample import DEFAULTS, vocoder_input
+from src.sample import main as sample_main
 from src.train import train
 
 
