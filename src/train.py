@@ -109,7 +109,8 @@ def log_distributed(trainer: pl.Trainer, module) -> None:
         local = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]
         held = sum(t.numel() * t.element_size() for t in local) / 2**20
         log.info("Distributed: %s, world size %d, strategy %s, job %s, restart %s; this rank holds %.1f MB "
-                 "of weights and EMA", type(env).__name__, trainer.world_size,
+                 "of weights and EMA", type(env).__name__ if env is not None else "single process",
+                 trainer.world_size,
                  type(trainer.strategy).__name__,
                  os.environ.get("SLURM_JOB_ID", "-"), os.environ.get("SLURM_RESTART_COUNT", "0"),
                  held)
