@@ -146,6 +146,24 @@ def _module_flops(module, cfg, data_shape) -> int:
     return step_flops(module.backbone, x, loss_fn)
 
 
+def timed_steps(args, device, batches, net, loss_fn, opt, ema_update, clip: float) -> list[float]:
+    """Warm-up plus timed optimizer steps of a plain loop (loss, backward, clip, AdamW, EMA); the timed ones."""
+    times = []
+    for i in range(args.warmup + args.steps):
+        x = batches[i % len(batches)]
+        sync(device)
+        t0 = time.perf_counter()
+        loss_fn(net, x).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema_update()
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def run_loop(cfg, args) -> dict:
     """The floor: same backbone, objective, AdamW, clipping and EMA, no framework around them."""
     from src.backbones import build_backbone
@@ -172,19 +190,8 @@ def run_loop(cfg, args) -> dict:
 
         if flops is None:
             flops = step_flops(backbone, batches[0], loss_fn)
-        for i in range(args.warmup + args.steps):
-            x = batches[i % len(batches)]
-            sync(device)
-            t0 = time.perf_counter()
-            loss = loss_fn(backbone, x)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(backbone.parameters(), cfg.trainer.gradient_clip_val)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(backbone)
-            sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
+        times += timed_steps(args, device, batches, backbone, loss_fn, opt,
+                             lambda backbone=backbone, ema=ema: ema.update(backbone), cfg.trainer.gradient_clip_val)
     return {"step_times": times, "flops_per_step": flops, "batch_size": int(cfg.datamodule.batch_size)}
 
 
@@ -228,19 +235,8 @@ def run_diffusers(cfg, args) -> dict:
 
         if flops is None:
             flops = step_flops(model, batches[0], loss_fn)
-        for i in range(args.warmup + args.steps):
-            clean = batches[i % len(batches)]
-            sync(device)
-            t0 = time.perf_counter()
-            loss = loss_fn(model, clean)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
-            opt.step()
-            opt.zero_grad()
-            ema.step(model.parameters())
-            sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
+        times += timed_steps(args, device, batches, model, loss_fn, opt,
+                             lambda model=model, ema=ema: ema.step(model.parameters()), cfg.trainer.gradient_clip_val)
     return {"step_times": times, "flops_per_step": flops, "batch_size": int(cfg.datamodule.batch_size)}
 
 
