@@ -119,6 +119,10 @@ class DiffusionModule(pl.LightningModule):
         self.ema.update(self.backbone)
 
     def on_before_optimizer_step(self, optimizer):
+        # only on the steps the logger writes: under FSDP2 the norm is a collective over all ranks
+        connector = getattr(self._trainer, "_logger_connector", None)
+        if connector is not None and not connector.should_update_logs:
+            return
         grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
         if grads:
             norm = torch.nn.utils.get_total_norm(grads)

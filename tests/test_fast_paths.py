@@ -75,3 +75,21 @@ def test_foreach_ema_equals_per_parameter_update():
     ema.update(net)
     for r, p, e in zip(reference, net.parameters(), ema.module.parameters()):
         torch.testing.assert_close(e, 0.9 * r + 0.1 * p)
+
+
+def test_grad_norm_is_computed_only_on_logging_steps(monkeypatch, tmp_path):
+    """The gradient norm (a collective under FSDP2) runs on the steps the logger writes, and is logged."""
+    calls = []
+    real = torch.nn.utils.get_total_norm
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pl.seed_everything(0, verbose=False)
+    dm = ImageDataModule(resolution=16, batch_size=4, num_workers=0, builtin_size=32, random_flip=False)
+    module = DiffusionModule(backbone={"name": "unet", "preset": "tiny", "in_channels": 3},
+                             diffusion={"family": "ddpm"}, data_shape=dm.data_shape, optim={"lr": 1e-3})
+    trainer = pl.Trainer(max_steps=6, log_every_n_steps=3, logger=pl.loggers.CSVLogger(tmp_path),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", limit_val_batches=0, use_distributed_sampler=False,
+                         gradient_clip_val=None)
+    trainer.fit(module, datamodule=dm)
+    assert len(calls) == 2  # steps 3 and 6 of 6
+    assert "train/grad_norm" in trainer.logged_metrics
