@@ -77,7 +77,7 @@ def vocoder_input(cfg, run_cfg: dict, num: int, device: str):
         return None, None
     if not vocoder:
         raise ValueError(f"mel_from= needs an audio checkpoint trained with datamodule.mel_conditioning=true; "
-                         f"{cfg.ckpt} was not.")
+                         f"{cfg.ckpt} was not: drop mel_from= or pass a vocoder checkpoint.")
     from datamodules.audio import mel_from_file
 
     mel, length = mel_from_file(cfg.mel_from, int(dm["sample_rate"]), int(dm["channels"]), dm["normalize"],
