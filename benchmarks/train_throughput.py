@@ -164,6 +164,21 @@ def timed_steps(args, device, batches, net, loss_fn, opt, ema_update, clip: floa
     return times
 
 
+def run_plain(cfg, args, build) -> dict:
+    """Time a plain loop: ``build(device)`` -> ``(net, loss_fn, optimizer, ema_update)``, fresh per repetition."""
+    device = device_of(cfg)
+    batches = [b["x"].to(device) for b in in_memory_batches(cfg, 8)]
+    times: list[float] = []
+    flops = None
+    for _ in range(args.repeats):
+        torch.manual_seed(cfg.seed)
+        net, loss_fn, opt, ema_update = build(device)
+        if flops is None:
+            flops = step_flops(net, batches[0], loss_fn)
+        times += timed_steps(args, device, batches, net, loss_fn, opt, ema_update, cfg.trainer.gradient_clip_val)
+    return {"step_times": times, "flops_per_step": flops, "batch_size": int(cfg.datamodule.batch_size)}
+
+
 def run_loop(cfg, args) -> dict:
     """The floor: same backbone, objective, AdamW, clipping and EMA, no framework around them."""
     from src.backbones import build_backbone
@@ -171,28 +186,21 @@ def run_loop(cfg, args) -> dict:
     from src.diffusion import build_objective
     from src.ema import EMA
 
-    device = device_of(cfg)
-    batches = [b["x"].to(device) for b in in_memory_batches(cfg, 8)]
-    times: list[float] = []
-    flops = None
-    for _ in range(args.repeats):
-        torch.manual_seed(cfg.seed)
+    def build(device):
         backbone = build_backbone(to_plain(cfg.backbone)).to(device)
         objective = build_objective(to_plain(cfg.diffusion))
         ema = EMA(backbone, **to_plain(cfg.ema))
         opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                 weight_decay=cfg.optim.weight_decay)
 
-        def loss_fn(net, x, objective=objective):
+        def loss_fn(net, x):
             u = torch.rand(x.shape[0], device=device)
             with autocast(cfg, device):
                 return objective.loss(net, x, u, torch.randn_like(x)).mean()
 
-        if flops is None:
-            flops = step_flops(backbone, batches[0], loss_fn)
-        times += timed_steps(args, device, batches, backbone, loss_fn, opt,
-                             lambda backbone=backbone, ema=ema: ema.update(backbone), cfg.trainer.gradient_clip_val)
-    return {"step_times": times, "flops_per_step": flops, "batch_size": int(cfg.datamodule.batch_size)}
+        return backbone, loss_fn, opt, lambda: ema.update(backbone)
+
+    return run_plain(cfg, args, build)
 
 
 def diffusers_backbone_cfg(cfg) -> dict:
@@ -213,19 +221,14 @@ def run_diffusers(cfg, args) -> dict:
 
     from src.backbones import build_backbone
 
-    device = device_of(cfg)
-    batches = [b["x"].to(device) for b in in_memory_batches(cfg, 8)]
-    times: list[float] = []
-    flops = None
-    for _ in range(args.repeats):
-        torch.manual_seed(cfg.seed)
+    def build(device):
         model = build_backbone(diffusers_backbone_cfg(cfg)).net.to(device)
         scheduler = DDPMScheduler(num_train_timesteps=1000)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                 weight_decay=cfg.optim.weight_decay)
         ema = EMAModel(model.parameters(), decay=cfg.ema.decay, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
 
-        def loss_fn(net, clean, scheduler=scheduler):
+        def loss_fn(net, clean):
             noise = torch.randn_like(clean)
             t = torch.randint(0, 1000, (clean.shape[0],), device=device).long()
             noisy = scheduler.add_noise(clean, noise, t)
@@ -233,11 +236,9 @@ def run_diffusers(cfg, args) -> dict:
                 pred = net(noisy, t).sample
             return F.mse_loss(pred.float(), noise.float())
 
-        if flops is None:
-            flops = step_flops(model, batches[0], loss_fn)
-        times += timed_steps(args, device, batches, model, loss_fn, opt,
-                             lambda model=model, ema=ema: ema.step(model.parameters()), cfg.trainer.gradient_clip_val)
-    return {"step_times": times, "flops_per_step": flops, "batch_size": int(cfg.datamodule.batch_size)}
+        return model, loss_fn, opt, lambda: ema.step(model.parameters())
+
+    return run_plain(cfg, args, build)
 
 
 def run_one(pipeline: str, overrides: list[str], args) -> dict:
