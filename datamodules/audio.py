@@ -19,12 +19,14 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
-import torchaudio
 from torch.utils.data import Dataset
+
+from src.env_check import import_torchaudio
 
 from .audio_synth import SyntheticAudio
 from .base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
 
+torchaudio = import_torchaudio()
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")

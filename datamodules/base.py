@@ -19,10 +19,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from src.errors import ProjectError
+
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(ProjectError, ValueError):
     """Bad user data: the message says which file or key and what to do."""
 
 

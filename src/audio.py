@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchaudio
 
+from .env_check import import_torchaudio
 from .metrics import frechet_distance
+
+torchaudio = import_torchaudio()
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from .errors import ProjectError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file in the same folder, then renames: a crash never leaves half a checkpoint."""
@@ -25,7 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ProjectError, ValueError):
     """A checkpoint that cannot be used: the message says which file and what to do."""
 
 

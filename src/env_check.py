@@ -1,0 +1,55 @@
+"""Check that the installed torch and torchaudio load together; ``python -m src.env_check`` (run by setup).
+
+torchaudio's compiled extension is built against one torch release: a pair that does not match fails deep
+inside ``import torchaudio`` with an undefined symbol. ``import_torchaudio`` turns that into one sentence.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import ProjectError
+
+LOCKED_PAIR = "torch 2.14.1 with torchaudio 2.11.1 (or torch 2.11.0 with torchaudio 2.11.0)"
+
+
+class EnvironmentMismatch(ProjectError):
+    """The installed packages do not work together; the message names them and the fix."""
+
+
+def import_torchaudio():
+    """``import torchaudio``, or one sentence naming both versions and the fix when its extension fails."""
+    try:
+        return importlib.import_module("torchaudio")
+    except (OSError, ImportError) as e:
+        import torch
+
+        try:
+            from importlib.metadata import version
+
+            ta = version("torchaudio")
+        except Exception:  # noqa: BLE001 - only for the message
+            ta = "not installed"
+        raise EnvironmentMismatch(
+            f"torchaudio {ta} does not load beside torch {torch.__version__} ({str(e).splitlines()[0][:120]}); "
+            f"install a matching pair, {LOCKED_PAIR}: run `bash scripts/setup.sh`, which installs "
+            "requirements.lock.") from None
+
+
+def main() -> None:
+    import torch
+
+    try:
+        ta = import_torchaudio()
+    except EnvironmentMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    x = torch.randn(1, 1600)
+    ta.functional.resample(x, 16000, 8000)
+    print(f"setup: torch {torch.__version__} and torchaudio {ta.__version__} load and run on "
+          f"{'CUDA' if torch.cuda.is_available() else 'CPU'}")
+
+
+if __name__ == "__main__":
+    main()
