@@ -1,4 +1,4 @@
-# CUDA runtime matching the torch 2.11 wheels pinned in pyproject.toml (cu13 builds).
+# CUDA runtime matching the torch 2.14.1 wheels pinned in requirements.lock (cu130 builds).
 FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 WANDB_MODE=offline
@@ -7,7 +7,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     rm -rf /var/lib/apt/lists/*
 
 WORKDIR /workspace
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY src ./src
 COPY datamodules ./datamodules
 COPY configs ./configs
