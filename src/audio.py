@@ -43,6 +43,15 @@ def to_waveforms(samples: torch.Tensor) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
+LISTENING_PEAK = 10 ** (-1 / 20)  # -1 dBFS: headroom so that a loud sample never reaches full scale
+
+
+def for_listening(waves: torch.Tensor, peak: float = LISTENING_PEAK) -> torch.Tensor:
+    """Attenuate each clip whose peak exceeds ``peak`` (never amplify): files people play are not blasts."""
+    level = waves.abs().amax(dim=tuple(range(1, waves.ndim)), keepdim=True)
+    return torch.where(level > peak, waves * (peak / level.clamp_min(1e-12)), waves)
+
+
 def log_mel(x: torch.Tensor, sample_rate: int, n_mels: int = 64, n_fft: int = 1024, hop_length: int = 256,
             floor: float = 1e-5) -> torch.Tensor:
     """``(..., L)`` -> natural-log mel power ``(..., n_mels, frames)``."""
@@ -79,7 +88,7 @@ class AudioMedia:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, wave in enumerate(to_waveforms(samples)):
+        for i, wave in enumerate(for_listening(to_waveforms(samples))):
             p = out_dir / f"{prefix}_{i:05d}.wav"
             sf.write(p, wave.T.numpy(), self.sample_rate, subtype=self.subtype)
             paths.append(p)
@@ -88,7 +97,7 @@ class AudioMedia:
     def to_wandb(self, samples: torch.Tensor, key: str = "samples") -> dict:
         import wandb
 
-        waves = to_waveforms(samples)
+        waves = for_listening(to_waveforms(samples))
         audio, spectrograms = [], []
         for i, wave in enumerate(waves):
             data = wave[0].numpy() if wave.shape[0] == 1 else wave.T.numpy()

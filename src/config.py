@@ -47,3 +47,14 @@ def redact(plain: dict, data_path: bool) -> dict:
         out["datamodule"]["path"] = REDACTED
     return out
 
+
+
+def expand_home(argv: list[str]) -> list[str]:
+    """``key=~/x`` -> ``key=/home/me/x``: bash leaves ``~`` after ``=`` alone and Hydra's grammar rejects it."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and (value == "~" or value.startswith("~/")):
+            arg = f"{key}={os.path.expanduser(value)}"
+        out.append(arg)
+    return out

@@ -9,6 +9,7 @@ resynthesises the whole file from its log-mel spectrogram: N renditions, each as
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from omegaconf.errors import ConfigKeyError
 from datamodules.base import DataError
 
 from .checkpoint import CheckpointError, module_from_checkpoint
+from .config import expand_home
 from .media import build_media
 
 DEFAULTS = {
@@ -27,7 +29,7 @@ DEFAULTS = {
     "num_samples": 16,
     "sampler": None,      # null: the sampler the model was trained with (diffusion.sampler)
     "steps": None,        # null: diffusion.steps
-    "seed": 0,
+    "seed": None,         # null: a fresh random seed (printed); training previews use the run's seed
     "out": None,
     "batch_size": 16,
     "ema": True,
@@ -94,16 +96,18 @@ def sample(cfg) -> list[Path]:
         raise CheckpointError(f"Checkpoint {cfg.ckpt} has no run_config.media; it was not written by src.train.")
     media = build_media(run_cfg["media"])
     cond, shape = vocoder_input(cfg, run_cfg, int(cfg.num_samples), device)
+    seed = int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**31)
     t0 = time.perf_counter()
-    x = module.sample(int(cfg.num_samples), sampler=cfg.sampler, steps=cfg.steps, seed=int(cfg.seed),
+    x = module.sample(int(cfg.num_samples), sampler=cfg.sampler, steps=cfg.steps, seed=seed,
                       use_ema=bool(cfg.ema), batch_size=int(cfg.batch_size), cond=cond, shape=shape)
     paths = media.save(x, Path(cfg.out).expanduser(), prefix=cfg.prefix)
-    print(f"wrote {len(paths)} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s")
+    print(f"wrote {len(paths)} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s (seed={seed}; pass "
+          f"seed={seed} to draw the same ones again)")
     return paths
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = parse_args(expand_home(sys.argv[1:] if argv is None else argv))
     try:
         sample(cfg)
     except (CheckpointError, DataError, ValueError) as e:

@@ -19,7 +19,7 @@ from datamodules import DataError, build_datamodule
 
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step, is_sharded
-from .config import redact, register_resolvers, to_plain
+from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
 from .media import build_media
 from .metrics import MetricsCallback
@@ -196,4 +196,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = expand_home(sys.argv[1:])
     main()
