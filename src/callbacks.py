@@ -80,8 +80,21 @@ class ThroughputCallback(pl.Callback):
 class RunConfigInCheckpoint(pl.Callback):
     """Stores the resolved run config (plain containers) in every checkpoint, for sampling tools."""
 
-    def __init__(self, config: dict):
-        self.config = config
+    def __init__(self, config: dict, private: bool = False):
+        self.config, self.private = config, private
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
         checkpoint["run_config"] = self.config
+        if self.private:  # callbacks' state holds absolute paths (the run folder may bear a patient's name)
+            checkpoint["callbacks"] = {k: _strip_paths(v) for k, v in checkpoint.get("callbacks", {}).items()}
+
+
+def _strip_paths(node):
+    """Absolute paths in a callback's state reduced to their last part (a file or folder name of the run)."""
+    if isinstance(node, dict):
+        return {_strip_paths(k): _strip_paths(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_strip_paths(v) for v in node)
+    if isinstance(node, str) and node.startswith("/"):
+        return Path(node).name
+    return node

@@ -40,13 +40,31 @@ def to_plain(cfg: DictConfig | dict | None) -> dict:
 REDACTED = "<not recorded: privacy>"
 
 
-def redact(plain: dict, data_path: bool) -> dict:
-    """A copy of a plain config without what must not leave the machine: ``datamodule.path`` when asked."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in plain.items()}
-    if data_path and isinstance(out.get("datamodule"), dict) and out["datamodule"].get("path"):
-        out["datamodule"]["path"] = REDACTED
-    return out
+PATH_KEY_ENDINGS = ("path", "dir", "file", "url", "root", "autoencoder")
 
+
+def _looks_like_path(value) -> bool:
+    return isinstance(value, str) and (value.startswith(("/", "~", "./", "../")) or "://" in value
+                                       or value.startswith("pipe:"))
+
+
+def redact(plain: dict, data_path: bool) -> dict:
+    """A copy of a plain config without what must not leave the machine.
+
+    With ``data_path``: every path-like entry, at any depth (``datamodule.path``, ``shards.val_path``,
+    ``cache_dir``, ``ckpt_path``, ``paths.*``, URLs), since folder and file names may carry a patient's name.
+    """
+
+    def walk(node, key=""):
+        if isinstance(node, dict):
+            return {k: walk(v, str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, key) for v in node]
+        if data_path and node is not None and (key.lower().endswith(PATH_KEY_ENDINGS) or _looks_like_path(node)):
+            return REDACTED
+        return node
+
+    return walk(plain)
 
 
 def expand_home(argv: list[str]) -> list[str]:

@@ -207,7 +207,8 @@ def metrics_against(reference: np.ndarray, image, zf, cs_image, args) -> dict:
                             "the same scan.")
         crop = ref.shape[-2:]
     prep = (lambda v: center_crop(v, crop)) if crop else (lambda v: v)
-    out = {"reference": str(args.reference or args.input), "data_range": float(ref.max()),
+    out = {"reference": "the --reference file" if args.reference else "the fully sampled --input",
+           "data_range": float(ref.max()),
            "convention": "fastMRI: per volume, data range = reference maximum, SSIM 7x7 mean over slices",
            "cropped_to": list(crop) if crop else None,
            "reconstruction": all_metrics(ref, prep(image)), "zero_filled": all_metrics(ref, prep(zf))}

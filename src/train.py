@@ -48,12 +48,25 @@ def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
         import wandb
 
         # console output names input files, and system metadata holds the command line (datamodule.path)
-        extra["settings"] = wandb.Settings(console="off", x_disable_meta=True, disable_git=True,
-                                           save_code=False, x_save_requirements=False)
+        extra["settings"] = wandb.Settings(console="off", x_disable_meta=True, x_disable_machine_info=True,
+                                           disable_git=True, save_code=False, x_save_requirements=False,
+                                           host="redacted", username="redacted", program="src.train",
+                                           x_disable_stats=True)
+    # the folder's name may be a patient's: with patient data the run is named by its id
+    name = cfg.get("run_name") or (_wandb_id(out) if privacy.get("patient_data") else out.name)
     return WandbLogger(project=cfg.get("project", "diffusion"), entity=cfg.get("entity"),
-                       name=cfg.get("run_name") or out.name, save_dir=str(out), offline=mode == "offline",
+                       name=name, save_dir=str(out), offline=mode == "offline",
                        mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out),
                        **extra)
+
+
+def drop_wandb_debug_logs(out: Path) -> None:
+    """W&B's own debug logs name the run folder and the host; with patient data they must not be synced."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+    for log_file in [*out.glob("wandb/debug*.log"), *out.glob("wandb/*/logs/debug*.log")]:
+        log_file.unlink(missing_ok=True)
 
 
 def _wandb_id(out: Path) -> str:
@@ -131,7 +144,8 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
         SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
-        RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data")))),
+        RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
+                              private=bool(privacy.get("patient_data"))),
         LearningRateMonitor(logging_interval="step"),
         *extra,
     ]
@@ -175,6 +189,8 @@ def train(cfg: DictConfig) -> dict:
                               "python -m src.consolidate to sample from it.")
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     preempted = is_preempted(trainer)
+    if privacy.get("patient_data") and trainer.is_global_zero:
+        drop_wandb_debug_logs(out)
     if preempted and trainer.is_global_zero:
         wandb = sys.modules.get("wandb")
         if wandb is not None and wandb.run is not None:

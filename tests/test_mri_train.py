@@ -1,6 +1,7 @@
 """End to end: `src.train domain=mri experiment=smoke` in both modes, `src.sample`, and patient privacy."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,12 +85,14 @@ def test_nothing_from_the_patient_reaches_wandb(tmp_path):
             spacing=(4.0, 4.0, 4.0),
         )
     (data / "janet_doe_broken.nii.gz").write_bytes(b"broken")  # its warning names the file
-    out = tmp_path / "run"
+    out = tmp_path / "run_janet_doe"  # a folder named after the patient
     run(
         "src.train",
         "domain=mri",
         "experiment=smoke",
         f"datamodule.path={data}",
+        "datamodule.shards.val_path=/archive/private_cohort/val-000000.tar",
+        f"datamodule.cache_dir={tmp_path / 'cache_janet_doe'}",
         "datamodule.shape=[16,16,16]",
         "datamodule.max_bad_fraction=0.5",
         "trainer.max_steps=4",
@@ -118,3 +121,30 @@ def test_nothing_from_the_patient_reaches_wandb(tmp_path):
     assert "private_cohort" not in repr(run_config)
     # decision (docs/mri.md): the local config.yaml keeps datamodule.path; it does not leave the machine
     assert "private_cohort" in (out / "config.yaml").read_text()
+    # every file the run wrote, but for the local record (config.yaml, .hydra/, train.log), is free of
+    # patient strings and of this machine's name
+    local = {out / "config.yaml", out / "train.log"}
+    shared = [p for p in out.rglob("*") if p.is_file() and p not in local and ".hydra" not in p.parts]
+    assert any(p.suffix == ".ckpt" for p in shared) and any(p.suffix == ".wandb" for p in shared)
+    for p in shared:
+        blob = p.read_bytes()
+        host = socket.gethostname()  # a short name ("vm") matches random bytes: only a distinctive one counts
+        for s in [*PATIENT_STRINGS, *([host] if len(host) >= 6 else [])]:
+            assert s.encode() not in blob, f"{s!r} found in {p}"
+
+
+def test_reconstruction_outputs_carry_no_input_path_or_header_text(tmp_path):
+    src = tmp_path / "private_cohort" / "janet_doe_t1.nii.gz"
+    img = nib.Nifti1Image(phantom((32, 32, 4)).astype(np.float32), np.diag([1.0, 1.0, 3.0, 1.0]))
+    img.header["descrip"] = b"Doe^Janet scanned 1957"
+    src.parent.mkdir()
+    nib.save(img, src)
+    out = tmp_path / "recon.nii.gz"
+    run("src.reconstruct", "--input", str(src), "--simulate", "--method", "zero-filled", "--output", str(out),
+        "--reference", str(src))
+    written = [out, tmp_path / "recon.metrics.json"]
+    assert all(p.exists() for p in written)
+    for p in written:
+        blob = nib.load(p).header.structarr.tobytes() if p.suffix == ".gz" else p.read_bytes()
+        for s in [*PATIENT_STRINGS, "1957"]:
+            assert s.encode() not in blob, f"{s!r} found in {p}"

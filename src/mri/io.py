@@ -173,6 +173,10 @@ def write_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, header
     arr = np.ascontiguousarray(np.asarray(volume, dtype=np.float32).transpose(1, 2, 0))
     img = nib.Nifti1Image(arr, affine, header=header.copy() if header is not None else None)
     img.set_data_dtype(np.float32)
+    # outputs are patient data: keep the geometry, never the input's free-text fields (names, notes)
+    for text_field in ("descrip", "aux_file", "intent_name", "db_name"):
+        if text_field in img.header:
+            img.header[text_field] = b""
     _atomic(path, lambda tmp: nib.save(img, str(tmp)))
     return path
 
