@@ -222,7 +222,7 @@ def test_cli_on_nifti_simulation_with_samples(ckpt, tmp_path, capsys):
     std = nib.load(tmp_path / "recon.std.nii.gz")
     assert std.shape == vol.shape and float(np.asarray(std.dataobj).max()) > 0
     metrics = json.loads((tmp_path / "recon.metrics.json").read_text())["metrics"]
-    assert metrics["reference"] == "the fully sampled --input"  
+    assert metrics["reference"] == "the fully sampled --input"
     assert summary["num_samples"] == 2
 
 
