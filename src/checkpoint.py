@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,20 +12,53 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .errors import ProjectError
 
+log = logging.getLogger(__name__)
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes to a temporary file in the same folder, then renames: a crash never leaves half a checkpoint."""
+    """Writes to a temporary file in the same folder, fsyncs, then renames: a crash never leaves half a
+    checkpoint, and a checkpoint with non-finite weights is refused, so it never replaces a finite one."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
+        bad = nonfinite_tensors(checkpoint.get("state_dict") or {})
+        if bad:
+            msg = (f"Refusing to write {path} at step {checkpoint.get('global_step', '?')}: {len(bad)} weight "
+                   f"tensors are not finite (e.g. {bad[0]}); the existing checkpoints are kept.")
+            log.error("%s", msg)
+            # raising (not returning) stops ModelCheckpoint from rotating away an older, finite checkpoint
+            raise CheckpointError(msg)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            torch.save(checkpoint, tmp)
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
+            _fsync_dir(path.parent)
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems and platforms cannot open a folder: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class CheckpointError(ProjectError, ValueError):

@@ -7,6 +7,7 @@ loss weighting) and a sampler; it knows nothing about images, sound or anatomy. 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -17,6 +18,7 @@ from .backbones import build_backbone
 from .diffusion import build_objective, clipped, get_sampler
 from .ema import EMA
 
+log = logging.getLogger(__name__)
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant to decorrelate (seed, step, rank, micro-batch) streams
 
 
@@ -57,7 +59,12 @@ class DiffusionModule(pl.LightningModule):
         self.save_hyperparameters()
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                           "min_lr_ratio": 0.1, "fused": None, "total_steps": None,
-                          **(optim or {})}
+                          "nonfinite": "stop", "nonfinite_max_skips": 10, **(optim or {})}
+        if self.optim_cfg["nonfinite"] not in ("stop", "skip"):
+            raise ValueError(f"optim.nonfinite must be stop or skip; got '{self.optim_cfg['nonfinite']}'.")
+        self._loss_finite: torch.Tensor | None = None  # all losses of the current accumulation window finite
+        self._skip_step = False
+        self._consecutive_skips = 0
         self.diffusion_cfg = dict(diffusion)
         self.data_shape = list(data_shape)
         self.seed = seed
@@ -109,6 +116,8 @@ class DiffusionModule(pl.LightningModule):
         g = self._generator(*parts)
         u, noise = self._noise(x, g)
         loss = self.objective.loss(self.backbone, x, u, noise, cond).mean()
+        finite = torch.isfinite(loss.detach())  # a tensor, no host sync per micro-batch
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0],
                  sync_dist=True)
         return loss
@@ -116,9 +125,16 @@ class DiffusionModule(pl.LightningModule):
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         # called once per optimizer step (after gradient accumulation), never per micro-batch
+        if self._skip_step:
+            self._skip_step = False
+            return
         self.ema.update(self.backbone)
 
     def on_before_optimizer_step(self, optimizer):
+        self._log_grad_norm()
+        self._guard_nonfinite(optimizer)
+
+    def _log_grad_norm(self):
         # only on the steps the logger writes: under FSDP2 the norm is a collective over all ranks
         connector = getattr(self._trainer, "_logger_connector", None)
         if connector is not None and not connector.should_update_logs:
@@ -129,6 +145,39 @@ class DiffusionModule(pl.LightningModule):
             if hasattr(norm, "full_tensor"):  # sharded (FSDP2) gradients: the norm over all ranks' shards
                 norm = norm.full_tensor()
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def _guard_nonfinite(self, optimizer):
+        """A non-finite loss or gradient on any rank: every rank drops this step's gradients (AdamW then
+        leaves weights and moments alone) and the EMA update; ``optim.nonfinite`` says skip or stop."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params]
+        finite = torch.stack([torch.isfinite(g).all() for g in local]).all() if local else torch.tensor(True)
+        if self._loss_finite is not None:
+            finite = finite & self._loss_finite.to(finite.device)
+        self._loss_finite = None
+        bad = not bool(finite)
+        if self._trainer is not None:  # ranks agree, so all skip or stop together
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            self._consecutive_skips = 0
+            return
+        for p in params:
+            p.grad = None
+        self._skip_step = True
+        self._consecutive_skips += 1
+        step = self.global_step + 1  # the step being taken, as the checkpoints count it
+        mode, limit = self.optim_cfg["nonfinite"], int(self.optim_cfg["nonfinite_max_skips"])
+        stop = mode == "stop" or self._consecutive_skips > limit
+        if self._trainer is not None and self.trainer.is_global_zero:
+            if stop:
+                log.error("Non-finite loss or gradient at step %d (%d consecutive): update skipped, stopping "
+                          "the run; the checkpoints hold the last finite weights (lower optim.lr, or set "
+                          "optim.nonfinite=skip).", step, self._consecutive_skips)
+            else:
+                log.warning("Non-finite loss or gradient at step %d: update skipped (%d consecutive, "
+                            "optim.nonfinite_max_skips=%d).", step, self._consecutive_skips, limit)
+        if stop and self._trainer is not None:
+            self.trainer.should_stop = True
 
     # ---- validation: loss per noise-level bucket, on the EMA weights --------------------------------
     def validation_step(self, batch, batch_idx):

@@ -77,18 +77,34 @@ def _wandb_id(out: Path) -> str:
 
 
 def own_checkpoint(out: Path) -> tuple[Path, int] | None:
-    """The newest checkpoint this run folder holds: ``last.ckpt`` (file or sharded folder), or an
-    ``hpc_ckpt_N.ckpt`` that Lightning's own SLURM handler may have written, whichever has the higher step."""
-    candidates = [out / "checkpoints" / "last.ckpt", *sorted(out.glob("hpc_ckpt_*.ckpt"))]
-    found = [p for p in candidates if p.exists()]
-    if not found:
+    """The readable checkpoint with the highest step in this run folder: ``last.ckpt`` or a
+    ``step*.ckpt`` (files or sharded folders); an unreadable ``last.ckpt`` falls back to the step files."""
+    folder = out / "checkpoints"
+    last = folder / "last.ckpt"
+    candidates = [p for p in [last, *sorted(folder.glob("step*.ckpt"))] if p.exists()]
+    steps = [checkpoint_step(p) for p in candidates]
+    readable = [i for i in range(len(candidates)) if steps[i] >= 0]
+    if last.exists() and steps[0] < 0:
+        rank_zero_only(log.warning)("%s cannot be read (a killed write or a damaged file); falling back to the "
+                                    "newest readable step checkpoint.", last)
+    if not readable:
         return None
-    steps = [checkpoint_step(p) for p in found]
-    best = max(range(len(found)), key=lambda i: steps[i])  # ties keep last.ckpt
-    return found[best], steps[best]
+    best = max(readable, key=lambda i: steps[i])  # ties keep last.ckpt, the first candidate
+    return candidates[best], steps[best]
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """Delete the temporary files of checkpoint writes that a killed job left behind (rank 0 only)."""
+    if rank_zero_only.rank != 0:
+        return
+    for tmp in (out / "checkpoints").glob(".*.tmp-*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            log.info("Removed %s, left by an interrupted checkpoint write.", tmp)
 
 
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+    remove_stale_temp_files(out)
     auto = cfg.get("resume", "auto") == "auto"
     own = own_checkpoint(out) if auto else None
     if cfg.get("ckpt_path"):
