@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .errors import ProjectError
+from .safe_load import WeightsOnlyIgnored, read_metadata, safe_torch_load, why
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if tmp.exists():
                 tmp.unlink()
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        # Lightning's resume reads here: weights-only whatever `weights_only` or the environment say
+        return read_checkpoint_file(path, map_location=map_location or "cpu", fix=RESUME_FIX)
+
 
 def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
     """Names of the floating-point tensors holding a NaN or an infinity."""
@@ -66,6 +72,28 @@ class CheckpointError(ProjectError, ValueError):
 
 
 SHARDED_META = "meta.pt"  # what Lightning's ModelParallelStrategy writes beside the shards
+RESUME_FIX = ("pass a checkpoint of this run's model as ckpt_path=, or start afresh (no ckpt_path=, with "
+              "resume=never or a new paths.output_dir)")
+
+
+def refusal(path: str | Path, error: BaseException, fix: str) -> CheckpointError:
+    """The one sentence for a checkpoint that a weights-only load refuses or that cannot be read at all."""
+    if isinstance(error, WeightsOnlyIgnored):
+        return CheckpointError(f"Checkpoint {path} was not loaded: {error}; unset it and run again.")
+    if isinstance(error, pickle.UnpicklingError):
+        return CheckpointError(f"Checkpoint {path} was refused ({why(error)}): only a full unpickler, which can run "
+                               f"code, would load it, so it was not written by src.train or was altered; {fix}.")
+    return CheckpointError(f"Checkpoint {path} cannot be read ({why(error)}): it is truncated or not a PyTorch "
+                           f"checkpoint; {fix}.")
+
+
+def read_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool | None = None,
+                         fix: str = "pass a checkpoint written by src.train") -> Any:
+    """One checkpoint file, weights-only (``src.safe_load``); failures are one ``CheckpointError`` sentence."""
+    try:
+        return safe_torch_load(path, map_location=map_location, mmap=mmap)
+    except (pickle.UnpicklingError, WeightsOnlyIgnored, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise refusal(path, e, fix) from None
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -78,17 +106,14 @@ def checkpoint_step(path: str | Path) -> int:
     """The ``global_step`` stored in a checkpoint file or sharded folder; -1 when it cannot be read."""
     path = Path(path)
     try:
-        if path.is_dir():
-            ckpt = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
-        else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = safe_torch_load(path / SHARDED_META if path.is_dir() else path, mmap=not path.is_dir())
         return int(ckpt.get("global_step", -1))
     except Exception:  # noqa: BLE001 - unreadable means "not a candidate", whatever the reason
         return -1
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint without unpickling arbitrary code (``weights_only=True``).
+    """Load a checkpoint without unpickling arbitrary code (weights-only whatever the environment says).
 
     A sharded (FSDP2) checkpoint folder is consolidated in memory, see ``src.consolidate``.
     """
@@ -99,16 +124,12 @@ def load_checkpoint(path: str | Path) -> dict:
     if path.is_dir() and not is_sharded(path):
         raise CheckpointError(f"Checkpoint {path} is a folder without {SHARDED_META}; pass a .ckpt file or "
                               "a sharded checkpoint folder written by src.train.")
-    try:
-        if path.is_dir():
-            from .consolidate import consolidate
+    if path.is_dir():
+        from .consolidate import consolidate
 
-            ckpt = consolidate(path)
-        else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"Could not read checkpoint {path} safely ({type(e).__name__}: {e}); "
-                              "is it a checkpoint written by src.train?") from None
+        ckpt = consolidate(path)
+    else:
+        ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint written by src.train "
                               "(no state_dict/hyper_parameters).")
@@ -120,7 +141,8 @@ def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu")
     from .module import DiffusionModule
 
     ckpt = load_checkpoint(path)
-    hp = dict(ckpt["hyper_parameters"])
+    # training's fast paths (torch.compile, channels-last) are not inference's: compile needs a C compiler
+    hp = {**ckpt["hyper_parameters"], "perf": None}
     try:
         module = DiffusionModule(**hp)
     except (TypeError, ValueError) as e:
@@ -132,3 +154,34 @@ def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu")
                               f"{(missing or unexpected)[:3]}).")
     module.eval().to(device)
     return module, ckpt
+
+
+def check_resumable(path: str | Path, model: torch.nn.Module) -> None:
+    """Before Lightning loads it: ``path`` is readable weights-only and holds ``model``'s weights, name for name
+    and shape for shape (a truncated file or another domain's checkpoint is one sentence, not a traceback)."""
+    path = Path(path)
+    if is_sharded(path):
+        try:
+            index = read_metadata(path)
+        except (pickle.UnpicklingError, OSError) as e:
+            raise refusal(path, e, RESUME_FIX) from None
+        meta = read_checkpoint_file(path / SHARDED_META, fix=RESUME_FIX)
+        prefix = "state_dict."
+        found = {k[len(prefix):]: tuple(v.size) for k, v in index.state_dict_metadata.items()
+                 if k.startswith(prefix) and hasattr(v, "size")}
+    else:
+        meta = read_checkpoint_file(path, mmap=True, fix=RESUME_FIX)
+        state = meta.get("state_dict") if isinstance(meta, dict) else None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"Checkpoint {path} holds no state_dict, so it is not a training checkpoint of "
+                                  f"src.train; {RESUME_FIX}.")
+        found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    differ = sorted(k for k in found.keys() | wanted.keys() if found.get(k) != wanted.get(k))
+    if differ:
+        key = differ[0]
+        domain = (((meta.get("run_config") or {}) if isinstance(meta, dict) else {}).get("domain") or {}).get("name")
+        trained = f", trained with domain={domain}" if domain else ""
+        raise CheckpointError(f"Checkpoint {path} does not fit this run's model{trained} ({len(differ)} weights "
+                              f"differ, e.g. {key}: {found.get(key, 'absent')} in the checkpoint, "
+                              f"{wanted.get(key, 'absent')} here); {RESUME_FIX}.")

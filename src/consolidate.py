@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoint import SHARDED_META, CheckpointError, is_sharded
+from .checkpoint import SHARDED_META, CheckpointError, is_sharded, read_checkpoint_file, refusal
+from .safe_load import SafeEmptyLoadPlanner, WeightsOnlyIgnored, dcp_load
+
+_FIX = "use a checkpoint folder written by a trainer=fsdp run you trust"
 
 
 def load_shards(path: str | Path, keys: set[str]) -> dict:
     """Read entries (``state_dict``, ``optimizer_0``, ...) of a sharded checkpoint as full tensors, on CPU,
-    in one process (no process group)."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
+    in one process (no process group), weights-only: the index and any pickled entry (such as the optimizer's
+    param_groups) go through restricted unpicklers, see ``src.safe_load``."""
     state: dict = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(path),
-                     planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
+    try:
+        dcp_load(state, path, SafeEmptyLoadPlanner(keys=keys), no_dist=True)
+    except (pickle.UnpicklingError, WeightsOnlyIgnored, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise refusal(path, e, _FIX) from None
     return state
 
 
@@ -40,7 +43,9 @@ def consolidate(path: str | Path) -> dict:
     if not is_sharded(path):
         raise CheckpointError(f"{path} is not a sharded checkpoint folder (no {SHARDED_META} inside); "
                               "pass a checkpoint folder written by a trainer=fsdp run.")
-    meta = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+    meta = read_checkpoint_file(path / SHARDED_META, fix=_FIX)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / SHARDED_META} is not the metadata of a sharded checkpoint; {_FIX}.")
     # only the model entry: the optimizer state is twice the model's size and sampling never needs it
     state = load_shards(path, {"state_dict"})
     if "state_dict" not in state:

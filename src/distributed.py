@@ -9,6 +9,7 @@ the same units with the same mesh, so each rank holds matching shards and EMA up
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 import torch
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
+
+from .checkpoint import RESUME_FIX, SHARDED_META, is_sharded, read_checkpoint_file, refusal
+from .safe_load import SafeLoadPlanner, WeightsOnlyIgnored, check_weights_only_honoured, dcp_load
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +90,37 @@ def shard(module: nn.Module, mesh, mp_policy=None, reshard_after_forward: bool =
     return module
 
 
+def load_sharded(path: Path, module: nn.Module, optimizers: list, strict: bool = True) -> dict[str, Any]:
+    """Lightning's sharded resume (``lightning_fabric.strategies.model_parallel._load_checkpoint``) with every
+    read weights-only: DCP's own reader and planner unpickle the index and the non-tensor entries (the
+    optimizer's param_groups) with the full pickle, the safe ones in ``src.safe_load`` do not."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    try:
+        weights = {"state_dict": get_model_state_dict(module)}
+        dcp_load(weights, path, SafeLoadPlanner())
+        module.load_state_dict(weights["state_dict"], strict=strict)
+        for i, optimizer in enumerate(optimizers):
+            state = {f"optimizer_{i}": get_optimizer_state_dict(module, optimizer)}
+            dcp_load(state, path, SafeLoadPlanner())
+            set_optimizer_state_dict(module, optimizer, optim_state_dict=state[f"optimizer_{i}"],
+                                     options=StateDictOptions(cpu_offload=True))
+    except (pickle.UnpicklingError, WeightsOnlyIgnored, EOFError, OSError) as e:
+        raise refusal(path, e, RESUME_FIX) from None
+    return read_checkpoint_file(path / SHARDED_META, fix=RESUME_FIX)
+
+
 class FSDP2Strategy(ModelParallelStrategy):
     """``ModelParallelStrategy`` for data-parallel sharding only (FSDP2 over all ranks, no tensor parallel).
 
     ``shard_module`` is what ``DiffusionModule.configure_model`` calls. Distributed checkpoints (a folder of
     per-rank shards plus ``meta.pt``) are written to a temporary folder and renamed, so an interrupted save
-    never leaves a half-written ``last.ckpt``.
+    never leaves a half-written ``last.ckpt``; they are read back weights-only (``load_sharded``).
     """
 
     strategy_name = "fsdp2"
@@ -121,6 +150,14 @@ class FSDP2Strategy(ModelParallelStrategy):
                      mp_policy=mixed_precision_policy(self.mixed_precision, self.root_device),
                      reshard_after_forward=self.reshard_after_forward,
                      activation_checkpointing=self.activation_checkpointing and trainable)
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        # weights-only whatever `weights_only` or the environment say
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if is_sharded(path):
+            return load_sharded(path, self.model, self.optimizers, strict=self.lightning_module.strict_loading)
+        check_weights_only_honoured()
+        return super().load_checkpoint(path, weights_only=True)  # one file: Lightning's explicit weights-only load
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:
         if not self._save_distributed_checkpoint:

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from datamodules import DataError, build_datamodule
 
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
-from .checkpoint import AtomicCheckpointIO, CheckpointError, checkpoint_step, is_sharded
+from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
 from .media import build_media
@@ -203,6 +203,8 @@ def train(cfg: DictConfig) -> dict:
         raise CheckpointError(f"{ckpt_path} is a sharded (trainer=fsdp) checkpoint; resume it with "
                               "trainer=fsdp (any number of devices), or make it one file with "
                               "python -m src.consolidate to sample from it.")
+    if ckpt_path:
+        check_resumable(ckpt_path, model)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     preempted = is_preempted(trainer)
     if privacy.get("patient_data") and trainer.is_global_zero:
