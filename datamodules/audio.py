@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.env_check import import_torchaudio
+from src.errors import fraction, positive_int
 
 from .audio_synth import SyntheticAudio
 from .base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
@@ -155,15 +156,18 @@ class AudioFolder(Dataset):
             return self.transform(read_clip(snd, self.sample_rate, self.length, self.channels, self.random_crop))
 
     def __getitem__(self, i: int) -> dict:
+        failures = []
         for k in range(len(self.files)):
             j = (i + k) % len(self.files)
             try:
                 return {"x": self.load(j)}
             except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+                failures.append(f"{self.files[j].path} ({e or type(e).__name__})")
                 if j not in self._warned:
                     self._warned.add(j)
                     log.warning("Skipping unreadable audio file %s: %s", self.files[j].path, e)
-        raise DataError("No audio file in the dataset could be decoded.")
+        raise DataError(f"None of the {len(self.files)} audio files in the dataset could be decoded, e.g. "
+                        f"{'; '.join(failures[:3])}; fix or remove them.")
 
 
 class LogMel:
@@ -259,6 +263,11 @@ class AudioDataModule(DiffusionDataModule):
                             f"got '{normalize}'.")
         if sample_rate <= 0 or clip_seconds <= 0:
             raise DataError("datamodule.sample_rate and datamodule.clip_seconds must be positive.")
+        val_fraction = fraction(val_fraction, "datamodule.val_fraction")
+        max_bad_fraction = fraction(max_bad_fraction, "datamodule.max_bad_fraction")
+        builtin_size = positive_int(builtin_size, "datamodule.builtin_size")
+        n_mels, hop_length = positive_int(n_mels, "datamodule.n_mels"), positive_int(hop_length,
+                                                                                     "datamodule.hop_length")
         self.path, self.sample_rate, self.channels = path, int(sample_rate), channels
         self.length = max(1, round(clip_seconds * sample_rate))
         self.transform = ClipTransform(self.sample_rate, normalize, peak_level, target_lufs)

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from src.errors import ProjectError
+from src.errors import ProjectError, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,10 @@ class DiffusionDataModule(pl.LightningDataModule):
                  pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0,
                  shards: dict | None = None, **_):
         super().__init__()
+        batch_size = positive_int(batch_size, "datamodule.batch_size")
+        num_workers = positive_int(num_workers, "datamodule.num_workers", minimum=0)
+        if val_batch_size is not None:
+            val_batch_size = positive_int(val_batch_size, "datamodule.val_batch_size")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_batch_size = val_batch_size or batch_size
         self.pin_memory, self.persistent_workers, self.seed = pin_memory, persistent_workers, seed

@@ -12,21 +12,48 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from src.errors import fraction, positive_int
+
 from .base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 EXTENSIONS = IMAGE_EXTENSIONS  # what `python -m datamodules.shards --domain image` packs
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError)  # what a file that cannot be used raises
 
 
 def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+MIN_SIDE = 8  # pixels: a smaller image holds too little to resize into a training image
+# high-bit-depth grayscale modes and the value that maps to white (Pillow reads 16-bit PNGs as I;16 or I)
+HIGH_DEPTH_WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def open_image(source) -> Image.Image:
+    """``Image.open`` whose refusal of a huge image (a decompression bomb) is a ValueError like a bad file."""
+    try:
+        return Image.open(source)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"too large to decode safely ({e})") from None
+
+
+def _unit_gray(img: Image.Image) -> Image.Image:
+    """A high-bit-depth grayscale image as mode F scaled by its real range to [0, 1] (not clipped at 255)."""
+    white = HIGH_DEPTH_WHITE[img.mode]
+    arr = np.asarray(img, dtype=np.float64)
+    if arr.size and (arr.min() < 0 or arr.max() > white):
+        raise ValueError(f"{img.mode} pixel values {arr.min():g}..{arr.max():g} lie outside 0..{white:g}; "
+                         "save it as an 8- or 16-bit image")
+    return Image.fromarray((arr / white).astype(np.float32), mode="F")
+
+
 def to_tensor(img: Image.Image, resolution: int, channels: int, flip: bool) -> torch.Tensor:
     """Resize the shorter side to ``resolution``, centre-crop, optionally flip, scale to [-1, 1]."""
-    img = img.convert("RGB" if channels == 3 else "L")
+    high_depth = img.mode in HIGH_DEPTH_WHITE
+    img = _unit_gray(img) if high_depth else img.convert("RGB" if channels == 3 else "L")
     w, h = img.size
     scale = resolution / min(w, h)
     img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))),
@@ -34,25 +61,33 @@ def to_tensor(img: Image.Image, resolution: int, channels: int, flip: bool) -> t
     w, h = img.size
     left, top = (w - resolution) // 2, (h - resolution) // 2
     img = img.crop((left, top, left + resolution, top + resolution))
-    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    if arr.ndim == 2:
-        arr = arr[None]
+    if high_depth:  # bicubic overshoots; 8-bit images are clipped by their integer type
+        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0) * 2.0 - 1.0
+        arr = np.repeat(arr[None], channels, axis=0)
     else:
-        arr = arr.transpose(2, 0, 1)
+        arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     t = torch.from_numpy(np.ascontiguousarray(arr))
     return t.flip(-1) if flip else t
 
 
+def _check_size(img: Image.Image) -> None:
+    if min(img.size) < MIN_SIDE:
+        raise ValueError(f"is {img.size[0]}x{img.size[1]} pixels, smaller than the minimum of {MIN_SIDE} "
+                         "on its shorter side")
+
+
 def _check_header(path: Path) -> Path:
-    """Open the header only: cheap, and catches non-images and broken headers."""
-    with Image.open(path) as img:
-        img.size  # noqa: B018
+    """Open the header only: cheap, and catches non-images, broken headers and images too small or too large."""
+    with open_image(path) as img:
+        _check_size(img)
     return path
 
 
 def pack_sample(path: Path) -> tuple[dict[str, bytes], dict]:
-    """The file's own encoded bytes, once its header reads as an image (the folder path's test of a file)."""
-    with Image.open(path) as img:  # header only; UnidentifiedImageError is an OSError
+    """The file's own encoded bytes, once its header passes the folder path's test of a file."""
+    with open_image(path) as img:  # header only; UnidentifiedImageError is an OSError
+        _check_size(img)
         width, height, mode = *img.size, img.mode
     meta = {"width": width, "height": height, "mode": mode}
     return {path.suffix.lower().lstrip("."): path.read_bytes()}, meta
@@ -63,7 +98,8 @@ def decode_sample(sample: dict, resolution: int, channels: int, random_flip: boo
     ext = next((e[1:] for e in sorted(IMAGE_EXTENSIONS) if e[1:] in sample), None)
     if ext is None:
         raise ValueError(f"no image member ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the sample")
-    with Image.open(io.BytesIO(sample[ext])) as img:
+    with open_image(io.BytesIO(sample[ext])) as img:
+        _check_size(img)
         flip = random_flip and bool(torch.randint(0, 2, (1,)).item())
         return {"x": to_tensor(img, resolution, channels, flip)}
 
@@ -78,20 +114,24 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def _load(self, i: int) -> torch.Tensor:
-        with Image.open(self.files[i]) as img:
+        with open_image(self.files[i]) as img:
+            _check_size(img)
             flip = self.random_flip and bool(torch.randint(0, 2, (1,)).item())
             return to_tensor(img, self.resolution, self.channels, flip)
 
     def __getitem__(self, i: int) -> dict:
+        failures = []
         for k in range(len(self.files)):
             j = (i + k) % len(self.files)
             try:
                 return {"x": self._load(j)}
-            except (OSError, UnidentifiedImageError, ValueError) as e:
+            except UNREADABLE as e:
+                failures.append(f"{self.files[j]} ({e or type(e).__name__})")
                 if j not in self._warned:
                     self._warned.add(j)
                     log.warning("Skipping unreadable image %s: %s", self.files[j], e)
-        raise DataError("No image in the dataset could be decoded.")
+        raise DataError(f"None of the {len(self.files)} images in the dataset could be decoded, e.g. "
+                        f"{'; '.join(failures[:3])}; fix or remove them.")
 
 
 class SyntheticShapes(Dataset):
@@ -147,6 +187,10 @@ class ImageDataModule(DiffusionDataModule):
         super().__init__(**kw)
         if channels not in (1, 3):
             raise DataError(f"datamodule.channels must be 1 or 3 for images, got {channels}.")
+        resolution = positive_int(resolution, "datamodule.resolution", minimum=MIN_SIDE)
+        val_fraction, max_bad_fraction = (fraction(val_fraction, "datamodule.val_fraction"),
+                                          fraction(max_bad_fraction, "datamodule.max_bad_fraction"))
+        builtin_size = positive_int(builtin_size, "datamodule.builtin_size")
         self.path, self.resolution, self.channels = path, resolution, channels
         self.random_flip, self.val_fraction = random_flip, val_fraction
         self.max_bad_fraction, self.builtin_size = max_bad_fraction, builtin_size
@@ -157,7 +201,7 @@ class ImageDataModule(DiffusionDataModule):
 
     def _scan(self, root: Path) -> list[Path]:
         return probe_folder(root, "image", "png/jpg images", list_images, _check_header,
-                            (OSError, UnidentifiedImageError, ValueError), self.max_bad_fraction,
+                            UNREADABLE, self.max_bad_fraction,
                             "built-in data")[0]
 
     def shard_decoder(self, train: bool):

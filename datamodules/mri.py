@@ -22,6 +22,8 @@ from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose
 from torch.utils.data import Dataset
 
+from src.errors import fraction, positive_int
+
 from .base import BadInputCounter, DataError, DiffusionDataModule, split_indices
 from .mri_io import check_headers, discover
 from .mri_shards import EXTENSIONS, MRIShardDecoder, list_items, pack_sample  # noqa: F401 - shard interface
@@ -119,6 +121,9 @@ class MRIDataModule(DiffusionDataModule):
             raise DataError(
                 f"datamodule.intensity_percentile must be in (0, 100], got {intensity_percentile}."
             )
+        val_fraction = fraction(val_fraction, "datamodule.val_fraction")
+        max_bad_fraction = fraction(max_bad_fraction, "datamodule.max_bad_fraction")
+        builtin_size = positive_int(builtin_size, "datamodule.builtin_size")
         self.path, self.mode, self.shape = path, mode, [int(n) for n in shape]
         self.spacing = None if spacing is None else [None if s is None else float(s) for s in spacing]
         self.channels, self.slice_axis, self.select_channel = channels, slice_axis, select_channel

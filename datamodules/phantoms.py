@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from src.errors import ConfigError
+
 # tissue intensities (scalp fat, skull bone, CSF, grey matter, white matter) per contrast
 CONTRASTS: dict[str, dict[str, float]] = {
     "t1": {"fat": 0.9, "bone": 0.06, "csf": 0.15, "gm": 0.5, "wm": 0.75},
@@ -73,7 +75,7 @@ def head_phantom(
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) not in (2, 3) or min(shape) < 4:
-        raise ValueError(f"head_phantom needs a 2D or 3D shape with every side >= 4, got {shape}.")
+        raise ConfigError(f"head_phantom needs a 2D or 3D shape with every side >= 4, got {shape}.")
     rng = np.random.default_rng(seed)
     ndim = len(shape)
     coords = _grid(shape)

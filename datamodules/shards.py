@@ -292,17 +292,44 @@ def resolve_shards(path: str, val_path: str | None = None) -> tuple[list[str], l
     return train, val
 
 
-def _read_summary(folder: str) -> dict:
+# the shard's file in a pipe: command: the last word ending in a tar suffix (quotes and spaces end a word)
+_PIPE_SHARD = re.compile(r"([^\s'\"/]+(?:\.tar|\.tar\.gz|\.tgz))(?=['\"\s]|$)", re.IGNORECASE)
+
+
+def shard_name(url: str) -> str:
+    """A shard's file name: the last path part, or for ``pipe:CMD`` the tar file the command reads."""
+    if url.startswith("pipe:"):
+        hits = list(_PIPE_SHARD.finditer(url))
+        return hits[-1].group(1) if hits else url
+    return url.rsplit("/", 1)[-1]
+
+
+def summary_source(url: str) -> str | None:
+    """Where the writer's ``summary.json`` beside a shard is: a path, a URL, or for ``pipe:CMD`` the same
+    command with the shard's file name replaced (None when the command names no tar file)."""
+    if url.startswith("pipe:"):
+        hits = list(_PIPE_SHARD.finditer(url))
+        if not hits:
+            return None
+        hit = hits[-1]
+        return url[:hit.start(1)] + SUMMARY + url[hit.end(1):]
+    folder = url.rpartition("/")[0]
+    return f"{folder or '.'}/{SUMMARY}"
+
+
+def _read_summary(source: str | None) -> dict:
     import webdataset as wds
 
+    if source is None:
+        return {}
     try:
-        if is_url(folder):
-            with wds.gopen(f"{folder}/{SUMMARY}") as f:
+        if is_url(source):
+            with wds.gopen(source) as f:
                 return json.loads(f.read()).get("shards", {})
-        local = Path(folder) / SUMMARY
+        local = Path(source)
         return json.loads(local.read_text()).get("shards", {}) if local.is_file() else {}
     except (OSError, ValueError) as e:
-        log.info("No usable %s beside the shards in %s (%s); counting samples instead.", SUMMARY, folder, e)
+        log.info("No usable %s at %s (%s); counting samples instead.", SUMMARY, source, e)
         return {}
 
 
@@ -334,13 +361,13 @@ def count_samples(url: str) -> int:
 
 def shard_counts(urls: list[str]) -> list[int]:
     """Samples per shard: from ``summary.json`` beside the shards when it lists them, else by counting."""
-    summaries: dict[str, dict] = {}
+    summaries: dict[str | None, dict] = {}
     counts = []
     for url in urls:
-        folder, _, name = url.rpartition("/")
-        if folder not in summaries:
-            summaries[folder] = _read_summary(folder or ".")
-        info = summaries[folder].get(name)
+        source = summary_source(url)
+        if source not in summaries:
+            summaries[source] = _read_summary(source)
+        info = summaries[source].get(shard_name(url))
         counts.append(int(info["samples"]) if info else count_samples(url))
     return counts
 

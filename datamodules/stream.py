@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from .base import BadInputCounter, DataError, call_seeded
+from .shards import shard_name
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class StreamConfig:
     def signature(self) -> dict:
         """What must be unchanged for a resumed run to see exactly the uninterrupted run's samples."""
         d = {k: v for k, v in asdict(self).items() if k not in ("urls", "counts", "rank", "max_bad_fraction")}
-        names = [u.rsplit("/", 1)[-1] for u in self.urls]
+        names = [shard_name(u) for u in self.urls]
         d["shards"] = hashlib.sha1(repr((names, self.counts)).encode()).hexdigest()[:16]
         return d
 

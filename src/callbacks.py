@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
+from .errors import positive_int
 from .media import build_media
 from .preemption import is_preempted
 
@@ -24,6 +25,8 @@ class SampleCallback(pl.Callback):
                  batch_size: int | None = None):
         self.out_dir = Path(out_dir)
         self.media = build_media(media)
+        if steps is not None:  # 0 would fall back to diffusion.steps without a word
+            positive_int(steps, "sampling.steps")
         self.every, self.num, self.sampler, self.steps = every_n_steps, num, sampler, steps
         self.seed, self.batch_size = seed, batch_size
         self._last_step = -1

@@ -20,6 +20,7 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from torch import nn
 
 from .checkpoint import RESUME_FIX, SHARDED_META, is_sharded, read_checkpoint_file, refusal
+from .errors import ConfigError
 from .safe_load import SafeLoadPlanner, WeightsOnlyIgnored, check_weights_only_honoured, dcp_load
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def mixed_precision_policy(name: str, device: torch.device):
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     if name not in _PRECISIONS:
-        raise ValueError(f"trainer.strategy.mixed_precision must be one of {sorted(_PRECISIONS)}, "
+        raise ConfigError(f"trainer.strategy.mixed_precision must be one of {sorted(_PRECISIONS)}, "
                          f"got '{name}'.")
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "none"
@@ -129,7 +130,7 @@ class FSDP2Strategy(ModelParallelStrategy):
                  reshard_after_forward: bool = True, save_distributed_checkpoint: bool = True,
                  process_group_backend: str | None = None, timeout_minutes: float = 30.0):
         if mixed_precision not in _PRECISIONS:
-            raise ValueError(f"trainer.strategy.mixed_precision must be one of {sorted(_PRECISIONS)}, "
+            raise ConfigError(f"trainer.strategy.mixed_precision must be one of {sorted(_PRECISIONS)}, "
                              f"got '{mixed_precision}'.")
         super().__init__(save_distributed_checkpoint=save_distributed_checkpoint,
                          process_group_backend=process_group_backend,
@@ -190,12 +191,12 @@ def build_strategy(spec: Any):
         try:
             return FSDP2Strategy(**spec)
         except TypeError as e:
-            raise ValueError(f"Bad option under trainer.strategy for fsdp2: {e}.") from None
+            raise ConfigError(f"Bad option under trainer.strategy for fsdp2: {e}.") from None
     if name == "ddp":
         from pytorch_lightning.strategies import DDPStrategy
 
         return DDPStrategy(**spec)
-    raise ValueError(f"Unknown trainer.strategy.name '{name}'; use fsdp2 or ddp, or a Lightning name.")
+    raise ConfigError(f"Unknown trainer.strategy.name '{name}'; use fsdp2 or ddp, or a Lightning name.")
 
 
 def cluster_plugins() -> list:

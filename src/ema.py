@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The tensor this rank holds: the local shard of a DTensor, or the tensor itself."""
@@ -41,7 +43,7 @@ class EMA(nn.Module):
                  power: float = 2 / 3):
         super().__init__()
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"ema.decay must be in [0, 1], got {decay}.")
+            raise ConfigError(f"ema.decay must be in [0, 1], got {decay}.")
         self.decay, self.warmup, self.inv_gamma, self.power = decay, warmup, inv_gamma, power
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 
 def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """``(N, C, H, W)`` in [-1, 1] -> one ``(H', W', 3)`` uint8 grid."""
@@ -70,6 +72,6 @@ def build_media(cfg: dict):
     cfg = dict(cfg)
     kind = cfg.pop("kind", None)
     if kind not in MEDIA:
-        raise ValueError(f"Unknown media.kind '{kind}'; choose one of {', '.join(sorted(MEDIA))}.")
+        raise ConfigError(f"Unknown media.kind '{kind}'; choose one of {', '.join(sorted(MEDIA))}.")
     module, cls = MEDIA[kind].split(":")
     return getattr(importlib.import_module(module), cls)(**cfg)

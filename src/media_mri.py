@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .media import image_grid
 
 
@@ -56,7 +57,7 @@ class MRIMedia:
         self, mode: str = "volume", spacing: Sequence[float | None] | None = None, slice_axis: int = 2, **_
     ):
         if mode not in ("volume", "slice"):
-            raise ValueError(f"media.mode must be volume or slice, got '{mode}'.")
+            raise ConfigError(f"media.mode must be volume or slice, got '{mode}'.")
         self.mode, self.slice_axis = mode, slice_axis
         self.spacing = [float(s) if s else 1.0 for s in (spacing or [1.0, 1.0, 1.0])]
 

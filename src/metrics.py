@@ -17,6 +17,8 @@ import torch
 from pytorch_lightning.loggers import WandbLogger
 from scipy import linalg
 
+from .errors import ConfigError, positive_int
+
 log = logging.getLogger(__name__)
 
 # kind -> "module:Class"; other domains register theirs here
@@ -30,7 +32,7 @@ def build_metrics(cfg: dict):
     cfg = {k: v for k, v in dict(cfg).items() if k not in CALLBACK_KEYS}
     kind = cfg.pop("kind", None)
     if kind not in METRICS:
-        raise ValueError(f"Unknown metrics.kind '{kind}'; choose one of {', '.join(sorted(METRICS))}.")
+        raise ConfigError(f"Unknown metrics.kind '{kind}'; choose one of {', '.join(sorted(METRICS))}.")
     module, cls = METRICS[kind].split(":")
     return getattr(importlib.import_module(module), cls)(**cfg)
 
@@ -60,6 +62,8 @@ class MetricsCallback(pl.Callback):
         cfg = dict(metrics)
         num = cfg.get("num_samples")
         self.num = 8 if num is None else int(num)  # 0 turns the metrics off
+        if cfg.get("steps") is not None:
+            positive_int(cfg["steps"], "metrics.steps")
         self.sampler, self.steps = cfg.get("sampler") or sampler, cfg.get("steps") or steps
         self.batch_size = cfg.get("batch_size") or batch_size
         self.seed, self.real_media = seed, real_media

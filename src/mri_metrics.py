@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from monai.metrics import MultiScaleSSIMMetric
 from monai.metrics.fid import compute_frechet_distance
 
+from .errors import ConfigError
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
@@ -41,7 +43,7 @@ def ms_ssim_scales(size: int, kernel_size: int) -> tuple[float, ...]:
         if size // max(1, n - 1) ** 2 > kernel_size - 1:
             w = MS_SSIM_WEIGHTS[:n]
             return tuple(v / sum(w) for v in w)
-    raise ValueError(f"Items of side {size} are too small for MS-SSIM with kernel size {kernel_size}.")
+    raise ConfigError(f"Items of side {size} are too small for MS-SSIM with kernel size {kernel_size}.")
 
 
 def item_statistics(mag: torch.Tensor, head_threshold: float = 0.1, bins: int = 12) -> torch.Tensor:

@@ -18,10 +18,9 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from datamodules.base import DataError
-
 from .checkpoint import CheckpointError, module_from_checkpoint
 from .config import expand_home
+from .errors import ConfigError, ProjectError, positive_int, writable_folder
 from .media import build_media
 
 DEFAULTS = {
@@ -63,6 +62,18 @@ def parse_args(argv: list[str]):
     return cfg
 
 
+def check_options(cfg) -> None:
+    """Refuse values that would otherwise fail deep inside sampling or silently mean something else."""
+    positive_int(cfg.num_samples, "num_samples")
+    positive_int(cfg.batch_size, "batch_size")
+    if cfg.steps is not None:  # steps=0 would fall back to the model's default without a word
+        positive_int(cfg.steps, "steps")
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is an existing file; pass a folder for the samples (it is created if "
+                          "missing).")
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -78,7 +89,7 @@ def vocoder_input(cfg, run_cfg: dict, num: int, device: str):
             print("note: this is a vocoder checkpoint; without mel_from=FILE.wav it samples unconditionally")
         return None, None
     if not vocoder:
-        raise ValueError(f"mel_from= needs an audio checkpoint trained with datamodule.mel_conditioning=true; "
+        raise ConfigError(f"mel_from= needs an audio checkpoint trained with datamodule.mel_conditioning=true; "
                          f"{cfg.ckpt} was not: drop mel_from= or pass a vocoder checkpoint.")
     from datamodules.audio import mel_from_file
 
@@ -89,6 +100,7 @@ def vocoder_input(cfg, run_cfg: dict, num: int, device: str):
 
 
 def sample(cfg) -> list[Path]:
+    check_options(cfg)
     device = resolve_device(cfg.device)
     module, ckpt = module_from_checkpoint(cfg.ckpt, device=device)
     run_cfg = ckpt.get("run_config") or {}
@@ -97,6 +109,7 @@ def sample(cfg) -> list[Path]:
     media = build_media(run_cfg["media"])
     cond, shape = vocoder_input(cfg, run_cfg, int(cfg.num_samples), device)
     seed = int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+    writable_folder(Path(cfg.out).expanduser(), f"out={cfg.out}")
     t0 = time.perf_counter()
     x = module.sample(int(cfg.num_samples), sampler=cfg.sampler, steps=cfg.steps, seed=seed,
                       use_ema=bool(cfg.ema), batch_size=int(cfg.batch_size), cond=cond, shape=shape)
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(expand_home(sys.argv[1:] if argv is None else argv))
     try:
         sample(cfg)
-    except (CheckpointError, DataError, ValueError) as e:
+    except ProjectError as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from src.errors import ConfigError
+
 from .diffusers_unet import build_diffusers_unet2d
 from .diffwave import build_diffwave
 from .unet import build_unet
@@ -29,8 +31,8 @@ def build_backbone(cfg: dict) -> nn.Module:
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone.name '{name}'; choose one of {', '.join(sorted(BACKBONES))}.")
+        raise ConfigError(f"Unknown backbone.name '{name}'; choose one of {', '.join(sorted(BACKBONES))}.")
     try:
         return BACKBONES[name](**cfg)
     except TypeError as e:
-        raise ValueError(f"Bad option for backbone '{name}': {e}.") from None
+        raise ConfigError(f"Bad option for backbone '{name}': {e}.") from None

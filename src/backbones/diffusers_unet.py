@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from src.errors import ConfigError
+
 
 class DiffusersUNetBackbone(nn.Module):
     def __init__(self, net: nn.Module, noise_scale: float = 1000.0):
@@ -25,7 +27,7 @@ def build_diffusers_unet2d(in_channels: int = 3, sample_size: int = 32, block_ou
     try:
         from diffusers import UNet2DModel
     except ImportError:
-        raise ValueError("backbone diffusers_unet2d needs diffusers: pip install -e '.[bench]'.") from None
+        raise ConfigError("backbone diffusers_unet2d needs diffusers: pip install -e '.[bench]'.") from None
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels))
     net = UNet2DModel(sample_size=sample_size, in_channels=in_channels, out_channels=out_channels or in_channels,

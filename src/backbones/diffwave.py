@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.errors import ConfigError
+
 # residual layers, residual channels, dilation cycle (dilations 1, 2, ..., 2^(cycle-1), repeated),
 # noise-embedding width
 PRESETS: dict[str, dict] = {
@@ -117,7 +119,7 @@ class DiffWave(nn.Module):
 def build_diffwave(in_channels: int = 1, out_channels: int | None = None, preset: str = "base",
                    mel_conditioning: bool = False, n_mels: int = 80, **overrides) -> nn.Module:
     if preset not in PRESETS:
-        raise ValueError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
+        raise ConfigError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     kwargs = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return DiffWave(in_channels=in_channels, out_channels=out_channels,
                     cond_channels=n_mels if mel_conditioning else 0, **kwargs)

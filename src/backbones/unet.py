@@ -6,6 +6,8 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
+from src.errors import ConfigError
+
 # channels per level, attention per level, residual blocks per level, head channels
 PRESETS: dict[str, dict] = {
     "tiny": dict(channels=(16, 32), attention_levels=(False, False), num_res_blocks=1, norm_num_groups=8,
@@ -61,9 +63,9 @@ def checkpoint_blocks(net: DiffusionModelUNet) -> None:
 def build_unet(spatial_dims: int = 2, in_channels: int = 3, out_channels: int | None = None,
                preset: str = "small", activation_checkpointing: bool = False, **overrides) -> nn.Module:
     if preset not in PRESETS:
-        raise ValueError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
+        raise ConfigError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     if spatial_dims not in (2, 3):
-        raise ValueError(f"The unet backbone supports spatial_dims 2 or 3, got {spatial_dims}.")
+        raise ConfigError(f"The unet backbone supports spatial_dims 2 or 3, got {spatial_dims}.")
     presets = PRESETS_3D if spatial_dims == 3 else PRESETS
     kwargs = {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("channels", "attention_levels"):

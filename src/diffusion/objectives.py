@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 
+from src.errors import ConfigError, positive_int
+
 from .schedules import (
     DiscreteSchedule,
     geometric_sigmas,
@@ -50,7 +52,7 @@ class DDPMObjective:
     def __init__(self, schedule: str = "linear", num_timesteps: int = 1000, prediction: str = "eps",
                  min_snr_gamma: float | None = None, beta_start: float = 1e-4, beta_end: float = 2e-2):
         if prediction not in ("eps", "v", "x0"):
-            raise ValueError(f"diffusion.prediction must be one of eps, v, x0; got '{prediction}'.")
+            raise ConfigError(f"diffusion.prediction must be one of eps, v, x0; got '{prediction}'.")
         self.schedule = DiscreteSchedule(schedule, num_timesteps, beta_start, beta_end)
         self.prediction = prediction
         self.min_snr_gamma = min_snr_gamma
@@ -144,7 +146,7 @@ class FlowMatchingObjective:
 
     def __init__(self, time_density: str = "logit_normal", t_max: float = 0.9999):
         if time_density not in ("uniform", "logit_normal"):
-            raise ValueError(f"diffusion.time_density must be uniform or logit_normal; got '{time_density}'.")
+            raise ConfigError(f"diffusion.time_density must be uniform or logit_normal; got '{time_density}'.")
         self.time_density = time_density
         self.t_max = t_max
 
@@ -217,11 +219,13 @@ def build_objective(cfg: dict):
     """Build an objective from ``{'family': name, **kwargs}`` through an allow-list (no ``_target_``)."""
     cfg = dict(cfg)
     family = cfg.pop("family", None)
+    if cfg.get("steps") is not None:  # 0 would fall back to the default number of steps without a word
+        positive_int(cfg["steps"], "diffusion.steps")
     for key in ("sampler", "steps", "clip_denoised", "sampler_options"):
         cfg.pop(key, None)
     if family not in OBJECTIVES:
-        raise ValueError(f"Unknown diffusion.family '{family}'; choose one of {', '.join(OBJECTIVES)}.")
+        raise ConfigError(f"Unknown diffusion.family '{family}'; choose one of {', '.join(OBJECTIVES)}.")
     try:
         return OBJECTIVES[family](**cfg)
     except TypeError as e:
-        raise ValueError(f"Bad option for diffusion.family={family}: {e}.") from None
+        raise ConfigError(f"Bad option for diffusion.family={family}: {e}.") from None

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from src.errors import ConfigError
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -143,7 +145,7 @@ SAMPLERS: dict[str, Callable] = {
 
 def get_sampler(name: str) -> Callable:
     if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}.")
+        raise ConfigError(f"Unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}.")
     return SAMPLERS[name]
 
 

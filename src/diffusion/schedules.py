@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from src.errors import ConfigError
+
 DISCRETE_SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
 
 
@@ -30,7 +32,7 @@ def betas_for(name: str, num_timesteps: int, beta_start: float = 1e-4, beta_end:
         abar = torch.cos(((x / num_timesteps) + s) / (1 + s) * math.pi * 0.5) ** 2
         abar = abar / abar[0]
         return (1 - abar[1:] / abar[:-1]).clamp(0, 0.999)
-    raise ValueError(f"Unknown noise schedule '{name}'; choose one of {', '.join(DISCRETE_SCHEDULES)}.")
+    raise ConfigError(f"Unknown noise schedule '{name}'; choose one of {', '.join(DISCRETE_SCHEDULES)}.")
 
 
 class DiscreteSchedule:
@@ -65,7 +67,7 @@ class DiscreteSchedule:
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         """Evenly spaced integer timesteps from T-1 down to 0 (MONAI's DDIM ``set_timesteps``)."""
         if not 1 <= steps <= self.num_timesteps:
-            raise ValueError(f"steps must be between 1 and num_timesteps={self.num_timesteps}, got {steps}.")
+            raise ConfigError(f"steps must be between 1 and num_timesteps={self.num_timesteps}, got {steps}.")
         return torch.linspace(self.num_timesteps - 1, 0, steps, dtype=torch.float64).round().long()
 
     def sampling_sigmas(self, steps: int) -> torch.Tensor:

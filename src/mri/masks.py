@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask, RandomKspaceMask
 
+from src.errors import ConfigError
+
 MASK_KINDS = {"random": RandomKspaceMask, "equispaced": EquispacedKspaceMask}
 
 
@@ -17,14 +19,14 @@ def undersampling_mask(kind: str, num_cols: int, acceleration: float, center_fra
                        seed: int | None = 0) -> torch.Tensor:
     """Boolean mask of ``num_cols`` columns; the central ``round(num_cols * center_fraction)`` are sampled."""
     if kind not in MASK_KINDS:
-        raise ValueError(f"Unknown mask '{kind}'; choose one of {', '.join(MASK_KINDS)}.")
+        raise ConfigError(f"Unknown mask '{kind}'; choose one of {', '.join(MASK_KINDS)}.")
     if acceleration < 1:
-        raise ValueError(f"--acceleration must be at least 1, got {acceleration}.")
+        raise ConfigError(f"--acceleration must be at least 1, got {acceleration}.")
     if not 0 < center_fraction < 1:
-        raise ValueError(f"--center-fraction must be between 0 and 1, got {center_fraction}.")
+        raise ConfigError(f"--center-fraction must be between 0 and 1, got {center_fraction}.")
     num_low = int(round(num_cols * center_fraction))
     if num_low * acceleration >= num_cols:
-        raise ValueError(f"--center-fraction {center_fraction} already samples at least "
+        raise ConfigError(f"--center-fraction {center_fraction} already samples at least "
                          f"1/{acceleration:g} of the {num_cols} columns; use a smaller centre fraction or a "
                          "lower acceleration.")
     transform = MASK_KINDS[kind](center_fractions=[center_fraction], accelerations=[acceleration],

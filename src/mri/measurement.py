@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from datamodules.base import DataError
 from datamodules.mri_transforms import reference_intensity
 from src.inverse.operators import LinearOperator
 from src.inverse.tv import tv_reconstruct
@@ -60,16 +61,16 @@ def as_measurement(kspace, mask=None, source: str = "k-space") -> Measurement:
     """
     k = torch.as_tensor(np.asarray(kspace) if not isinstance(kspace, torch.Tensor) else kspace)
     if not k.is_complex():
-        raise ValueError(f"{source} is real-valued ({k.dtype}); k-space must be complex (e.g. complex64). "
+        raise DataError(f"{source} is real-valued ({k.dtype}); k-space must be complex (e.g. complex64). "
                          "For a magnitude image, simulate k-space with --simulate (or fft2c in Python).")
     if k.ndim == 2:
         k = k[None]
     if k.ndim not in (3, 4):
-        raise ValueError(f"{source} has shape {tuple(k.shape)}; expected (H, W), (slices, H, W) single-coil "
+        raise DataError(f"{source} has shape {tuple(k.shape)}; expected (H, W), (slices, H, W) single-coil "
                          "or (slices, coils, H, W) multi-coil.")
     k = k.to(torch.complex64)
     if not torch.isfinite(torch.view_as_real(k)).all():
-        raise ValueError(f"{source} contains NaN or infinite values; the file is damaged or wrongly written.")
+        raise DataError(f"{source} contains NaN or infinite values; the file is damaged or wrongly written.")
     s, h, w = k.shape[0], k.shape[-2], k.shape[-1]
     if mask is None:
         m = columns_from_kspace(k).reshape(1, 1, w)
@@ -83,12 +84,12 @@ def as_measurement(kspace, mask=None, source: str = "k-space") -> Measurement:
         elif m.ndim == 3 and tuple(m.shape) == (s, h, w):
             pass
         else:
-            raise ValueError(f"The mask has shape {tuple(np.asarray(mask).shape)} but the k-space slices are "
+            raise DataError(f"The mask has shape {tuple(np.asarray(mask).shape)} but the k-space slices are "
                              f"{h}x{w} ({s} slices); the mask must have {w} entries (one per phase-encoding "
                              f"column, the last k-space axis), or shape ({h}, {w}) or ({s}, {h}, {w}).")
         m = m != 0
     if not bool(m.any()):
-        raise ValueError(f"The mask of {source} samples nothing; check it (non-zero entries = sampled).")
+        raise DataError(f"The mask of {source} samples nothing; check it (non-zero entries = sampled).")
     km = k * (m.unsqueeze(1) if k.ndim == 4 else m)
     return Measurement(kspace=km, mask=m)
 

@@ -14,13 +14,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamodules.base import DataError
+
 
 def _volume(x) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:
-        raise ValueError(f"Metrics need a volume (slices, H, W) or a slice (H, W), got {tuple(t.shape)}.")
+        raise DataError(f"Metrics need a volume (slices, H, W) or a slice (H, W), got {tuple(t.shape)}.")
     return t
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from monai.apps.reconstruction.networks.nets.utils import sensitivity_map_expand, sensitivity_map_reduce
 
+from datamodules.base import DataError
 from src.inverse.operators import LinearOperator
 
 from .fft import fft2c, ifft2c, rss
@@ -64,7 +65,7 @@ def estimate_sensitivities(kspace: torch.Tensor, mask_1d: torch.Tensor, min_line
     """
     lo, hi = center_region(mask_1d)
     if hi - lo < min_lines:
-        raise ValueError(f"Multi-coil reconstruction estimates coil sensitivities from the fully sampled "
+        raise DataError(f"Multi-coil reconstruction estimates coil sensitivities from the fully sampled "
                          f"k-space centre, but only {hi - lo} centre columns are sampled (at least "
                          f"{min_lines} needed); use data with a larger fully sampled centre (e.g. "
                          "--center-fraction 0.08).")

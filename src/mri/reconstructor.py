@@ -19,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamodules.base import DataError
 from datamodules.mri import INTENSITY_SCALING
 from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.errors import ConfigError
 from src.inverse.sampler import sample_posterior
 
 from .masks import center_region
@@ -85,7 +87,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA GPU is available here; use --device cpu.")
+        raise ConfigError("--device cuda was requested but no CUDA GPU is available here; use --device cpu.")
     return torch.device(device)
 
 
@@ -146,9 +148,9 @@ class Reconstructor:
         self.channels = int(module.data_shape[0])
         self.factor = downsampling_factor(module)
         if self.steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {self.steps}.")
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}.")
         if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"--eta must be between 0 and 1, got {self.eta}.")
+            raise ConfigError(f"--eta must be between 0 and 1, got {self.eta}.")
 
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "auto", **options) -> Reconstructor:
@@ -168,7 +170,7 @@ class Reconstructor:
         meas = kspace if isinstance(kspace, Measurement) else as_measurement(kspace, mask)
         self.check_resolution(meas.shape)
         if num_samples < 1:
-            raise ValueError(f"--num-samples must be at least 1, got {num_samples}.")
+            raise ConfigError(f"--num-samples must be at least 1, got {num_samples}.")
         t0 = time.perf_counter()
         zf = zero_filled(meas)
         scale = robust_max(zf, self.percentile)
@@ -201,7 +203,7 @@ class Reconstructor:
             in_plane = [s for a, s in enumerate(spacing or []) if a != axis]
             known = len(in_plane) == 2 and None not in in_plane
             pixels = f" of {in_plane[0]:g} x {in_plane[1]:g} mm pixels" if known else ""
-            raise ValueError(
+            raise DataError(
                 f"The model was trained on {trained[0]}x{trained[1]} slices{pixels} but the k-space slices are "
                 f"{shape[0]}x{shape[1]}; use a model trained at this size, or pass "
                 "--allow-resolution-mismatch (Python: allow_resolution_mismatch=True) to run the "
