@@ -28,3 +28,33 @@ def write_json(path: str | Path | None, payload: dict) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2))
         print(f"wrote {path}")
+
+
+# Dense (no sparsity) tensor-core peaks from the vendors' datasheets, TFLOP/s; first matching name wins.
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.0, "fp16": 989.0},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0},
+    "H100": {"bf16": 989.0, "fp16": 989.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0},
+}
+
+
+def peak_tflops(device_name: str, precision: str, fallback: float | None = None) -> float | None:
+    """The device's peak for ``precision`` (bf16|fp16) from PEAK_TFLOPS, else ``fallback`` (None: no MFU)."""
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in device_name and precision in peaks:
+            return peaks[precision]
+    return fallback
+
+
+def precision_name(trainer_precision: str) -> str:
+    """Lightning's precision string -> bf16 | fp16 | fp32."""
+    p = str(trainer_precision)
+    return "bf16" if p.startswith("bf16") else "fp16" if p.startswith("16") else "fp32"
+
+
+def use_compile_backend(name: str) -> None:
+    """perf.compile calls Module.compile(); give it this backend (aot_eager: dynamo and AOT autograd, no codegen)."""
+    import functools
+
+    torch.nn.Module.compile = functools.partialmethod(torch.nn.Module.compile, backend=name)

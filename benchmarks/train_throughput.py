@@ -1,15 +1,20 @@
 """Training throughput of this framework against a hand-written loop (and diffusers, for images).
 
     python -m benchmarks.train_throughput domain=image [hydra overrides...] [--steps 20 --warmup 5 --repeats 3
-        --pipelines framework,loop,diffusers,framework_diffusers --json out.json --peak-tflops 989]
+        --pipelines framework,loop,diffusers,framework_diffusers --json out.json --peak-tflops 989
+        --device cuda|cpu --precision bf16|fp16|fp32 --tiny --in-process]
 
 Every pipeline uses the same backbone config, batch size, optimizer (AdamW) and precision:
   framework            the `python -m src.train` path: Lightning Trainer, DiffusionModule, EMA, datamodule
   loop                 a minimal PyTorch loop over the same backbone, objective, EMA and in-memory batches
   diffusers            (images) diffusers' UNet2DModel + DDPMScheduler, written like its unconditional example
   framework_diffusers  (images) the same UNet2DModel as a backbone inside this framework
-Each pipeline runs in its own subprocess (clean peak memory). Warm-up steps are excluded; the step time is the
-median over all timed steps of all repetitions, with min and max.
+Each pipeline runs in its own subprocess (clean peak memory; `--in-process`: one after the other in this process,
+which saves the start-up time and keeps GPU peaks apart, while the CPU peak RSS then only grows). Warm-up steps
+are excluded; the step time is the median over all timed steps of all repetitions, with min and max. MFU uses
+`--peak-tflops`, else the device's bf16/fp16 peak from `benchmarks.common.PEAK_TFLOPS`. `trainer=ddp` or
+`trainer=fsdp` runs the framework under that strategy with one device (world size 1; no FLOP count then).
+`--tiny` shrinks every size (tiny backbone, small batch and data, 1 + 3 steps) so the same code runs in seconds.
 """
 
 from __future__ import annotations
@@ -24,9 +29,32 @@ import time
 
 import torch
 
-from .common import machine, summary, write_json
+from .common import machine, peak_tflops, precision_name, summary, use_compile_backend, write_json
 
 PIPELINES = ("framework", "loop", "diffusers", "framework_diffusers")
+PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
+ACCELERATORS = {"cuda": "gpu", "cpu": "cpu"}
+TINY = {"image": ["datamodule.resolution=16", "datamodule.builtin_size=64"],
+        "audio": ["datamodule.clip_seconds=0.1", "datamodule.builtin_size=32"],
+        "mri": ["datamodule.shape=[16,16,16]", "datamodule.builtin_size=6"]}
+TINY_COMMON = ["backbone.preset=tiny", "datamodule.batch_size=4", "datamodule.num_workers=0"]
+
+
+def cli_overrides(args, overrides: list[str]) -> list[str]:
+    """Hydra overrides implied by --tiny, --device and --precision; an explicit override of the same key wins."""
+    extra = []
+    if args.tiny:
+        extra += TINY_COMMON + TINY.get(domain_of(overrides), [])
+    if args.device:
+        extra.append(f"trainer.accelerator={ACCELERATORS[args.device]}")
+    if args.precision:
+        extra.append(f"trainer.precision={PRECISIONS[args.precision]}")
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [*overrides, *(o for o in extra if o.split("=", 1)[0] not in given)]
+
+
+def domain_of(overrides: list[str]) -> str:
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("domain=")), "image")
 
 
 # ---- shared pieces ---------------------------------------------------------------------------------------
@@ -99,10 +127,13 @@ def in_memory_batches(cfg, n: int) -> list[dict]:
 # ---- pipelines --------------------------------------------------------------------------------------------
 def run_framework(cfg, args, backbone_override: dict | None = None) -> dict:
     import pytorch_lightning as pl
+    from pytorch_lightning.strategies import SingleDeviceStrategy
 
     from datamodules import build_datamodule
     from src.config import to_plain
+    from src.distributed import build_strategy
     from src.module import DiffusionModule
+    from src.train import resolve_precision
 
     times: list[float] = []
 
@@ -116,22 +147,29 @@ def run_framework(cfg, args, backbone_override: dict | None = None) -> dict:
             if batch_idx >= args.warmup:
                 times.append(time.perf_counter() - self.t0)
 
-    flops = None
+    flops, peak = None, 0.0
+    trainer_cfg = to_plain(cfg.trainer)
     for _ in range(args.repeats):
         dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
         module = DiffusionModule(backbone=backbone_override or to_plain(cfg.backbone),
                                  diffusion=to_plain(cfg.diffusion), data_shape=dm.data_shape,
                                  optim=to_plain(cfg.optim), ema=to_plain(cfg.ema), seed=cfg.seed,
                                  perf=to_plain(cfg.get("perf")))
-        trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+        # one device: under trainer=ddp/fsdp this measures the strategy's own cost at world size 1
+        trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=resolve_precision(trainer_cfg),
+                             strategy=build_strategy(trainer_cfg.get("strategy", "auto")),
                              max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                              gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=[Timer()],
                              use_distributed_sampler=False)
         trainer.fit(module, datamodule=dm)
-        if flops is None:
+        peak = max(peak, peak_memory_mb(module.device))  # before the FLOP count's fp32 pass
+        # the counter needs eager, unsharded modules; the loop pipeline counts the same backbone
+        countable = isinstance(trainer.strategy, SingleDeviceStrategy) and not module.perf["compile"]
+        if flops is None and countable:
             flops = _module_flops(module, cfg, dm.data_shape)
-    return {"step_times": times, "flops_per_step": flops, "batch_size": int(cfg.datamodule.batch_size)}
+    return {"step_times": times, "flops_per_step": flops, "batch_size": int(cfg.datamodule.batch_size),
+            "peak_memory_mb": peak, "strategy": type(trainer.strategy).__name__}
 
 
 def _module_flops(module, cfg, data_shape) -> int:
@@ -244,6 +282,9 @@ def run_diffusers(cfg, args) -> dict:
 def run_one(pipeline: str, overrides: list[str], args) -> dict:
     cfg = compose(overrides)
     device = device_of(cfg)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     if pipeline == "framework":
         res = run_framework(cfg, args)
     elif pipeline == "loop":
@@ -252,44 +293,74 @@ def run_one(pipeline: str, overrides: list[str], args) -> dict:
         res = run_diffusers(cfg, args)
     else:
         res = run_framework(cfg, args, backbone_override=diffusers_backbone_cfg(cfg))
-    res["peak_memory_mb"] = peak_memory_mb(device)
+    res.setdefault("peak_memory_mb", peak_memory_mb(device))
     res["device"] = str(device)
+    res["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    res["precision"] = precision_name(cfg.trainer.precision)
     return res
 
 
-def report(pipeline: str, res: dict, peak_tflops: float | None) -> dict:
+def report(pipeline: str, res: dict, peak: float | None) -> dict:
     st = summary(res["step_times"])
+    peak = peak or peak_tflops(res.get("device_name", ""), res.get("precision", "fp32"))
     row = {"pipeline": pipeline, "step_time_s": st, "samples_per_s": res["batch_size"] / st["median"],
-           "peak_memory_mb": res["peak_memory_mb"], "flops_per_step": res["flops_per_step"]}
+           "peak_memory_mb": res["peak_memory_mb"], "flops_per_step": res["flops_per_step"],
+           "device": res.get("device_name"), "precision": res.get("precision"), "peak_tflops": peak,
+           "strategy": res.get("strategy")}
     achieved = res["flops_per_step"] / st["median"] / 1e12 if res["flops_per_step"] else None
     row["achieved_tflops"] = achieved
-    row["mfu"] = achieved / peak_tflops if (achieved and peak_tflops) else None
+    row["mfu"] = achieved / peak if (achieved and peak) else None
     return row
+
+
+def run_in_subprocess(pipeline: str, overrides: list[str], args) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.train_throughput", f"--only={pipeline}", f"--steps={args.steps}",
+           f"--warmup={args.warmup}", f"--repeats={args.repeats}", *compile_backend_flag(args), *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(line[7:])
+
+
+def compile_backend_flag(args) -> list[str]:
+    return [f"--compile-backend={args.compile_backend}"] if args.compile_backend else []
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Training throughput: framework vs hand-written loop vs diffusers.")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per repetition (default 20; --tiny 3)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; --tiny 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="repetitions (default 3; --tiny 1)")
     ap.add_argument("--pipelines", default=None, help=f"comma list from {','.join(PIPELINES)}")
     ap.add_argument("--json", default=None)
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="device peak for the precision in use, for MFU (H100/H200 SXM dense bf16: 989)")
+                    help="device peak for the precision in use, for MFU (default: benchmarks.common.PEAK_TFLOPS)")
+    ap.add_argument("--device", choices=sorted(ACCELERATORS), default=None, help="sets trainer.accelerator")
+    ap.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="sets trainer.precision")
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes: the same code paths in seconds on a CPU")
+    ap.add_argument("--in-process", action="store_true", help="run the pipelines one after the other here")
+    ap.add_argument("--compile-backend", default=None, help="torch.compile backend for perf.compile=true")
     ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: run one pipeline in this process
     args, overrides = ap.parse_known_args()
     bad = [o for o in overrides if o.startswith("--")]
     if bad:
         ap.error(f"unknown option {bad[0]}")
+    for name, full, tiny in (("steps", 20, 3), ("warmup", 5, 1), ("repeats", 3, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, tiny if args.tiny else full)
+    if args.compile_backend:
+        use_compile_backend(args.compile_backend)
 
-    if args.only:
+    if args.only:  # the child of run_in_subprocess: overrides are already complete
         print("RESULT " + json.dumps(run_one(args.only, overrides, args)))
         return
 
-    domain = next((o.split("=", 1)[1] for o in overrides if o.startswith("domain=")), "image")
+    overrides = cli_overrides(args, overrides)
+    domain = domain_of(overrides)
     pipelines = args.pipelines.split(",") if args.pipelines else (
         list(PIPELINES) if domain == "image" else ["framework", "loop"])
-    rows = []
+    rows, skipped, failed = [], {}, {}
     for p in pipelines:
         if p not in PIPELINES:
             ap.error(f"unknown pipeline {p}; choose from {', '.join(PIPELINES)}")
@@ -297,16 +368,16 @@ def main() -> None:
             try:
                 import diffusers  # noqa: F401
             except ImportError:
+                skipped[p] = "diffusers is not installed"
                 print(f"skipping {p}: diffusers is not installed (pip install -e '.[bench]')")
                 continue
-        cmd = [sys.executable, "-m", "benchmarks.train_throughput", f"--only={p}", f"--steps={args.steps}",
-               f"--warmup={args.warmup}", f"--repeats={args.repeats}", *overrides]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(f"{p} failed:\n{proc.stderr[-2000:]}")
+        try:
+            res = run_one(p, overrides, args) if args.in_process else run_in_subprocess(p, overrides, args)
+        except Exception as e:  # one pipeline's failure is a result to report, not the end of the others
+            failed[p] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            print(f"{p} failed: {e}")
             continue
-        rows.append(report(p, json.loads(line[7:]), args.peak_tflops))
+        rows.append(report(p, res, args.peak_tflops))
 
     print(f"\n{domain}: {' '.join(overrides)}  ({machine()})")
     print(f"{'pipeline':22s} {'samples/s':>10s} {'step ms (median [min-max])':>30s} {'peak MB':>9s} "
@@ -324,7 +395,8 @@ def main() -> None:
             if r is not base:
                 ratio = r["step_time_s"]["median"] / base["step_time_s"]["median"]
                 print(f"{r['pipeline']} step time = {100 * (ratio - 1):+.1f}% vs loop")
-    write_json(args.json, {"machine": machine(), "domain": domain, "overrides": overrides, "rows": rows})
+    write_json(args.json, {"machine": machine(), "domain": domain, "overrides": overrides, "rows": rows,
+                           "skipped": skipped, "failed": failed})
 
 
 if __name__ == "__main__":
