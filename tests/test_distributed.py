@@ -210,12 +210,12 @@ def test_resume_picks_the_newest_own_checkpoint(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     assert resume_checkpoint(_cfg(), tmp_path) is None
     torch.save({"global_step": 10}, tmp_path / "checkpoints" / "last.ckpt")
-    torch.save({"global_step": 12}, tmp_path / "hpc_ckpt_1.ckpt")  # Lightning's own SLURM handler's file
-    assert resume_checkpoint(_cfg(), tmp_path) == str(tmp_path / "hpc_ckpt_1.ckpt")
+    torch.save({"global_step": 12}, tmp_path / "checkpoints" / "step0000012.ckpt")  # newer than last.ckpt
+    assert resume_checkpoint(_cfg(), tmp_path) == str(tmp_path / "checkpoints" / "step0000012.ckpt")
     torch.save({"global_step": 3}, tmp_path / "start.ckpt")
     # a requeued job repeats ckpt_path=...: its own newer checkpoint wins
     chosen = resume_checkpoint(_cfg(ckpt_path=str(tmp_path / "start.ckpt")), tmp_path)
-    assert chosen == str(tmp_path / "hpc_ckpt_1.ckpt")
+    assert chosen == str(tmp_path / "checkpoints" / "step0000012.ckpt")
     assert resume_checkpoint(_cfg(resume="never"), tmp_path) is None
     with pytest.raises(CheckpointError, match="does not exist"):
         resume_checkpoint(_cfg(ckpt_path=str(tmp_path / "missing.ckpt")), tmp_path)
