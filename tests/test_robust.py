@@ -103,3 +103,30 @@ def test_resume_uses_step_file_when_last_is_corrupt(compose_cfg, tmp_path):
     assert second["global_step"] == 6
     assert not (ckpts / "step0000002.ckpt").exists()
     assert checkpoint_step(ckpts / "last.ckpt") == 6
+
+
+def test_rotation_keeps_the_last_finite_checkpoint(tmp_path):
+    """A refused (non-finite) save stops the run before ModelCheckpoint deletes the older, finite file
+    (ModelCheckpoint saves at step 3 before the module hook poisons the weights)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.demos.boring_classes import BoringModel
+
+    class GoesNaN(BoringModel):
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            if self.global_step == 3:
+                with torch.no_grad():
+                    self.layer.weight.fill_(float("nan"))
+
+    folder = tmp_path / "checkpoints"
+    ckpt = ModelCheckpoint(dirpath=folder, filename="step{step:07d}", auto_insert_metric_name=False,
+                           every_n_train_steps=1, save_top_k=1, monitor="step", mode="max", save_last=True,
+                           enable_version_counter=False)
+    trainer = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ckpt], plugins=[AtomicCheckpointIO()],
+                         default_root_dir=str(tmp_path))
+    with pytest.raises(CheckpointError, match="step0000004.ckpt at step 4"):
+        trainer.fit(GoesNaN())
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt", "step0000003.ckpt"]
+    assert checkpoint_step(folder / "last.ckpt") == 3
+    _all_finite(folder)
