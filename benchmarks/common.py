@@ -32,6 +32,7 @@ def write_json(path: str | Path | None, payload: dict) -> None:
 
 # Dense (no sparsity) tensor-core peaks from the vendors' datasheets, TFLOP/s; first matching name wins.
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200 NVL": {"bf16": 835.0, "fp16": 835.0},
     "H200": {"bf16": 989.0, "fp16": 989.0},
     "H100 PCIe": {"bf16": 756.0, "fp16": 756.0},
     "H100": {"bf16": 989.0, "fp16": 989.0},

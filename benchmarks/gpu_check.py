@@ -64,7 +64,7 @@ class Results:
                 return row
         if name in res.get("skipped", {}):
             raise Missing(f"not installed: {res['skipped'][name]}")
-        raise Missing(f"failed: {res.get('failed', {}).get(name, 'no result')}")
+        raise Missing(failure_reason(None, res.get("failed", {}).get(name, "no result")))
 
     def median(self, step: str, name: str) -> float:
         return self.pipeline(step, name)["step_time_s"]["median"]
@@ -177,14 +177,15 @@ def cell(fn, results: Results) -> str:
         return str(m).replace("|", "/")
 
 
-def failure_reason(rc: int, log: str) -> str:
+def failure_reason(rc: int | None, log: str) -> str:
+    """What the table says for a failed step (exit code rc) or pipeline (rc None): its last error line."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
     errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
     last = (errors or lines or ["no output"])[-1]
     missing = re.match(r"^ModuleNotFoundError: No module named '([^']+)'", last)
     if missing:
         return f"not installed: {missing.group(1).split('.')[0]}"
-    return f"failed (exit {rc}): {last[:120]}"
+    return f"failed{'' if rc is None else f' (exit {rc})'}: {last[:120]}"
 
 
 def run_step(step: Step, timeout: float, work: Path, env: dict) -> tuple[str | None, float]:

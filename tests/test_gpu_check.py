@@ -101,6 +101,7 @@ def test_missing_steps_and_packages_still_have_their_rows():
     assert value("torch.compile speedup") == ["not run"]
     assert "| memory_ddp | timed out after 60 s | 60 |" in text
     assert failure_reason(1, "RuntimeError: CUDA out of memory\n").startswith("failed (exit 1): RuntimeError")
+    assert failure_reason(None, "ModuleNotFoundError: No module named 'diffusers'") == "not installed: diffusers"
 
 
 def test_a_step_past_its_time_is_ended_with_its_children(tmp_path):
