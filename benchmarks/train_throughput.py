@@ -36,7 +36,6 @@ PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
 ACCELERATORS = {"cuda": "gpu", "cpu": "cpu"}
 
 
-
 def cli_overrides(args, overrides: list[str]) -> list[str]:
     """Hydra overrides implied by --tiny, --device and --precision; an explicit override of the same key wins."""
     extra = []
@@ -277,6 +276,9 @@ def run_diffusers(cfg, args) -> dict:
 
 
 def run_one(pipeline: str, overrides: list[str], args) -> dict:
+    from src.config import to_plain
+    from src.train import resolve_precision
+
     cfg = compose(overrides)
     device = device_of(cfg)
     if device.type == "cuda":
@@ -293,7 +295,7 @@ def run_one(pipeline: str, overrides: list[str], args) -> dict:
     res.setdefault("peak_memory_mb", peak_memory_mb(device))
     res["device"] = str(device)
     res["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    res["precision"] = precision_name(cfg.trainer.precision)
+    res["precision"] = precision_name(resolve_precision(to_plain(cfg.trainer)))  # "auto" as the Trainer got it
     return res
 
 
