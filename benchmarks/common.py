@@ -32,6 +32,7 @@ def write_json(path: str | Path | None, payload: dict) -> None:
 
 # Dense (no sparsity) tensor-core peaks from the vendors' datasheets, TFLOP/s; first matching name wins.
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200 NVL": {"bf16": 835.0, "fp16": 835.0},
     "H200": {"bf16": 989.0, "fp16": 989.0},
     "H100 PCIe": {"bf16": 756.0, "fp16": 756.0},
     "H100": {"bf16": 989.0, "fp16": 989.0},
@@ -58,3 +59,14 @@ def use_compile_backend(name: str) -> None:
     import functools
 
     torch.nn.Module.compile = functools.partialmethod(torch.nn.Module.compile, backend=name)
+
+
+# --tiny sizes (train_throughput: Hydra overrides per domain; recon_speed: its options), kept here so that
+# benchmarks/gpu_check.py can name them without importing the benchmarks
+TINY_TRAIN: dict[str, list[str]] = {
+    "common": ["backbone.preset=tiny", "datamodule.batch_size=4", "datamodule.num_workers=0"],
+    "image": ["datamodule.resolution=16", "datamodule.builtin_size=64"],
+    "audio": ["datamodule.clip_seconds=0.1", "datamodule.builtin_size=32"],
+    "mri": ["datamodule.shape=[16,16,16]", "datamodule.builtin_size=6"],
+}
+TINY_RECON = {"size": 32, "preset": "tiny", "steps": 3, "slices": 2, "batch_size": 2, "cs_iters": 5}

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, write_json  # noqa: E402
+from benchmarks.common import TINY_RECON, machine, write_json  # noqa: E402
 from datamodules.phantoms import head_phantom  # noqa: E402
 from src.module import DiffusionModule  # noqa: E402
 from src.mri.fft import fft2c  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     if args.tiny:
-        args.size, args.preset, args.steps, args.slices, args.batch_size, args.cs_iters = 32, "tiny", 3, 2, 2, 5
+        vars(args).update(TINY_RECON)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

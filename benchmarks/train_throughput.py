@@ -29,22 +29,18 @@ import time
 
 import torch
 
-from .common import machine, peak_tflops, precision_name, summary, use_compile_backend, write_json
+from .common import TINY_TRAIN, machine, peak_tflops, precision_name, summary, use_compile_backend, write_json
 
 PIPELINES = ("framework", "loop", "diffusers", "framework_diffusers")
 PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
 ACCELERATORS = {"cuda": "gpu", "cpu": "cpu"}
-TINY = {"image": ["datamodule.resolution=16", "datamodule.builtin_size=64"],
-        "audio": ["datamodule.clip_seconds=0.1", "datamodule.builtin_size=32"],
-        "mri": ["datamodule.shape=[16,16,16]", "datamodule.builtin_size=6"]}
-TINY_COMMON = ["backbone.preset=tiny", "datamodule.batch_size=4", "datamodule.num_workers=0"]
 
 
 def cli_overrides(args, overrides: list[str]) -> list[str]:
     """Hydra overrides implied by --tiny, --device and --precision; an explicit override of the same key wins."""
     extra = []
     if args.tiny:
-        extra += TINY_COMMON + TINY.get(domain_of(overrides), [])
+        extra += TINY_TRAIN["common"] + TINY_TRAIN[domain_of(overrides)]
     if args.device:
         extra.append(f"trainer.accelerator={ACCELERATORS[args.device]}")
     if args.precision:
@@ -280,6 +276,9 @@ def run_diffusers(cfg, args) -> dict:
 
 
 def run_one(pipeline: str, overrides: list[str], args) -> dict:
+    from src.config import to_plain
+    from src.train import resolve_precision
+
     cfg = compose(overrides)
     device = device_of(cfg)
     if device.type == "cuda":
@@ -296,7 +295,7 @@ def run_one(pipeline: str, overrides: list[str], args) -> dict:
     res.setdefault("peak_memory_mb", peak_memory_mb(device))
     res["device"] = str(device)
     res["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    res["precision"] = precision_name(cfg.trainer.precision)
+    res["precision"] = precision_name(resolve_precision(to_plain(cfg.trainer)))  # "auto" as the Trainer got it
     return res
 
 
