@@ -343,3 +343,43 @@ def test_resume_check_passes_the_runs_own_checkpoints(compose_cfg, tmp_path, sma
     folder = _sharded(tmp_path / "partial.ckpt", {**small_ckpt, "state_dict": other})
     with pytest.raises(CheckpointError, match="does not fit this run's model.*ema.*absent in the checkpoint"):
         check_resumable(folder, model)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_two_rank_fsdp_resume_refuses_a_crafted_folder(compose_cfg, tmp_path):
+    """The whole path: ``src.train trainer=fsdp`` on two ranks, a folder whose shapes fit but whose optimizer
+    param_groups entry carries a payload; both ranks stop with the sentence, none runs it."""
+    import subprocess
+    import sys
+
+    import torch.distributed.checkpoint as dcp
+
+    from tests.dist_helpers import REPO, clean_env
+    from tests.dist_helpers import TINY as DIST_TINY
+
+    overrides = DIST_TINY + ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                             "trainer.max_steps=4", "optim.total_steps=4"]
+    cfg = compose_cfg(overrides + [f"paths.output_dir={tmp_path / 'unused'}"])
+    module = _module(cfg)
+    optimizer = module.configure_optimizers()["optimizer"]
+    for p in module.backbone.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    names = {p: n for n, p in module.named_parameters()}
+    group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    marker = tmp_path / "pwned"
+    group["lr"] = System(marker)
+    optim_state = {"state": {names[p]: s for p, s in optimizer.state.items()},  # keyed by name, as FSDP2 saves
+                   "param_groups": [{**group, "params": [names[p] for p in optimizer.param_groups[0]["params"]]}]}
+    folder = tmp_path / "crafted.ckpt"
+    dcp.save({"state_dict": module.state_dict(), "optimizer_0": optim_state}, checkpoint_id=str(folder),
+             no_dist=True)
+    torch.save(_checkpoint(module, cfg), folder / "meta.pt")
+    proc = subprocess.run([sys.executable, "-m", "src.train", *overrides, f"paths.output_dir={tmp_path / 'run'}",
+                           f"ckpt_path={folder}"], cwd=REPO, env=clean_env(**{FORCE: "1"}), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    refused = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"error: Checkpoint {folder} was refused")]
+    assert len(refused) == 2 and "optimizer_0.param_groups.0.lr" in refused[0], proc.stderr[-3000:]
+    assert not marker.exists()
