@@ -81,8 +81,9 @@ def refusal(path: str | Path, error: BaseException, fix: str) -> CheckpointError
     if isinstance(error, WeightsOnlyIgnored):
         return CheckpointError(f"Checkpoint {path} was not loaded: {error}; unset it and run again.")
     if isinstance(error, pickle.UnpicklingError):
-        return CheckpointError(f"Checkpoint {path} was refused ({why(error)}): only a full unpickler, which can run "
-                               f"code, would load it, so it was not written by src.train or was altered; {fix}.")
+        return CheckpointError(f"Checkpoint {path} cannot be loaded safely ({why(error)}): only a full unpickler, "
+                               "which can run code, would load it, so it was not written by src.train or was "
+                               f"altered; {fix}.")
     return CheckpointError(f"Checkpoint {path} cannot be read ({why(error)}): it is truncated or not a PyTorch "
                            f"checkpoint; {fix}.")
 

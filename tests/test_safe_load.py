@@ -131,7 +131,7 @@ def test_sample_refuses_a_crafted_checkpoint(tmp_path, small_ckpt, env):
     from src.sample import main
 
     path, marker = _crafted_file(tmp_path, small_ckpt)
-    with pytest.raises(SystemExit, match=f"error: Checkpoint {path} was refused .*GLOBAL posix.system"):
+    with pytest.raises(SystemExit, match=f"error: Checkpoint {path} cannot be loaded safely .*GLOBAL posix.system"):
         main([f"ckpt={path}", "num_samples=1", f"out={tmp_path / 'out'}"])
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -140,7 +140,7 @@ def test_reconstruction_loader_refuses_a_crafted_checkpoint(tmp_path, small_ckpt
     from src.reconstruct import Reconstructor
 
     path, marker = _crafted_file(tmp_path, small_ckpt, Open)
-    with pytest.raises(CheckpointError, match="was refused .*GLOBAL io.open"):
+    with pytest.raises(CheckpointError, match="cannot be loaded safely .*GLOBAL io.open"):
         Reconstructor.from_checkpoint(path, device="cpu")
     assert not marker.exists()
 
@@ -152,7 +152,7 @@ def test_lightning_resume_reads_through_the_safe_loader(tmp_path, small_ckpt, en
     path, marker = _crafted_file(tmp_path, small_ckpt, Touch)
     trainer = pl.Trainer(accelerator="cpu", logger=False, plugins=[AtomicCheckpointIO()],
                          enable_checkpointing=False, enable_progress_bar=False)
-    with pytest.raises(CheckpointError, match="was refused"):
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         trainer.strategy.load_checkpoint(path)
     assert not marker.exists()
     torch.save(small_ckpt, tmp_path / "ok.ckpt")
@@ -163,7 +163,7 @@ def test_train_refuses_a_crafted_ckpt_path(compose_cfg, tmp_path, small_ckpt, en
     from src.train import train
 
     path, marker = _crafted_file(tmp_path, small_ckpt)
-    with pytest.raises(CheckpointError, match=f"Checkpoint {path} was refused"):
+    with pytest.raises(CheckpointError, match=f"Checkpoint {path} cannot be loaded safely"):
         train(_image_cfg(compose_cfg, tmp_path / "run", f"ckpt_path={path}"))
     assert not marker.exists()
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()  # training did not go on
@@ -216,9 +216,9 @@ def test_consolidate_and_sample_refuse_crafted_folders(crafted_folders, tmp_path
 
     folders, marker = crafted_folders
     folder = folders[where]
-    with pytest.raises(SystemExit, match=f"error: Checkpoint {folder}.* was refused"):
+    with pytest.raises(SystemExit, match=f"error: Checkpoint {folder}.* cannot be loaded safely"):
         consolidate([str(folder), str(tmp_path / "out.ckpt")])
-    with pytest.raises(SystemExit, match="was refused"):
+    with pytest.raises(SystemExit, match="cannot be loaded safely"):
         sample([f"ckpt={folder}", "num_samples=1", f"out={tmp_path / 'samples'}"])
     assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
 
@@ -283,7 +283,7 @@ def test_fsdp_resume_refuses_a_crafted_optimizer_entry(one_rank_group, tmp_path,
 
     write(tmp_path / "crafted.ckpt", System(marker))
     net, opt = fresh()
-    with pytest.raises(CheckpointError, match="was refused .*optimizer_0.param_groups.0.lr"):
+    with pytest.raises(CheckpointError, match="cannot be loaded safely .*optimizer_0.param_groups.0.lr"):
         load_sharded(tmp_path / "crafted.ckpt", net, [opt])
     assert not marker.exists()
 
@@ -343,3 +343,44 @@ def test_resume_check_passes_the_runs_own_checkpoints(compose_cfg, tmp_path, sma
     folder = _sharded(tmp_path / "partial.ckpt", {**small_ckpt, "state_dict": other})
     with pytest.raises(CheckpointError, match="does not fit this run's model.*ema.*absent in the checkpoint"):
         check_resumable(folder, model)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_two_rank_fsdp_resume_refuses_a_crafted_folder(compose_cfg, tmp_path):
+    """The whole path: ``src.train trainer=fsdp`` on two ranks, a folder whose shapes fit but whose optimizer
+    param_groups entry carries a payload; both ranks stop with the sentence, none runs it."""
+    import subprocess
+    import sys
+
+    import torch.distributed.checkpoint as dcp
+
+    from tests.dist_helpers import REPO, clean_env
+    from tests.dist_helpers import TINY as DIST_TINY
+
+    overrides = DIST_TINY + ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                             "trainer.max_steps=4", "optim.total_steps=4"]
+    cfg = compose_cfg(overrides + [f"paths.output_dir={tmp_path / 'unused'}"])
+    module = _module(cfg)
+    optimizer = module.configure_optimizers()["optimizer"]
+    for p in module.backbone.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    names = {p: n for n, p in module.named_parameters()}
+    group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    marker = tmp_path / "pwned"
+    group["lr"] = System(marker)
+    optim_state = {"state": {names[p]: s for p, s in optimizer.state.items()},  # keyed by name, as FSDP2 saves
+                   "param_groups": [{**group, "params": [names[p] for p in optimizer.param_groups[0]["params"]]}]}
+    folder = tmp_path / "crafted.ckpt"
+    dcp.save({"state_dict": module.state_dict(), "optimizer_0": optim_state}, checkpoint_id=str(folder),
+             no_dist=True)
+    torch.save(_checkpoint(module, cfg), folder / "meta.pt")
+    proc = subprocess.run([sys.executable, "-m", "src.train", *overrides, f"paths.output_dir={tmp_path / 'run'}",
+                           f"ckpt_path={folder}"], cwd=REPO, env=clean_env(**{FORCE: "1"}), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    refused = [ln for ln in proc.stderr.splitlines()
+               if ln.startswith(f"error: Checkpoint {folder} cannot be loaded safely")]
+    assert len(refused) == 2 and "optimizer_0.param_groups.0.lr" in refused[0], proc.stderr[-3000:]
+    assert not marker.exists()
