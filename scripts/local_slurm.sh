@@ -8,7 +8,8 @@
 set -euo pipefail
 
 NODE=$(hostname -s)
-CPUS=${LOCAL_SLURM_CPUS:-$(nproc)}
+# nproc honours OMP_NUM_THREADS, which a test run may set to 1: count the cores this process may use
+CPUS=${LOCAL_SLURM_CPUS:-$(OMP_NUM_THREADS= OMP_THREAD_LIMIT= nproc)}
 CONF_DIR=/etc/slurm
 STATE=/var/spool/slurm-local
 LOGS=/var/log/slurm-local
