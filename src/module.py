@@ -17,6 +17,7 @@ import torch
 from .backbones import build_backbone
 from .diffusion import build_objective, clipped, get_sampler
 from .ema import EMA
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant to decorrelate (seed, step, rank, micro-batch) streams
@@ -61,7 +62,7 @@ class DiffusionModule(pl.LightningModule):
                           "min_lr_ratio": 0.1, "fused": None, "total_steps": None,
                           "nonfinite": "stop", "nonfinite_max_skips": 10, **(optim or {})}
         if self.optim_cfg["nonfinite"] not in ("stop", "skip"):
-            raise ValueError(f"optim.nonfinite must be stop or skip; got '{self.optim_cfg['nonfinite']}'.")
+            raise ConfigError(f"optim.nonfinite must be stop or skip; got '{self.optim_cfg['nonfinite']}'.")
         self._loss_finite: torch.Tensor | None = None  # all losses of the current accumulation window finite
         self._skip_step = False
         self._consecutive_skips = 0
