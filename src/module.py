@@ -119,9 +119,14 @@ class DiffusionModule(pl.LightningModule):
         loss = self.objective.loss(self.backbone, x, u, noise, cond).mean()
         finite = torch.isfinite(loss.detach())  # a tensor, no host sync per micro-batch
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+        # the all-reduce (and its host sync) only where the value is written: on the logger's steps
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0],
-                 sync_dist=True)
+                 sync_dist=self._on_logging_step())
         return loss
+
+    def _on_logging_step(self) -> bool:
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return connector is None or connector.should_update_logs
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
@@ -137,8 +142,7 @@ class DiffusionModule(pl.LightningModule):
 
     def _log_grad_norm(self):
         # only on the steps the logger writes: under FSDP2 the norm is a collective over all ranks
-        connector = getattr(self._trainer, "_logger_connector", None)
-        if connector is not None and not connector.should_update_logs:
+        if not self._on_logging_step():
             return
         grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
         if grads:

@@ -4,7 +4,8 @@ SLURM sends SIGUSR1 ahead of the time limit (``--signal=SIGUSR1@90``). Lightning
 *inside* the signal handler; each rank gets the signal at a different point of its step, so the collectives
 of a distributed save (a barrier under DDP, a sharded write under FSDP2) can meet a different collective on
 another rank and hang. Here the handler only raises a flag; at the next optimizer-step boundary the ranks
-agree on it (one small all-reduce), all save ``last.ckpt`` together, training stops, and rank 0 calls
+agree on it (one small all-reduce every ``check_every_n_steps`` steps; none at all in a single process),
+all save ``last.ckpt`` together, training stops, and rank 0 calls
 ``scontrol requeue`` once everything is written. The requeued job keeps its job id, hence its run folder,
 and resumes from ``last.ckpt`` by itself.
 """
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class LastCheckpoint(pl.Callback):
-    def __init__(self, path: str | Path, signum: int = signal.SIGUSR1, every_n_steps: int = 0):
+    def __init__(self, path: str | Path, signum: int = signal.SIGUSR1, every_n_steps: int = 0,
+                 check_every_n_steps: int = 10):
         self.path = Path(path)
+        self.check_every_n_steps = max(1, int(check_every_n_steps))
         self.signum = signum
         self.every_n_steps = every_n_steps  # ModelCheckpoint's interval: then it writes last.ckpt itself
         self.requested = False
@@ -49,7 +52,12 @@ class LastCheckpoint(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.preempted or (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # only whole optimizer steps are a resumable position
-        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+        if trainer.world_size == 1:
+            if not self.requested:
+                return
+        elif trainer.global_step % self.check_every_n_steps:
+            return  # the ranks agree only every few steps: an all-reduce and a host sync each time
+        elif not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
         step = trainer.global_step
         if trainer.is_global_zero:

@@ -175,7 +175,8 @@ def train(cfg: DictConfig) -> dict:
     plain = to_plain(cfg)
     if rank_zero_only.rank == 0:  # the launch rank (RANK, LOCAL_RANK or SLURM_PROCID), known before setup
         OmegaConf.save(cfg, out / "config.yaml")
-    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", every_n_steps=cfg.checkpoint.every_n_steps)
+    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", every_n_steps=cfg.checkpoint.every_n_steps,
+                          check_every_n_steps=cfg.checkpoint.get("signal_check_every_n_steps", 10))
     last.install()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 

@@ -233,3 +233,39 @@ def test_sigusr1_only_raises_a_flag(tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert requeue() is False  # outside SLURM there is nothing to requeue
+
+
+class _FakeStrategy:
+    def __init__(self):
+        self.calls = 0
+
+    def reduce_boolean_decision(self, decision, all=True):
+        self.calls += 1
+        return decision
+
+
+class _FakeTrainer:
+    def __init__(self, world_size):
+        self.world_size, self.global_step, self.accumulate_grad_batches = world_size, 0, 1
+        self.strategy, self.is_global_zero, self.should_stop = _FakeStrategy(), True, False
+        self.saved = []
+
+    def save_checkpoint(self, path, weights_only=False):
+        self.saved.append((self.global_step, path))
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_preemption_flag_is_agreed_only_every_few_steps(tmp_path, world_size):
+    cb = LastCheckpoint(tmp_path / "last.ckpt", check_every_n_steps=5)
+    trainer = _FakeTrainer(world_size)
+    for step in range(1, 13):
+        trainer.global_step = step
+        if step == 6:
+            cb.requested = True
+        cb.on_train_batch_end(trainer, None, None, None, step - 1)
+        if trainer.should_stop:
+            break
+    # one process needs no collective and stops at once; ranks agree only on steps 5 and 10
+    assert trainer.strategy.calls == (0 if world_size == 1 else 2)
+    assert trainer.saved == [(6 if world_size == 1 else 10, tmp_path / "last.ckpt")]
+    assert cb.preempted

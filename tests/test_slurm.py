@@ -73,7 +73,7 @@ def _wait(what: str, predicate, timeout: float, log: Path):
 def test_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     runs = tmp_path / "runs"
     overrides = [*TINY, "trainer=ddp", "trainer.accelerator=cpu", f"trainer.max_steps={MAX_STEPS}",
-                 "checkpoint.every_n_steps=4", "logger=wandb", "sampling.num=2", "sampling.steps=4",
+                 "checkpoint.every_n_steps=4", "checkpoint.signal_check_every_n_steps=2", "logger=wandb", "sampling.num=2", "sampling.steps=4",
                  f"paths.output_dir={runs}/${{run_id:}}"]
     submit = subprocess.run(
         ["sbatch", "--parsable", "--job-name=difftest", "--ntasks-per-node=2", "--gpus-per-node=0",
