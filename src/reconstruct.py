@@ -19,7 +19,7 @@ import torch
 
 from datamodules.base import DataError
 
-from .checkpoint import CheckpointError
+from .errors import ProjectError, writable_folder
 from .mri.fft import ifft2c, rss
 from .mri.io import (
     is_nifti,
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fully sampled reference (NIfTI with the output's axes, or fastMRI .h5 with "
                           "reconstruction_rss); writes OUT.metrics.json. With --simulate the fully sampled "
                           "input is the reference by default")
+    out.add_argument("--crop-reference", action="store_true",
+                     help="score the centre of a NIfTI reference that is smaller than the reconstruction "
+                          "(fastMRI .h5 references are always centre-cropped, as fastMRI does)")
+    out.add_argument("--allow-reference-mismatch", action="store_true",
+                     help="score against a reference that does not look like the reconstructed region")
     out.add_argument("--num-samples", type=int, default=1,
                      help="posterior samples; >1 writes their mean and OUT.std.nii.gz (per-voxel std)")
     out.add_argument("--compare-cs", action="store_true", help="also run compressed sensing: OUT.cs.nii.gz "
@@ -121,6 +126,7 @@ def load_input(args):
 def check_paths(args) -> Path:
     stem = output_stem(args.output)
     out = Path(args.output).expanduser().resolve()
+    writable_folder(out.parent, f"--output {args.output}")
     inputs = (("--input", args.input), ("--reference", args.reference), ("--checkpoint", args.checkpoint))
     for what, other in inputs:
         if other and Path(other).expanduser().resolve() == out:
@@ -194,6 +200,19 @@ def run(args) -> dict:
     return summary
 
 
+# zero-filled images of the same region correlate far above this even at 8x (a different region: near 0)
+MIN_REFERENCE_AGREEMENT = 0.5
+
+
+def region_agreement(ref: np.ndarray, zf) -> float:
+    """Pearson correlation of the reference with the zero-filled magnitude (aliasing keeps it high)."""
+    a = np.asarray(ref, dtype=np.float64).ravel()
+    b = np.abs(np.asarray(zf, dtype=np.float64)).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
 def metrics_against(reference: np.ndarray, image, zf, cs_image, args) -> dict:
     ref = np.asarray(reference, dtype=np.float32)
     if ref.shape[0] != image.shape[0]:
@@ -205,12 +224,24 @@ def metrics_against(reference: np.ndarray, image, zf, cs_image, args) -> dict:
             raise DataError(f"The reference slices are {ref.shape[-2]}x{ref.shape[-1]}, larger than the "
                             f"reconstruction's {image.shape[-2]}x{image.shape[-1]}; pass the reference of "
                             "the same scan.")
+        fastmri_target = bool(args.reference) and not is_nifti(Path(args.reference))
+        if not (fastmri_target or args.crop_reference):
+            raise DataError(f"The reference slices are {ref.shape[-2]}x{ref.shape[-1]} but the reconstruction's "
+                            f"are {image.shape[-2]}x{image.shape[-1]}; pass the reference of the same field of "
+                            "view, or add --crop-reference to score the centre region only.")
         crop = ref.shape[-2:]
     prep = (lambda v: center_crop(v, crop)) if crop else (lambda v: v)
+    agreement = region_agreement(ref, prep(zf))
+    if agreement < MIN_REFERENCE_AGREEMENT and not args.allow_reference_mismatch:
+        raise DataError(f"The reference does not look like the reconstructed region (correlation with the "
+                        f"zero-filled image {agreement:.2f}, expected above {MIN_REFERENCE_AGREEMENT}); pass the "
+                        "reference of the same scan and slices, or add --allow-reference-mismatch to score it "
+                        "anyway.")
     out = {"reference": "the --reference file" if args.reference else "the fully sampled --input",
            "data_range": float(ref.max()),
            "convention": "fastMRI: per volume, data range = reference maximum, SSIM 7x7 mean over slices",
            "cropped_to": list(crop) if crop else None,
+           "zero_filled_correlation": round(agreement, 4),
            "reconstruction": all_metrics(ref, prep(image)), "zero_filled": all_metrics(ref, prep(zf))}
     if cs_image is not None:
         out["compressed_sensing"] = all_metrics(ref, prep(cs_image))
@@ -221,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (DataError, CheckpointError, ValueError) as e:
+    except ProjectError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

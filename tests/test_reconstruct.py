@@ -312,3 +312,44 @@ def test_input_is_never_overwritten_and_nifti_needs_simulate(ckpt, singlecoil_h5
     assert "--simulate" in err
     err = run_cli(base_args(ckpt, singlecoil_h5[0], tmp_path / "o.png"), capsys)
     assert ".nii.gz" in err
+
+
+def _nifti(path, volume):
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume.transpose(1, 2, 0)), np.eye(4)), path)
+    return path
+
+
+def test_reference_of_another_region_or_size_is_refused_unless_asked(singlecoil_h5, tmp_path, capsys):
+    path, img = singlecoil_h5
+    zf = ["--method", "zero-filled", "--input", str(path), "--output", str(tmp_path / "zf.nii.gz"), "--quiet"]
+    # another region: the same size, other anatomy (a shifted, flipped copy)
+    other = _nifti(tmp_path / "other.nii.gz", np.roll(img[:, ::-1, :], SIZE // 3, axis=1) * (1 - img))
+    err = run_cli([*zf, "--reference", str(other)], capsys)
+    assert "does not look like the reconstructed region" in err and "--allow-reference-mismatch" in err
+    assert not (tmp_path / "zf.metrics.json").exists()
+    scored = main([*zf, "--reference", str(other), "--allow-reference-mismatch"])["metrics"]
+    assert scored["zero_filled_correlation"] < 0.5
+    # a smaller NIfTI reference is only centre-cropped when asked for
+    centre = _nifti(tmp_path / "centre.nii.gz", img[:, 4:-4, 4:-4])
+    err = run_cli([*zf, "--reference", str(centre)], capsys)
+    assert "24x24 but the reconstruction's are 32x32" in err and "--crop-reference" in err
+    cropped = main([*zf, "--reference", str(centre), "--crop-reference"])["metrics"]
+    assert cropped["cropped_to"] == [24, 24] and cropped["zero_filled_correlation"] > 0.9
+    # the same-scan reference passes the check without any flag
+    assert main([*zf, "--reference", str(path)])["metrics"]["zero_filled_correlation"] > 0.9
+
+
+def test_output_in_a_read_only_folder_is_refused_before_any_work(singlecoil_h5, tmp_path, capsys):
+    import os
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: make the folder a file's child instead
+            locked = tmp_path / "a_file"
+            locked.write_text("")
+        err = run_cli(["--method", "zero-filled", "--input", str(singlecoil_h5[0]),
+                       "--output", str(locked / "o.nii.gz"), "--quiet"], capsys)
+        assert "--output" in err and "not a writable folder" in err
+    finally:
+        (tmp_path / "locked").chmod(0o700)
