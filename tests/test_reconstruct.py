@@ -353,3 +353,18 @@ def test_output_in_a_read_only_folder_is_refused_before_any_work(singlecoil_h5, 
         assert "--output" in err and "not a writable folder" in err
     finally:
         (tmp_path / "locked").chmod(0o700)
+
+
+def test_multicoil_zero_filled_needs_no_calibration_region(tmp_path):
+    from src.mri.measurement import zero_filled
+    rng = np.random.default_rng(0)
+    img = phantom(2)
+    sens = rng.normal(size=(3, SIZE, SIZE)) + 1j * rng.normal(size=(3, SIZE, SIZE))
+    kspace = fft2c(torch.from_numpy(img[:, None] * sens).to(torch.complex64))
+    mask = torch.zeros(SIZE)
+    mask[::4] = 1  # equispaced, no fully sampled centre: too few lines to estimate coil maps
+    meas = as_measurement(kspace * mask, mask)
+    with pytest.raises(Exception, match="coil sensitivities"):
+        meas.batch([0], "cpu")
+    expected = rss(ifft2c(kspace * mask.bool()), coil_dim=1).numpy()
+    np.testing.assert_allclose(zero_filled(meas), expected, rtol=1e-5, atol=1e-6)

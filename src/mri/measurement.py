@@ -16,7 +16,7 @@ from datamodules.mri_transforms import reference_intensity
 from src.inverse.operators import LinearOperator
 from src.inverse.tv import tv_reconstruct
 
-from .fft import fft2c
+from .fft import fft2c, ifft2c, rss
 from .masks import columns_from_kspace, undersampling_mask
 from .operators import MultiCoilMRI, SingleCoilMRI, estimate_sensitivities
 
@@ -116,8 +116,11 @@ def zero_filled(meas: Measurement, batch_size: int = 16) -> np.ndarray:
     out = []
     for start in range(0, meas.num_slices, batch_size):
         idx = list(range(start, min(start + batch_size, meas.num_slices)))
-        op, y = meas.batch(idx, "cpu")
-        out.append(op.zero_filled(y))
+        y = meas.kspace[idx]
+        mask = meas.mask[idx] if meas.mask.shape[0] > 1 else meas.mask
+        mask = mask.bool().unsqueeze(1) if meas.multicoil else mask.bool()  # (S, 1, H, W) over the coils
+        coils = ifft2c(y * mask)  # no coil sensitivities needed (nor a calibration region)
+        out.append(rss(coils, coil_dim=1) if meas.multicoil else coils.abs())
     return torch.cat(out).numpy()
 
 
