@@ -271,3 +271,14 @@ def test_worker_errors_arrive_as_one_sentence():
 
     with pytest.raises(DataError, match=r"^Shard x.tar is broken; fix it.$"):
         next(iter(StreamLoader(Failing(), batch_size=None, num_workers=1)))
+
+
+def test_pipe_urls_find_their_summary_by_the_tar_they_read():
+    from datamodules.shards import shard_name, summary_source
+    url = "pipe:curl -s -L 'https://host/data/shard-000003.tar' --retry 3"
+    assert shard_name(url) == "shard-000003.tar"
+    assert summary_source(url) == "pipe:curl -s -L 'https://host/data/summary.json' --retry 3"
+    s3 = "pipe:aws s3 cp s3://bucket/set/shard-000001.tar -"
+    assert summary_source(s3) == "pipe:aws s3 cp s3://bucket/set/summary.json -"
+    assert summary_source("pipe:./fetch.sh 7") is None  # a command that names no tar: no summary, no guess
+    assert summary_source("/data/shards/shard-000001.tar") == "/data/shards/summary.json"
