@@ -102,6 +102,22 @@ class LastCheckpoint(pl.Callback):
             self._save(trainer)
 
 
+def _ignore(signum, frame) -> None:
+    pass
+
+
+def leave_stop_signals_to_parent() -> None:
+    """In a DataLoader worker: SIGTERM/SIGINT sent to the whole process group do not end it mid-batch.
+
+    PyTorch's worker handler ends a worker on any SIGTERM not sent by its parent, and the training process
+    then fails with "DataLoader worker ... killed by signal". The training process saves and stops; its
+    workers end when it shuts its loaders down (or, at the latest, when their watchdog sees it gone).
+    """
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _ignore)
+
+
 def is_preempted(trainer: pl.Trainer) -> bool:
     """Training stopped early on a signal (preemption, SIGTERM or Ctrl-C) after saving ``last.ckpt``."""
     return any(isinstance(cb, LastCheckpoint) and cb.preempted for cb in trainer.callbacks)

@@ -66,13 +66,15 @@ class RunLog(pl.Callback):
         if self._t0 is None:  # timing starts after the first step (it pays for warm-up and compilation)
             self._t0, self._t0_step = time.perf_counter(), step
             return
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.should_stop:  # stopping: the summary follows
             return
         per_step = self._seconds_per_step(step)
         left = trainer.max_steps - step if trainer.max_steps and trainer.max_steps > 0 else None
         if step - self._t0_step == self.eta_after and per_step is not None and left is not None:
-            log.info("ETA: %d steps left, about %.1f min at %.2f s/step (%d steps measured).", left,
-                     left * per_step / 60, per_step, step - self._t0_step)
+            minutes = left * per_step / 60
+            hours = f" ({minutes / 60:.1f} h)" if minutes >= 90 else ""
+            log.info("ETA: %d steps left, about %.1f min%s at %.2f s/step (%d steps measured).", left, minutes,
+                     hours, per_step, step - self._t0_step)
         if step % self.every == 0:
             eta = f"  ETA {duration(left * per_step)}" if per_step is not None and left is not None else ""
             total = f"/{trainer.max_steps}" if left is not None else ""

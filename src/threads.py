@@ -109,7 +109,8 @@ def apply(setting="auto", devices=None) -> int:
 
 
 class WorkerThreads:
-    """A DataLoader ``worker_init_fn`` that gives each worker one thread and then runs ``inner``.
+    """A DataLoader ``worker_init_fn`` that gives each worker one thread and then runs ``inner``; SIGTERM
+    and Ctrl-C sent to the process group are left to the training process (src/preemption.py).
 
     Workers decode and augment one item at a time; their parallelism is the number of workers. Without
     an ``inner`` function and with ``seed_everything(workers=True)``, it seeds the worker as Lightning would
@@ -120,7 +121,10 @@ class WorkerThreads:
         self.inner, self.threads = inner, threads
 
     def __call__(self, worker_id: int) -> None:
+        from .preemption import leave_stop_signals_to_parent
+
         set_threads(self.threads)
+        leave_stop_signals_to_parent()  # the training process saves and stops, then ends its workers
         if self.inner is not None:
             self.inner(worker_id)
         elif int(os.environ.get("PL_SEED_WORKERS", 0)):
