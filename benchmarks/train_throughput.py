@@ -332,7 +332,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; --tiny 1)")
     ap.add_argument("--repeats", type=int, default=None, help="repetitions (default 3; --tiny 1)")
     ap.add_argument("--pipelines", default=None, help=f"comma list from {','.join(PIPELINES)}")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="device peak for the precision in use, for MFU (default: benchmarks.common.PEAK_TFLOPS)")
     ap.add_argument("--device", choices=sorted(ACCELERATORS), default=None, help="sets trainer.accelerator")
