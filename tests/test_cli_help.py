@@ -1,46 +1,10 @@
 """Every command-line flag of every argparse tool says what it does, and no help line reads "(default: None)"."""
 
 import argparse
-import importlib
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-
-PACKAGES = ("src", "datamodules", "benchmarks", "scripts")
-
-
-def argparse_modules() -> list[str]:
-    """Dotted names of the project's modules that build an ArgumentParser (found, not listed by hand)."""
-    names = []
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            if "ArgumentParser(" in path.read_text(errors="replace"):
-                names.append(".".join(path.relative_to(ROOT).with_suffix("").parts))
-    return names
-
-
-class _Parsed(Exception):
-    def __init__(self, parser):
-        self.parser = parser
-
-
-def capture_parser(module_name: str, monkeypatch) -> argparse.ArgumentParser:
-    """The parser ``module.main`` builds, caught at the moment it parses (nothing of the tool runs)."""
-    module = importlib.import_module(module_name)
-
-    def catch(self, args=None, namespace=None):
-        raise _Parsed(self)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", catch)
-    monkeypatch.setattr(sys, "argv", [module_name])
-    try:
-        module.main()
-    except _Parsed as parsed:
-        return parsed.parser
-    raise AssertionError(f"{module_name}.main() finished without parsing its arguments")
+from tests.cli_parsers import argparse_modules, capture_parser
 
 
 def test_the_known_tools_are_found():
