@@ -280,6 +280,10 @@ def run_one(pipeline: str, overrides: list[str], args) -> dict:
     from src.train import resolve_precision
 
     cfg = compose(overrides)
+    from src import threads
+
+    # every pipeline gets the thread pool src.train would give it (threads=N / OMP_NUM_THREADS override)
+    n_threads = threads.apply(cfg.get("threads", "auto"), cfg.trainer.get("devices"))
     device = device_of(cfg)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -294,6 +298,7 @@ def run_one(pipeline: str, overrides: list[str], args) -> dict:
         res = run_framework(cfg, args, backbone_override=diffusers_backbone_cfg(cfg))
     res.setdefault("peak_memory_mb", peak_memory_mb(device))
     res["device"] = str(device)
+    res["threads"] = n_threads
     res["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     res["precision"] = precision_name(resolve_precision(to_plain(cfg.trainer)))  # "auto" as the Trainer got it
     return res
@@ -305,7 +310,7 @@ def report(pipeline: str, res: dict, peak: float | None) -> dict:
     row = {"pipeline": pipeline, "step_time_s": st, "samples_per_s": res["batch_size"] / st["median"],
            "peak_memory_mb": res["peak_memory_mb"], "flops_per_step": res["flops_per_step"],
            "device": res.get("device_name"), "precision": res.get("precision"), "peak_tflops": peak,
-           "strategy": res.get("strategy")}
+           "strategy": res.get("strategy"), "threads": res.get("threads")}
     achieved = res["flops_per_step"] / st["median"] / 1e12 if res["flops_per_step"] else None
     row["achieved_tflops"] = achieved
     row["mfu"] = achieved / peak if (achieved and peak) else None
