@@ -20,7 +20,6 @@ import torch
 from datamodules.base import DataError
 
 from .checkpoint import CheckpointError
-from .cli import HelpFormatter
 from .mri.fft import ifft2c, rss
 from .mri.io import (
     is_nifti,
@@ -40,6 +39,8 @@ __all__ = ["Reconstruction", "Reconstructor", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import HelpFormatter
+
     p = argparse.ArgumentParser(prog="python -m src.reconstruct", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", help="trained slice model (.ckpt from src.train domain=mri); "
