@@ -40,19 +40,23 @@ class LastCheckpoint(pl.Callback):
         self._saved_step = -1
         self.stop_signal: int | None = None  # SIGTERM or SIGINT: stop without requeueing
         self._pid = os.getpid()
+        self._previous: dict = {}  # handlers replaced by install(), restored by uninstall()
 
     def install(self) -> None:
         """Install the handlers early, in the main thread: SIGUSR1's default action kills the process."""
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
             signal.signal(self.signum, self._on_signal)
             for signum in STOP_SIGNALS:
-                signal.signal(signum, self._on_stop_signal)
+                previous = signal.signal(signum, self._on_stop_signal)
+                if previous != self._on_stop_signal:
+                    self._previous.setdefault(signum, previous)
 
     def uninstall(self) -> None:
-        """Default actions again (after training): a signal then ends the process at once."""
+        """The SIGTERM/SIGINT handlers from before :meth:`install` (after training: a signal ends the process)."""
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            self._previous = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Lightning installs its own SIGTERM handler at fit start (it exits from inside the loop, without

@@ -105,6 +105,8 @@ def test_ctrl_c_requests_a_save_and_a_second_one_stops_at_once(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
     finally:
+        cb.uninstall()
+        assert signal.getsignal(signal.SIGTERM) == previous[signal.SIGTERM]
         for s, h in previous.items():
             signal.signal(s, h)
 
