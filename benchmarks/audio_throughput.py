@@ -27,11 +27,11 @@ from src.module import DiffusionModule  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="base")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--clip-seconds", type=float, default=0.5)
-    ap.add_argument("--sample-rate", type=int, default=16000)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--preset", default="base", help="audio backbone preset (tiny|small|base)")
+    ap.add_argument("--batch-size", type=int, default=8, help="clips per step")
+    ap.add_argument("--clip-seconds", type=float, default=0.5, help="length of each clip")
+    ap.add_argument("--sample-rate", type=int, default=16000, help="samples per second of audio")
+    ap.add_argument("--steps", type=int, default=5, help="timed optimizer steps (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--mel", action="store_true", help="vocoder: condition on the clip's log-mel")
     args = ap.parse_args()

@@ -76,11 +76,11 @@ def samples_per_second(domain: str, path: Path, settings: dict, workers: int, ba
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--domains", default=",".join(DOMAINS))
-    ap.add_argument("--files", type=int, default=512)
-    ap.add_argument("--batches", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--domains", default=",".join(DOMAINS), help="comma list of domains to time")
+    ap.add_argument("--files", type=int, default=512, help="generated files per domain")
+    ap.add_argument("--batches", type=int, default=30, help="timed batches (after two warm-up batches)")
+    ap.add_argument("--batch-size", type=int, default=32, help="samples per batch")
+    ap.add_argument("--workers", default="0,1,2", help="comma list of DataLoader worker counts to time")
     args = ap.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     print(f"# {platform.processor() or platform.machine()}, {platform.python_version()}, "

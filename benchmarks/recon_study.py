@@ -95,12 +95,12 @@ def save_figure(out: Path, test: np.ndarray, slice_index: int) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="outputs/recon_study")
-    ap.add_argument("--train-steps", type=int, default=600)
-    ap.add_argument("--test-slices", type=int, default=16)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="outputs/recon_study", help="folder for the training run, reconstructions and results")
+    ap.add_argument("--train-steps", type=int, default=600, help="training steps of the slice model")
+    ap.add_argument("--test-slices", type=int, default=16, help="held-out slices reconstructed per mask")
     ap.add_argument("--steps", type=int, default=50, help="sampler steps")
-    ap.add_argument("--num-samples", type=int, default=4)
+    ap.add_argument("--num-samples", type=int, default=4, help="posterior samples averaged per reconstruction")
     ap.add_argument("--seed", type=int, default=0, help="mask and sampler seed")
     args = ap.parse_args()
     out = Path(args.out).resolve()

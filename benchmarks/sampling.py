@@ -108,10 +108,10 @@ def plot(payload: dict, path: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", default="4,8,16,32,64,128")
-    ap.add_argument("--samples", type=int, default=8000)
-    ap.add_argument("--out", default="docs/sampling_quality.png")
-    ap.add_argument("--json", default="docs/sampling_quality.json")
+    ap.add_argument("--steps", default="4,8,16,32,64,128", help="comma list of sampler step counts")
+    ap.add_argument("--samples", type=int, default=8000, help="points drawn per sampler and step count")
+    ap.add_argument("--out", default="docs/sampling_quality.png", help="plot of error against denoiser calls")
+    ap.add_argument("--json", default="docs/sampling_quality.json", help="the measured errors as JSON")
     args = ap.parse_args()
     payload = run([int(s) for s in args.steps.split(",")], args.samples)
     write_json(args.json, payload)

@@ -280,6 +280,10 @@ def run_one(pipeline: str, overrides: list[str], args) -> dict:
     from src.train import resolve_precision
 
     cfg = compose(overrides)
+    from src import threads
+
+    # every pipeline gets the thread pool src.train would give it (threads=N / OMP_NUM_THREADS override)
+    n_threads = threads.apply(cfg.get("threads", "auto"), cfg.trainer.get("devices"))
     device = device_of(cfg)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -294,6 +298,7 @@ def run_one(pipeline: str, overrides: list[str], args) -> dict:
         res = run_framework(cfg, args, backbone_override=diffusers_backbone_cfg(cfg))
     res.setdefault("peak_memory_mb", peak_memory_mb(device))
     res["device"] = str(device)
+    res["threads"] = n_threads
     res["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     res["precision"] = precision_name(resolve_precision(to_plain(cfg.trainer)))  # "auto" as the Trainer got it
     return res
@@ -305,7 +310,7 @@ def report(pipeline: str, res: dict, peak: float | None) -> dict:
     row = {"pipeline": pipeline, "step_time_s": st, "samples_per_s": res["batch_size"] / st["median"],
            "peak_memory_mb": res["peak_memory_mb"], "flops_per_step": res["flops_per_step"],
            "device": res.get("device_name"), "precision": res.get("precision"), "peak_tflops": peak,
-           "strategy": res.get("strategy")}
+           "strategy": res.get("strategy"), "threads": res.get("threads")}
     achieved = res["flops_per_step"] / st["median"] / 1e12 if res["flops_per_step"] else None
     row["achieved_tflops"] = achieved
     row["mfu"] = achieved / peak if (achieved and peak) else None
@@ -332,7 +337,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; --tiny 1)")
     ap.add_argument("--repeats", type=int, default=None, help="repetitions (default 3; --tiny 1)")
     ap.add_argument("--pipelines", default=None, help=f"comma list from {','.join(PIPELINES)}")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="device peak for the precision in use, for MFU (default: benchmarks.common.PEAK_TFLOPS)")
     ap.add_argument("--device", choices=sorted(ACCELERATORS), default=None, help="sets trainer.accelerator")

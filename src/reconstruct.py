@@ -39,8 +39,10 @@ __all__ = ["Reconstruction", "Reconstructor", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import HelpFormatter
+
     p = argparse.ArgumentParser(prog="python -m src.reconstruct", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", help="trained slice model (.ckpt from src.train domain=mri); "
                                         "needed for --method diffusion")
     p.add_argument("--input", required=True, help="fastMRI-style .h5 (kspace, optional mask) or, with "
@@ -51,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim = p.add_argument_group("retrospective undersampling (--simulate)")
     sim.add_argument("--simulate", action="store_true",
                      help="undersample the input retrospectively (NIfTI magnitude or fully sampled .h5)")
-    sim.add_argument("--mask", choices=sorted(MASK_KINDS), default="equispaced")
-    sim.add_argument("--acceleration", type=float, default=4.0)
-    sim.add_argument("--center-fraction", type=float, default=0.08)
+    sim.add_argument("--mask", choices=sorted(MASK_KINDS), default="equispaced",
+                     help="which k-space columns are kept: evenly spaced or drawn at random")
+    sim.add_argument("--acceleration", type=float, default=4.0,
+                     help="undersampling factor: one in this many k-space columns is kept")
+    sim.add_argument("--center-fraction", type=float, default=0.08,
+                     help="share of the central (low-frequency) k-space columns always kept")
     sim.add_argument("--seed", type=int, default=0, help="seed of the random mask and of the sampler")
     out = p.add_argument_group("outputs")
     out.add_argument("--reference",
@@ -83,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run a model trained at another slice size (not validated)")
     cs = p.add_argument_group("compressed sensing")
     cs.add_argument("--cs-lambda", type=float, default=0.01, help="TV weight, relative to the image scale")
-    cs.add_argument("--cs-iters", type=int, default=300)
+    cs.add_argument("--cs-iters", type=int, default=300, help="iterations of the TV solver")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -15,16 +15,20 @@ from pytorch_lightning.callbacks import LambdaCallback, LearningRateMonitor, Mod
 from pytorch_lightning.strategies import ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
 
-from datamodules import DataError, build_datamodule
+from datamodules import build_datamodule
 
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
+from . import threads
 from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
+from .errors import ProjectError, one_of
 from .media import build_media
 from .metrics import MetricsCallback
 from .module import DiffusionModule
-from .preemption import LastCheckpoint, is_preempted, requeue
+from .preemption import LastCheckpoint, is_preempted, requeue, stop_signal
+from .runfolder import is_fresh, remove_failed_run
+from .runlog import RunLog
 
 log = logging.getLogger("src.train")
 register_resolvers()
@@ -35,13 +39,11 @@ def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
     name = cfg.get("name", "none")
     if name == "none":
         return False
-    if name != "wandb":
-        raise ValueError(f"Unknown logger.name '{name}'; choose wandb or none.")
+    one_of(name, "logger.name", ("wandb", "none"))
     from pytorch_lightning.loggers import WandbLogger
 
     mode = cfg.get("mode", "offline")
-    if mode not in ("offline", "online", "disabled"):
-        raise ValueError(f"logger.mode must be offline, online or disabled; got '{mode}'.")
+    one_of(mode, "logger.mode", ("offline", "online", "disabled"))
     os.environ.setdefault("WANDB_SILENT", "true")
     extra = {}
     if privacy.get("patient_data"):
@@ -170,6 +172,7 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
 
 def train(cfg: DictConfig) -> dict:
     OmegaConf.resolve(cfg)
+    threads.apply(cfg.get("threads", "auto"), cfg.trainer.get("devices"))
     out = Path(cfg.paths.output_dir).expanduser().resolve()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     plain = to_plain(cfg)
@@ -181,6 +184,7 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
+    threads.limit_worker_threads(dm)
     model = DiffusionModule(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion),
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
                             seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")))
@@ -191,7 +195,8 @@ def train(cfg: DictConfig) -> dict:
     logger = build_logger(to_plain(cfg.logger), out, privacy)
     callbacks = [cb for cb in build_callbacks(cfg, out, plain)
                  if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
-    callbacks += [last, LambdaCallback(on_fit_start=log_distributed)]
+    runlog = RunLog(out / "checkpoints", every_n_steps=cfg.trainer.get("log_every_n_steps", 10))
+    callbacks += [last, runlog, LambdaCallback(on_fit_start=log_distributed)]
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks,
                          plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
     if trainer.is_global_zero:
@@ -207,29 +212,61 @@ def train(cfg: DictConfig) -> dict:
     if ckpt_path:
         check_resumable(ckpt_path, model)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
-    preempted = is_preempted(trainer)
+    last.uninstall()
+    preempted, stopped_by = is_preempted(trainer), stop_signal(trainer)
     if privacy.get("patient_data") and trainer.is_global_zero:
         drop_wandb_debug_logs(out)
-    if preempted and trainer.is_global_zero:
+    if preempted and stopped_by is None and trainer.is_global_zero:
         wandb = sys.modules.get("wandb")
         if wandb is not None and wandb.run is not None:
             wandb.finish()  # the requeue ends this job: close the offline run before that
         requeue()  # last: everything is saved
     return {"output_dir": str(out), "global_step": trainer.global_step, "preempted": preempted,
+            "stop_signal": stopped_by, "last_checkpoint": str(last.path), "summary": runlog.summary,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+
+
+def resume_command(last_ckpt: str) -> str:
+    """The command line of this run with ``ckpt_path`` pointing at its ``last.ckpt``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "+ckpt_path="))]
+    return " ".join(["python -m src.train", *overrides, f"ckpt_path={last_ckpt}"])
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (srun, torchrun or Lightning's own), before any setup."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
+def rank_overrides(rank: int) -> list[str]:
+    """Hydra overrides for a non-zero rank: rank 0 alone writes ``.hydra/`` and ``train.log``."""
+    return ["hydra.output_subdir=null", "hydra/job_logging=stdout"] if rank > 0 else []
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    out = Path(cfg.paths.output_dir).expanduser().resolve()
+    fresh = rank_zero_only.rank == 0 and is_fresh(out)
     try:
-        train(cfg)
-    except (DataError, CheckpointError, ValueError) as e:
+        result = train(cfg)
+    except ProjectError as e:
         # user-facing configuration and data problems: one sentence, no traceback
         log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+        removed = fresh and remove_failed_run(out)
+        print(f"error: {e}" + (f" (its run folder {out} was removed)" if removed else ""), file=sys.stderr)
         sys.exit(2)
+    if result["stop_signal"] is not None:
+        if rank_zero_only.rank == 0:
+            print(f"Saved {result['last_checkpoint']} at step {result['global_step']}. Resume with:\n  "
+                  f"{resume_command(result['last_checkpoint'])}", file=sys.stderr, flush=True)
+        sys.exit(128 + int(result["stop_signal"]))  # the shell's convention for a run ended by a signal
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = expand_home(sys.argv[1:])
+    sys.argv[1:] = expand_home(sys.argv[1:]) + rank_overrides(launch_rank())
     main()

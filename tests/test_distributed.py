@@ -230,8 +230,10 @@ def test_sigusr1_only_raises_a_flag(tmp_path, monkeypatch):
         cb.install()
         os.kill(os.getpid(), signal.SIGUSR1)
         assert cb.requested and not cb.preempted and not (tmp_path / "last.ckpt").exists()
+        assert cb.stop_signal is None  # a preemption (requeue), not a stop
     finally:
         signal.signal(signal.SIGUSR1, previous)
+        cb.uninstall()
     assert requeue() is False  # outside SLURM there is nothing to requeue
 
 

@@ -100,11 +100,11 @@ class DiffWave(nn.Module):
             raise ValueError(f"The diffwave backbone takes waveforms shaped (B, C, L), got {tuple(x.shape)}.")
         if cond is not None:
             if self.upsampler is None:
-                raise ValueError("This diffwave backbone was built without mel conditioning but got `cond`; "
-                                 "set datamodule.mel_conditioning=true for both data and backbone.")
+                raise ConfigError("This diffwave backbone was built without mel conditioning but got `cond`; "
+                                  "set datamodule.mel_conditioning=true for both data and backbone.")
             if cond.ndim != 3 or cond.shape[1] != self.cond_channels:
-                raise ValueError(f"diffwave expects a mel spectrogram (B, {self.cond_channels}, frames) as "
-                                 f"cond, got {tuple(cond.shape)}.")
+                raise ConfigError(f"diffwave expects a mel spectrogram (B, {self.cond_channels}, frames) as "
+                                  f"cond, got {tuple(cond.shape)}.")
             cond = self.upsampler(cond.to(x.dtype), x.shape[-1])
         h = F.relu(self.input(x))
         emb = self.embed(noise_level.reshape(-1).expand(x.shape[0]))
