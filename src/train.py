@@ -21,6 +21,7 @@ from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
+from .errors import ConfigError
 from .media import build_media
 from .metrics import MetricsCallback
 from .module import DiffusionModule
@@ -168,6 +169,20 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
     return callbacks
 
 
+def module_cond(cond: dict | None, dm) -> dict | None:
+    """``cond=class``: the class count and names from the datamodule's label map (``dm.classes``) or the config."""
+    cond = dict(cond or {})
+    if cond.pop("kind", "none") != "class":
+        return None
+    classes = getattr(dm, "classes", None) or cond.get("classes")
+    num = cond.get("num_classes") or (len(classes) if classes else None)
+    if not num:
+        raise ConfigError("cond=class found no classes: the datamodule reported no label map; set "
+                          "cond.num_classes=N (and make the batches carry 'label').")
+    classes = list(classes) if classes else [str(i) for i in range(int(num))]
+    return {"num_classes": int(num), "classes": classes, "drop_prob": float(cond.get("drop_prob", 0.1))}
+
+
 def train(cfg: DictConfig) -> dict:
     OmegaConf.resolve(cfg)
     out = Path(cfg.paths.output_dir).expanduser().resolve()
@@ -182,7 +197,8 @@ def train(cfg: DictConfig) -> dict:
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
     model = DiffusionModule(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion),
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
-                            seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")))
+                            seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")),
+                            cond=module_cond(to_plain(cfg.get("cond")), dm))
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
