@@ -100,7 +100,7 @@ class DDPMObjective:
 class EDMObjective:
     """EDM preconditioning and loss weighting (Karras et al. 2022, Table 1)."""
 
-    default_sampler = "heun"
+    default_sampler = "dpmpp_2m"
 
     def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
@@ -148,7 +148,7 @@ class FlowMatchingObjective:
     there (saturated samples; docs/sampling.md has the measurement).
     """
 
-    default_sampler = "euler"
+    default_sampler = "dpmpp_2m"
 
     def __init__(self, time_density: str = "logit_normal", t_max: float = 0.9999, sigma_max: float = 80.0):
         if time_density not in ("uniform", "logit_normal"):
@@ -189,7 +189,7 @@ class VEObjective:
     Inputs are scaled by 1/sqrt(sigma^2 + sigma_data^2) so the network sees unit-scale inputs (EDM's c_in).
     """
 
-    default_sampler = "pc"
+    default_sampler = "dpmpp_2m"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, sigma_data: float = 0.5):
         self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
