@@ -102,7 +102,15 @@ class DiffusionModule(pl.LightningModule):
         self.memory_format = channels_last_format(len(self.data_shape)) if self.perf["channels_last"] else None
         if self.memory_format is not None:
             self.backbone.to(memory_format=self.memory_format)
-        self.ema = EMA(self.backbone, **(ema or {}))
+        ema = dict(ema or {})
+        phema = ema.pop("phema", None)
+        self.ema = EMA(self.backbone, **ema)
+        # post-hoc EMA (src/phema.py): power-function profiles whose snapshots let any EMA length be rebuilt
+        self.phema = None
+        if phema:
+            from .phema import PowerFunctionEMA
+
+            self.phema = PowerFunctionEMA(self.backbone, **phema)
         if self.perf["compile"]:
             # in-place Module.compile keeps state_dict keys free of `_orig_mod.`, so checkpoints load either way
             self.backbone.compile()
@@ -130,6 +138,8 @@ class DiffusionModule(pl.LightningModule):
         if shard_module is not None:
             shard_module(self.backbone, trainable=True)
             shard_module(self.ema.module, trainable=False)
+            for copy_ in self.phema.emas if self.phema is not None else []:
+                shard_module(copy_, trainable=False)
 
     def training_step(self, batch, batch_idx):
         x, cond = unpack(batch)
@@ -173,6 +183,8 @@ class DiffusionModule(pl.LightningModule):
             self._skip_step = False
             return
         self.ema.update(self.backbone)
+        if self.phema is not None:
+            self.phema.update(self.backbone)
 
     def on_before_optimizer_step(self, optimizer):
         self._log_grad_norm()

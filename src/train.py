@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .media import build_media
 from .metrics import MetricsCallback
 from .module import DiffusionModule
+from .phema import PHEMASnapshots
 from .preemption import LastCheckpoint, is_preempted, requeue
 
 log = logging.getLogger("src.train")
@@ -164,6 +165,7 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
         LearningRateMonitor(logging_interval="step"),
+        PHEMASnapshots(out / "checkpoints"),
         *extra,
     ]
     return callbacks
