@@ -165,3 +165,20 @@ def test_train_cond_class_needs_classes(compose_cfg):
     assert module_cond(dict(compose_cfg(["cond=class"]).cond), WithMap())["num_classes"] == 2
     with pytest.raises(ConfigError, match="cond=class found no classes"):
         module_cond(dict(compose_cfg(["cond=class"]).cond), object())
+
+
+def test_training_on_labelled_batches_writes_samples_class_by_class(tmp_path):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from src.callbacks import SampleCallback
+
+    m = tiny_conditional_module(drop_prob=0.2)
+    data = [{"x": torch.randn(1, 8, 8), "label": i % 3} for i in range(8)]
+    cb = SampleCallback(tmp_path / "samples", {"kind": "image"}, every_n_steps=2, num=7, steps=2)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
+                         limit_val_batches=0)
+    trainer.fit(m, DataLoader(data, batch_size=4))
+    assert m.ema.updates == 2
+    assert len(sorted((tmp_path / "samples").glob("step0000002_*.png"))) == 6  # 2 per class, class after class
