@@ -95,10 +95,21 @@ class PowerFunctionEMA(nn.Module):
         self.snapshot_every = int(snapshot_every)
         self.emas = nn.ModuleList(copy.deepcopy(model).requires_grad_(False) for _ in std)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._n: int | None = 0  # host-side mirror of num_updates, so updates never sync with the GPU
+
+    @property
+    def updates(self) -> int:
+        if self._n is None:
+            self._n = int(self.num_updates.item())
+        return self._n
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._n = None  # re-read the restored counter on next use
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        t = int(self.num_updates.item()) + 1
+        t = self.updates + 1
         params = [_local(p).detach() for p in model.parameters()]
         for gamma, ema in zip(self.gammas, self.emas):
             _reshard(ema)
@@ -108,6 +119,7 @@ class PowerFunctionEMA(nn.Module):
             for e, b in zip(ema.buffers(), model.buffers()):
                 _local(e).copy_(_local(b))
         self.num_updates.add_(1)
+        self._n = t
 
     def full_state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """Each profile's weights as whole CPU tensors (under FSDP2 a collective: every rank must call it)."""
@@ -151,7 +163,7 @@ class PHEMASnapshots(pl.Callback):
         self._last = step  # gradient accumulation ends several batches on the same step
         state = phema.full_state_dicts()
         if trainer.is_global_zero:
-            atomic_save({"step": int(phema.num_updates.item()), "std": list(phema.std), "state_dicts": state},
+            atomic_save({"step": phema.updates, "std": list(phema.std), "state_dicts": state},
                         self.dir / f"phema-{step:07d}.pt")
 
 
