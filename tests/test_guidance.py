@@ -182,3 +182,17 @@ def test_training_on_labelled_batches_writes_samples_class_by_class(tmp_path):
     trainer.fit(m, DataLoader(data, batch_size=4))
     assert m.ema.updates == 2
     assert len(sorted((tmp_path / "samples").glob("step0000002_*.png"))) == 6  # 2 per class, class after class
+
+
+def test_diffwave_class_embedding_changes_the_output_and_refuses_labels_without_classes():
+    from src.backbones.diffwave import build_diffwave
+
+    torch.manual_seed(0)
+    net = build_diffwave(preset="tiny", num_classes=2)
+    torch.nn.init.normal_(net.output.weight, std=0.1)  # zero-initialised output: give it weights
+    x, t = torch.randn(2, 1, 64), torch.full((2,), 0.5)
+    a = net(x, t, label=torch.tensor([0, 0]))
+    b = net(x, t, label=torch.tensor([1, 2]))  # 2 = the null label
+    assert a.shape == x.shape and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="without classes"):
+        build_diffwave(preset="tiny")(x, t, label=torch.tensor([0, 1]))

@@ -129,3 +129,22 @@ def test_cli_end_to_end_on_a_tiny_run(compose_cfg, tmp_path):
     wide, _ = module_from_checkpoint(out / "phema-0.150.ckpt")
     assert not torch.allclose(_flat(wide.ema.module.state_dict()), _flat(module.ema.module.state_dict()))
     assert torch.isfinite(wide.sample(1, steps=2)).all()
+
+
+def test_profiles_resume_from_their_state_dict():
+    """The profiles live in the module's state_dict: a restored copy goes on exactly as the original."""
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    a = PowerFunctionEMA(net, std=[0.05, 0.1])
+    for _ in range(5):
+        net.weight.data.add_(torch.randn_like(net.weight))
+        a.update(net)
+    b = PowerFunctionEMA(nn.Linear(3, 2), std=[0.05, 0.1])
+    b.load_state_dict(a.state_dict())
+    assert b.updates == 5
+    for _ in range(3):
+        net.weight.data.add_(torch.randn_like(net.weight))
+        a.update(net)
+        b.update(net)
+    for ea, eb in zip(a.emas, b.emas):
+        assert torch.equal(ea.weight, eb.weight)
