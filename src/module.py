@@ -171,7 +171,10 @@ class DiffusionModule(pl.LightningModule):
             raise ConfigError("cond.num_classes is set but the batches carry no 'label'; use a datamodule that "
                             "reads labels (cond=class) or set cond.num_classes=0.")
         label = torch.as_tensor(label, device=self.device).long()
-        if label.min() < 0 or label.max() >= self.num_classes:
+        # the range check syncs with an accelerator: there, only on the first batch
+        check = label.device.type == "cpu" or not getattr(self, "_labels_checked", False)
+        self._labels_checked = True
+        if check and (label.min() < 0 or label.max() >= self.num_classes):
             raise ConfigError(f"A batch holds label {int(label.max())} outside 0..{self.num_classes - 1} "
                             "(cond.num_classes); check the label map of the data.")
         return label
