@@ -172,8 +172,8 @@ def list_snapshots(run_dir: Path) -> list[Path]:
     folder = run_dir / "checkpoints" / SNAPSHOT_DIR
     snaps = sorted(p for p in folder.glob("phema-*.pt") if SNAPSHOT_RE.match(p.name)) if folder.is_dir() else []
     if not snaps:
-        raise CheckpointError(f"No post-hoc EMA snapshots in {folder}; train with ema.phema.std=[0.05,0.10] "
-                              "(and ema.phema.snapshot_every=N) to write them.")
+        raise CheckpointError(f"No post-hoc EMA snapshots in {folder}; train with "
+                              "'ema.phema={std:[0.05,0.10],snapshot_every:500}' to write them.")
     return snaps
 
 
