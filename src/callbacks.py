@@ -37,8 +37,13 @@ class SampleCallback(pl.Callback):
             return
         self._last_step = step
         # every rank samples (sharded weights need all ranks); only rank 0 writes
-        samples = module.sample(self.num, sampler=self.sampler, steps=self.steps, seed=self.seed,
-                                batch_size=self.batch_size)
+        num, label = self.num, None
+        classes = getattr(module, "num_classes", 0)
+        if classes:  # class-conditional: the same number of samples of every class, class after class
+            per = max(1, self.num // classes)
+            num, label = per * classes, torch.arange(classes).repeat_interleave(per)
+        samples = module.sample(num, sampler=self.sampler, steps=self.steps, seed=self.seed,
+                                batch_size=self.batch_size, label=label)
         if trainer.is_global_zero:
             self.media.save(samples, self.out_dir, prefix=f"step{step:07d}")
             media_log = getattr(self.media, "to_wandb", None)

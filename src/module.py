@@ -16,6 +16,7 @@ import torch
 
 from .backbones import build_backbone
 from .diffusion import build_objective, clipped, get_sampler
+from .diffusion.guidance import drop_labels, guided
 from .ema import EMA
 from .errors import ConfigError
 
@@ -38,6 +39,25 @@ def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return batch, None
 
 
+def with_label(net, label: torch.Tensor | None):
+    """The backbone call ``net(x, noise_level, cond)`` that objectives make, with class labels bound."""
+    if label is None:
+        return net
+    return lambda x, noise_level, cond=None: net(x, noise_level, cond, label=label)
+
+
+def check_cond(cond: dict | None) -> dict:
+    c = {"num_classes": 0, "drop_prob": 0.1, "classes": None, **(cond or {})}
+    n = c["num_classes"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ConfigError(f"cond.num_classes must be a whole number >= 0 (0: unconditional); got {n!r}.")
+    if not 0.0 <= float(c["drop_prob"]) < 1.0:
+        raise ConfigError(f"cond.drop_prob must be in [0, 1); got {c['drop_prob']}.")
+    if c["classes"] is not None and len(c["classes"]) != n:
+        raise ConfigError(f"cond.classes names {len(c['classes'])} classes but cond.num_classes is {n}.")
+    return c
+
+
 def channels_last_format(data_ndim: int) -> torch.memory_format | None:
     """channels-last layout for 2-D (``(C, H, W)``) and 3-D (``(C, D, H, W)``) data; none for 1-D."""
     return {3: torch.channels_last, 4: torch.channels_last_3d}.get(data_ndim)
@@ -55,9 +75,15 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 class DiffusionModule(pl.LightningModule):
     def __init__(self, backbone: dict, diffusion: dict, data_shape: list[int], optim: dict | None = None,
-                 ema: dict | None = None, seed: int = 0, val_buckets: int = 5, perf: dict | None = None):
+                 ema: dict | None = None, seed: int = 0, val_buckets: int = 5, perf: dict | None = None,
+                 cond: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
+        # class conditioning: labels 0..num_classes-1, and num_classes itself as the null (dropped) label
+        self.cond_cfg = check_cond(cond)
+        self.num_classes = self.cond_cfg["num_classes"]
+        if self.num_classes:
+            backbone = {**backbone, "num_classes": self.num_classes}
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                           "min_lr_ratio": 0.1, "fused": None, "total_steps": None,
                           "nonfinite": "stop", "nonfinite_max_skips": 10, **(optim or {})}
@@ -76,7 +102,15 @@ class DiffusionModule(pl.LightningModule):
         self.memory_format = channels_last_format(len(self.data_shape)) if self.perf["channels_last"] else None
         if self.memory_format is not None:
             self.backbone.to(memory_format=self.memory_format)
-        self.ema = EMA(self.backbone, **(ema or {}))
+        ema = dict(ema or {})
+        phema = ema.pop("phema", None)
+        self.ema = EMA(self.backbone, **ema)
+        # post-hoc EMA (src/phema.py): power-function profiles whose snapshots let any EMA length be rebuilt
+        self.phema = None
+        if phema:
+            from .phema import PowerFunctionEMA
+
+            self.phema = PowerFunctionEMA(self.backbone, **phema)
         if self.perf["compile"]:
             # in-place Module.compile keeps state_dict keys free of `_orig_mod.`, so checkpoints load either way
             self.backbone.compile()
@@ -104,6 +138,8 @@ class DiffusionModule(pl.LightningModule):
         if shard_module is not None:
             shard_module(self.backbone, trainable=True)
             shard_module(self.ema.module, trainable=False)
+            for copy_ in self.phema.emas if self.phema is not None else []:
+                shard_module(copy_, trainable=False)
 
     def training_step(self, batch, batch_idx):
         x, cond = unpack(batch)
@@ -116,7 +152,10 @@ class DiffusionModule(pl.LightningModule):
         torch.manual_seed(step_seed(self.seed, *parts, 1))
         g = self._generator(*parts)
         u, noise = self._noise(x, g)
-        loss = self.objective.loss(self.backbone, x, u, noise, cond).mean()
+        label = self._labels(batch)
+        if label is not None:
+            label = drop_labels(label, self.num_classes, float(self.cond_cfg["drop_prob"]), g)
+        loss = self.objective.loss(with_label(self.backbone, label), x, u, noise, cond).mean()
         finite = torch.isfinite(loss.detach())  # a tensor, no host sync per micro-batch
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         # the all-reduce (and its host sync) only where the value is written: on the logger's steps
@@ -128,6 +167,23 @@ class DiffusionModule(pl.LightningModule):
         connector = getattr(self._trainer, "_logger_connector", None)
         return connector is None or connector.should_update_logs
 
+    def _labels(self, batch) -> torch.Tensor | None:
+        """``batch["label"]`` for a class-conditional model (None otherwise: labels are then ignored)."""
+        if not self.num_classes:
+            return None
+        label = batch.get("label") if isinstance(batch, dict) else None
+        if label is None:
+            raise ConfigError("cond.num_classes is set but the batches carry no 'label'; use a datamodule that "
+                            "reads labels (cond=class) or set cond.num_classes=0.")
+        label = torch.as_tensor(label, device=self.device).long()
+        # the range check syncs with an accelerator: there, only on the first batch
+        check = label.device.type == "cpu" or not getattr(self, "_labels_checked", False)
+        self._labels_checked = True
+        if check and (label.min() < 0 or label.max() >= self.num_classes):
+            raise ConfigError(f"A batch holds label {int(label.max())} outside 0..{self.num_classes - 1} "
+                            "(cond.num_classes); check the label map of the data.")
+        return label
+
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         # called once per optimizer step (after gradient accumulation), never per micro-batch
@@ -135,6 +191,8 @@ class DiffusionModule(pl.LightningModule):
             self._skip_step = False
             return
         self.ema.update(self.backbone)
+        if self.phema is not None:
+            self.phema.update(self.backbone)
 
     def on_before_optimizer_step(self, optimizer):
         self._log_grad_norm()
@@ -193,7 +251,7 @@ class DiffusionModule(pl.LightningModule):
             u_center = (k + 0.5) / self.val_buckets  # bucket k = k-th quantile band of the training density
             _, noise = self._noise(x, g)
             u = torch.full((x.shape[0],), u_center, device=x.device)
-            loss = self.objective.loss(self.ema.module, x, u, noise, cond).mean()
+            loss = self.objective.loss(with_label(self.ema.module, self._labels(batch)), x, u, noise, cond).mean()
             self.log(f"val/loss_bucket{k}", loss, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
             losses.append(loss)
         self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, prog_bar=True, sync_dist=True,
@@ -216,12 +274,24 @@ class DiffusionModule(pl.LightningModule):
     @torch.no_grad()
     def sample(self, num: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                cond: torch.Tensor | None = None, use_ema: bool = True, batch_size: int | None = None,
-               shape: tuple[int, ...] | list[int] | None = None, **options) -> torch.Tensor:
+               shape: tuple[int, ...] | list[int] | None = None, label: torch.Tensor | None = None,
+               guidance: float = 1.0, **options) -> torch.Tensor:
         """Draw ``num`` samples shaped ``(num, *data_shape)`` with the EMA weights by default.
 
         ``shape`` replaces ``data_shape`` for fully convolutional backbones (e.g. a whole file's length for a
-        vocoder); ``cond`` holds one condition per sample.
+        vocoder); ``cond`` holds one condition per sample. A class-conditional model takes ``label`` (one class
+        per sample; None: unconditional, the null label) and classifier-free ``guidance`` (1: plain conditional).
         """
+        if label is not None and not self.num_classes:
+            raise ConfigError("label= needs a class-conditional checkpoint (trained with cond=class); this one "
+                              "is unconditional.")
+        if label is not None:
+            label = torch.as_tensor(label, device=self.device).long().reshape(-1)
+            if label.numel() != num:
+                raise ConfigError(f"Got {label.numel()} labels for {num} samples; pass one per sample.")
+            if label.min() < 0 or label.max() >= self.num_classes:
+                raise ConfigError(f"label must be in 0..{self.num_classes - 1} for this checkpoint; "
+                                  f"got {int(label.max() if label.max() >= self.num_classes else label.min())}.")
         d = self.diffusion_cfg
         sampler = sampler or d.get("sampler") or self.objective.default_sampler
         steps = int(steps or d.get("steps", 32))
@@ -237,7 +307,7 @@ class DiffusionModule(pl.LightningModule):
         for start in range(0, num, bs):
             n = min(bs, num - start)
             c = cond[start:start + n] if cond is not None else None
-            den = self.objective.denoiser(net, c)
+            den = self._denoiser(net, c, None if label is None else label[start:start + n], n, guidance)
             if d.get("clip_denoised") is not None:
                 lo, hi = d["clip_denoised"]
                 den = clipped(den, lo, hi)
@@ -245,6 +315,19 @@ class DiffusionModule(pl.LightningModule):
             out.append(fn(den, x, sigmas, generator=g, **opts))
         net.train(was_training)
         return torch.cat(out)
+
+    def _denoiser(self, net, c, label, n: int, guidance: float):
+        if not self.num_classes:
+            return self.objective.denoiser(net, c)
+        if label is None:  # unconditional draw from a conditional model: the null label, no guidance
+            label, guidance = torch.full((n,), self.num_classes, device=self.device, dtype=torch.long), 1.0
+
+        def cond_denoiser(x, sigma, lab):
+            reps = x.shape[0] // n  # guidance doubles the batch; the other condition follows
+            cc = c if c is None or reps == 1 else torch.cat([c] * reps)
+            return self.objective.denoiser(with_label(net, lab), cc)(x, sigma)
+
+        return guided(cond_denoiser, label, self.num_classes, guidance)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())

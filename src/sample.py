@@ -1,8 +1,12 @@
 """Draw samples from a trained checkpoint.
 
-    python -m src.sample ckpt=PATH num_samples=N [sampler=heun steps=32 seed=0 ema=true device=cpu] out=DIR
+    python -m src.sample ckpt=PATH num_samples=N [sampler=dpmpp_2m steps=32 seed=0 ema=true device=cpu] out=DIR
+    python -m src.sample ckpt=PATH label=3|all guidance=2.0 num_samples=N out=DIR   (class-conditional models)
 
 Writes N files in the domain's format (PNG for images, WAV for audio, NIfTI for MRI) under DIR.
+A class-conditional checkpoint (trained with cond=class) takes ``label=N`` (N samples of class N) or
+``label=all`` (N samples of every class, files ``PREFIX_cKKK_*``, and for images ``PREFIX_grid.png`` with
+one row per class); ``guidance=W`` is the classifier-free guidance weight (1: none, 0: unconditional).
 For an audio vocoder checkpoint (trained with datamodule.mel_conditioning=true), ``mel_from=FILE.wav``
 resynthesises the whole file from its log-mel spectrogram: N renditions, each as long as the file.
 """
@@ -35,10 +39,12 @@ DEFAULTS = {
     "device": "auto",
     "prefix": "sample",
     "mel_from": None,     # audio vocoder checkpoints: resynthesise this file from its log-mel
+    "label": None,        # class-conditional checkpoints: a class index, or all (one row per class)
+    "guidance": 1.0,      # classifier-free guidance weight: 1 plain conditional, 0 unconditional, >1 stronger
 }
 
 USAGE = ("usage: python -m src.sample ckpt=PATH num_samples=N out=DIR "
-         "[sampler=NAME steps=K seed=S ema=true device=cpu mel_from=FILE.wav]")
+         "[sampler=NAME steps=K seed=S ema=true device=cpu mel_from=FILE.wav label=N|all guidance=W]")
 
 
 def parse_args(argv: list[str]):
@@ -68,6 +74,11 @@ def check_options(cfg) -> None:
     positive_int(cfg.batch_size, "batch_size")
     if cfg.steps is not None:  # steps=0 would fall back to the model's default without a word
         positive_int(cfg.steps, "steps")
+    if isinstance(cfg.guidance, bool) or not isinstance(cfg.guidance, (int, float)) or cfg.guidance < 0:
+        raise ConfigError(f"guidance must be a number >= 0 (1: no guidance, 0: unconditional); got {cfg.guidance!r}.")
+    label = cfg.label
+    if label is not None and label != "all" and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
+        raise ConfigError(f"label must be a class index (0, 1, ...) or all; got {label!r}.")
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out} is an existing file; pass a folder for the samples (it is created if "
@@ -111,12 +122,53 @@ def sample(cfg) -> list[Path]:
     seed = int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**31)
     writable_folder(Path(cfg.out).expanduser(), f"out={cfg.out}")
     t0 = time.perf_counter()
-    x = module.sample(int(cfg.num_samples), sampler=cfg.sampler, steps=cfg.steps, seed=seed,
-                      use_ema=bool(cfg.ema), batch_size=int(cfg.batch_size), cond=cond, shape=shape)
-    paths = media.save(x, Path(cfg.out).expanduser(), prefix=cfg.prefix)
+    out = Path(cfg.out).expanduser()
+    num = int(cfg.num_samples)
+    kwargs = dict(sampler=cfg.sampler, steps=cfg.steps, seed=seed, use_ema=bool(cfg.ema),
+                  batch_size=int(cfg.batch_size), shape=shape, guidance=float(cfg.guidance))
+    if cfg.label is None:
+        if module.num_classes and float(cfg.guidance) != 1.0:
+            print("note: guidance= acts only with label=; drawing unconditional samples")
+        x = module.sample(num, cond=cond, **kwargs)
+        paths = media.save(x, out, prefix=cfg.prefix)
+    else:
+        labels = class_labels(cfg.label, module, cfg.ckpt)
+        paths, rows = [], []
+        for c in labels:
+            x = module.sample(num, cond=cond, label=torch.full((num,), c), **kwargs)
+            paths += media.save(x, out, prefix=f"{cfg.prefix}_c{c:03d}")
+            rows.append(x)
+        if len(labels) > 1:
+            save_class_grid(torch.cat(rows), num, run_cfg["media"], out / f"{cfg.prefix}_grid.png")
+        names = module.cond_cfg.get("classes") or []
+        print("classes: " + ", ".join(f"{c}={names[c] if c < len(names) else c}" for c in labels))
     print(f"wrote {len(paths)} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s (seed={seed}; pass "
           f"seed={seed} to draw the same ones again)")
     return paths
+
+
+def class_labels(label, module, ckpt) -> list[int]:
+    """``label=N`` or ``label=all`` as the list of class indices to draw, checked against the checkpoint."""
+    n = module.num_classes
+    if not n:
+        raise ConfigError(f"label= needs a class-conditional checkpoint (trained with cond=class); {ckpt} is "
+                          "unconditional: drop label= and guidance=.")
+    if label == "all":
+        return list(range(n))
+    if label >= n:
+        raise ConfigError(f"label={label} is not a class of {ckpt}, which has {n} (0..{n - 1}).")
+    return [int(label)]
+
+
+def save_class_grid(x: torch.Tensor, per_row: int, media_cfg: dict, path: Path) -> None:
+    """Images: one picture with a row per class (other domains keep their per-class files only)."""
+    if media_cfg.get("kind") != "image":
+        return
+    from PIL import Image
+
+    from .media import image_grid
+
+    Image.fromarray(image_grid(x, nrow=per_row)).save(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,10 +22,11 @@ from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, ch
 from . import threads
 from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
-from .errors import ProjectError, one_of
+from .errors import ConfigError, ProjectError, one_of
 from .media import build_media
 from .metrics import MetricsCallback
 from .module import DiffusionModule
+from .phema import PHEMASnapshots
 from .preemption import LastCheckpoint, is_preempted, requeue, stop_signal
 from .runfolder import is_fresh, remove_failed_run
 from .runlog import RunLog
@@ -165,9 +166,24 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
         LearningRateMonitor(logging_interval="step"),
+        PHEMASnapshots(out / "checkpoints"),
         *extra,
     ]
     return callbacks
+
+
+def module_cond(cond: dict | None, dm) -> dict | None:
+    """``cond=class``: the class count and names from the datamodule's label map (``dm.classes``) or the config."""
+    cond = dict(cond or {})
+    if cond.pop("kind", "none") != "class":
+        return None
+    classes = getattr(dm, "classes", None) or cond.get("classes")
+    num = cond.get("num_classes") or (len(classes) if classes else None)
+    if not num:
+        raise ConfigError("cond=class found no classes: the datamodule reported no label map; set "
+                          "cond.num_classes=N (and make the batches carry 'label').")
+    classes = list(classes) if classes else [str(i) for i in range(int(num))]
+    return {"num_classes": int(num), "classes": classes, "drop_prob": float(cond.get("drop_prob", 0.1))}
 
 
 def train(cfg: DictConfig) -> dict:
@@ -187,7 +203,8 @@ def train(cfg: DictConfig) -> dict:
     threads.limit_worker_threads(dm)
     model = DiffusionModule(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion),
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
-                            seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")))
+                            seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")),
+                            cond=module_cond(to_plain(cfg.get("cond")), dm))
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)

@@ -78,3 +78,105 @@ def test_euler_equals_flow_matching_euler_in_t():
     for i in range(len(ts) - 1):
         xt = xt + (ts[i + 1] - ts[i]) * net(xt, ts[i].expand(16), None)
     assert torch.allclose(ours, xt, atol=1e-4)
+
+
+# ---- every sampler on every objective's grid -----------------------------------------------------------
+GRIDS = {"ddpm": DDPMObjective(), "edm": EDMObjective(), "flow": FlowMatchingObjective(), "ve": VEObjective()}
+# steps at which each sampler has converged on the Gaussian; the stochastic ones need more
+CONVERGED_STEPS = {"ddpm": 200, "euler_a": 200, "dpmpp_2m_sde": 200, "pc": 200, "langevin": 200, "heun": 50}
+
+
+def _moments_and_saturation(out):
+    z = ((out - MU) / STD).abs()
+    return (out.mean(0) - MU).abs().max().item(), (out.std(0) / STD - 1).abs().max().item(), (z > 5).float().mean()
+
+
+@pytest.mark.parametrize("objective", list(GRIDS))
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_on_every_objective_grid(name, objective):
+    sigmas = GRIDS[objective].sampling_sigmas(CONVERGED_STEPS.get(name, 100))
+    g = torch.Generator().manual_seed(0)
+    out = SAMPLERS[name](gaussian_denoiser, torch.randn(10000, 4, generator=g) * sigmas[0], sigmas, generator=g)
+    assert torch.isfinite(out).all()
+    mean_err, std_rel_err, saturated = _moments_and_saturation(out)
+    assert mean_err < 0.03 and std_rel_err < 0.1, (mean_err, std_rel_err)
+    assert saturated < 1e-3  # a Gaussian puts 6e-7 of its mass beyond 5 std
+
+
+@pytest.mark.parametrize("objective", ["edm", "flow", "ve"])
+@pytest.mark.parametrize("name", [s for s in SAMPLERS if s != "langevin"])  # corrector-only needs many levels
+def test_few_steps_stay_bounded(name, objective):
+    """16 steps: discretisation error, but no blow-up (Heun on the flow grid from sigma ~ 1e4 doubled the std)."""
+    sigmas = GRIDS[objective].sampling_sigmas(16)
+    g = torch.Generator().manual_seed(0)
+    out = SAMPLERS[name](gaussian_denoiser, torch.randn(10000, 4, generator=g) * sigmas[0], sigmas, generator=g)
+    assert torch.isfinite(out).all()
+    mean_err, std_rel_err, saturated = _moments_and_saturation(out)
+    assert mean_err < 0.05 and std_rel_err < 0.5, (mean_err, std_rel_err)
+    assert saturated < 2e-3
+
+
+def test_flow_grid_starts_at_sigma_max():
+    obj = FlowMatchingObjective()
+    sigmas = obj.sampling_sigmas(8)
+    assert sigmas[0].item() == pytest.approx(80.0, rel=1e-4) and sigmas[-1].item() == 0.0
+    ts = sigmas / (1 + sigmas)
+    assert torch.allclose(ts[:-1] - ts[1:], (ts[0] / 8).expand(8), atol=1e-6)  # still uniform in t
+
+
+def _exact_ode_map(x, s0):
+    """The probability-flow ODE of Gaussian data from sigma = s0 to 0, in closed form."""
+    return MU + STD / (STD**2 + s0**2).sqrt() * (x - MU)
+
+
+@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
+def test_ode_solver_convergence_order(name, order):
+    """Path-wise error against the closed-form ODE solution shrinks like steps^-order."""
+    g = torch.Generator().manual_seed(0)
+    obj = EDMObjective(sigma_max=20.0)
+    x = torch.randn(512, 4, generator=g) * 20.0
+    exact = _exact_ode_map(x, torch.tensor(20.0))
+    errs = [(SAMPLERS[name](gaussian_denoiser, x.clone(), obj.sampling_sigmas(n)) - exact).abs().max().item()
+            for n in (16, 32, 64)]
+    ratios = [errs[0] / errs[1], errs[1] / errs[2]]
+    assert all(r > 2 ** order * 0.75 for r in ratios), (errs, ratios)
+
+
+def test_dpmpp_2m_matches_dpm_solver_formula():
+    """One 2M step by hand (Lu et al. 2022, Algorithm 2, data prediction in lambda = -log sigma)."""
+    sigmas = torch.tensor([10.0, 3.0, 1.0, 0.0])
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(3)) * 10
+    calls = []
+
+    def den(x_, s):
+        calls.append(x_.clone())
+        return gaussian_denoiser(x_, s)
+
+    SAMPLERS["dpmpp_2m"](den, x.clone(), sigmas)
+    d0 = gaussian_denoiser(x, sigmas[0].expand(64))
+    x1 = 0.3 * x + 0.7 * d0  # first step: DDIM
+    assert torch.allclose(calls[1], x1, atol=1e-5)
+    lam = -sigmas[:3].log()
+    h, h_last = lam[2] - lam[1], lam[1] - lam[0]
+    r = h_last / h
+    d1 = gaussian_denoiser(x1, sigmas[1].expand(64))
+    dd = (1 + 1 / (2 * r)) * d1 - 1 / (2 * r) * d0
+    x2 = (sigmas[2] / sigmas[1]) * x1 - torch.expm1(-h) * dd
+    assert torch.allclose(calls[2], x2, atol=1e-5)
+
+
+def test_euler_ancestral_eta_zero_is_euler():
+    sigmas = EDMObjective().sampling_sigmas(12)
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(4)) * sigmas[0]
+    a = SAMPLERS["euler_a"](gaussian_denoiser, x.clone(), sigmas, eta=0.0)
+    b = SAMPLERS["euler"](gaussian_denoiser, x.clone(), sigmas)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_dpmpp_2m_sde_eta_zero_is_ode_solver():
+    sigmas = EDMObjective().sampling_sigmas(12)
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(5)) * sigmas[0]
+    a = SAMPLERS["dpmpp_2m_sde"](gaussian_denoiser, x.clone(), sigmas, eta=0.0)
+    b = SAMPLERS["dpmpp_2m"](gaussian_denoiser, x.clone(), sigmas)
+    # the SDE form's correction is the midpoint variant: 0.5 (1 - e^-h) / r vs (1 - e^-h) / (2 r); same thing
+    assert torch.allclose(a, b, atol=1e-5)

@@ -78,10 +78,12 @@ class ResidualLayer(nn.Module):
 class DiffWave(nn.Module):
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, residual_layers: int = 30,
                  residual_channels: int = 64, dilation_cycle: int = 10, embed_dim: int = 512,
-                 cond_channels: int = 0, noise_scale: float = 1000.0):
+                 cond_channels: int = 0, noise_scale: float = 1000.0, num_classes: int = 0):
         super().__init__()
         c = residual_channels
         self.cond_channels = cond_channels
+        # class labels join the noise embedding (num_classes + 1 entries, the last the null label)
+        self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
         self.input = nn.Conv1d(in_channels, c, 1)
         self.embed = NoiseEmbedding(embed_dim, noise_scale)
         self.upsampler = MelUpsampler(cond_channels) if cond_channels else None
@@ -95,7 +97,8 @@ class DiffWave(nn.Module):
     def receptive_field(self) -> int:
         return 1 + 2 * sum(layer.dilated.dilation[0] for layer in self.layers)
 
-    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None,
+                label: torch.Tensor | None = None):
         if x.ndim != 3:
             raise ValueError(f"The diffwave backbone takes waveforms shaped (B, C, L), got {tuple(x.shape)}.")
         if cond is not None:
@@ -108,6 +111,10 @@ class DiffWave(nn.Module):
             cond = self.upsampler(cond.to(x.dtype), x.shape[-1])
         h = F.relu(self.input(x))
         emb = self.embed(noise_level.reshape(-1).expand(x.shape[0]))
+        if label is not None:
+            if self.class_embed is None:
+                raise ValueError("This diffwave backbone was built without classes but got labels; set cond=class.")
+            emb = emb + self.class_embed(label)
         skips = 0
         for layer in self.layers:
             h, skip = layer(h, emb, cond)
@@ -117,9 +124,10 @@ class DiffWave(nn.Module):
 
 
 def build_diffwave(in_channels: int = 1, out_channels: int | None = None, preset: str = "base",
-                   mel_conditioning: bool = False, n_mels: int = 80, **overrides) -> nn.Module:
+                   mel_conditioning: bool = False, n_mels: int = 80, num_classes: int = 0,
+                   **overrides) -> nn.Module:
     if preset not in PRESETS:
         raise ConfigError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     kwargs = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return DiffWave(in_channels=in_channels, out_channels=out_channels,
-                    cond_channels=n_mels if mel_conditioning else 0, **kwargs)
+                    cond_channels=n_mels if mel_conditioning else 0, num_classes=num_classes, **kwargs)

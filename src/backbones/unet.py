@@ -43,8 +43,10 @@ class UNetBackbone(nn.Module):
         self.net = net
         self.noise_scale = noise_scale
 
-    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None):
-        return self.net(x, timesteps=noise_level * self.noise_scale, context=cond)
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None,
+                label: torch.Tensor | None = None):
+        # class labels go through MONAI's own class embedding (num_class_embeds), added to the time embedding
+        return self.net(x, timesteps=noise_level * self.noise_scale, context=cond, class_labels=label)
 
 
 def checkpoint_blocks(net: DiffusionModelUNet) -> None:
@@ -61,7 +63,9 @@ def checkpoint_blocks(net: DiffusionModelUNet) -> None:
 
 
 def build_unet(spatial_dims: int = 2, in_channels: int = 3, out_channels: int | None = None,
-               preset: str = "small", activation_checkpointing: bool = False, **overrides) -> nn.Module:
+               preset: str = "small", activation_checkpointing: bool = False, num_classes: int = 0,
+               **overrides) -> nn.Module:
+    """``num_classes > 0`` adds a class embedding of ``num_classes + 1`` entries; the last is the null label."""
     if preset not in PRESETS:
         raise ConfigError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     if spatial_dims not in (2, 3):
@@ -70,6 +74,8 @@ def build_unet(spatial_dims: int = 2, in_channels: int = 3, out_channels: int | 
     kwargs = {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("channels", "attention_levels"):
         kwargs[key] = tuple(kwargs[key])
+    if num_classes:
+        kwargs["num_class_embeds"] = int(num_classes) + 1
     net = DiffusionModelUNet(spatial_dims=spatial_dims, in_channels=in_channels,
                              out_channels=out_channels or in_channels, **kwargs)
     if activation_checkpointing:

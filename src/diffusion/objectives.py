@@ -100,7 +100,7 @@ class DDPMObjective:
 class EDMObjective:
     """EDM preconditioning and loss weighting (Karras et al. 2022, Table 1)."""
 
-    default_sampler = "heun"
+    default_sampler = "dpmpp_2m"
 
     def __init__(self, sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
@@ -140,15 +140,24 @@ class FlowMatchingObjective:
 
     ``time_density`` is ``uniform`` (Liu et al. 2022) or ``logit_normal`` (Esser et al. 2024).
     In the VE view ``sigma = t / (1 - t)`` and ``x_ve = x_t / (1 - t)``.
+
+    Sampling starts at ``sigma_max`` (t = sigma_max / (1 + sigma_max)), where, as in EDM, the data is
+    negligible against the noise. Starting at the training clamp ``t_max`` (sigma ~ 1e4) instead makes the
+    first step shrink sigma by a factor of ~1e4 / steps, which second-order and Langevin steps cannot take:
+    Heun's trapezoid weights the end-point slope by ``(s - s') / (2 s')`` and amplifies the denoiser's error
+    there (saturated samples; docs/sampling.md has the measurement).
     """
 
-    default_sampler = "euler"
+    default_sampler = "dpmpp_2m"
 
-    def __init__(self, time_density: str = "logit_normal", t_max: float = 0.9999):
+    def __init__(self, time_density: str = "logit_normal", t_max: float = 0.9999, sigma_max: float = 80.0):
         if time_density not in ("uniform", "logit_normal"):
             raise ConfigError(f"diffusion.time_density must be uniform or logit_normal; got '{time_density}'.")
+        if not 0 < sigma_max <= t_max / (1 - t_max):
+            raise ConfigError(f"diffusion.sigma_max must be in (0, t_max / (1 - t_max)]; got {sigma_max}.")
         self.time_density = time_density
         self.t_max = t_max
+        self.sigma_max = sigma_max
 
     def _t(self, u):
         if self.time_density == "uniform":
@@ -169,7 +178,7 @@ class FlowMatchingObjective:
         return d
 
     def sampling_sigmas(self, steps: int) -> torch.Tensor:
-        t = torch.linspace(self.t_max, 0, steps + 1, dtype=torch.float64)
+        t = torch.linspace(self.sigma_max / (1 + self.sigma_max), 0, steps + 1, dtype=torch.float64)
         return (t / (1 - t)).to(torch.float32)
 
 
@@ -180,7 +189,7 @@ class VEObjective:
     Inputs are scaled by 1/sqrt(sigma^2 + sigma_data^2) so the network sees unit-scale inputs (EDM's c_in).
     """
 
-    default_sampler = "pc"
+    default_sampler = "dpmpp_2m"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, sigma_data: float = 0.5):
         self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
