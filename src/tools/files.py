@@ -149,6 +149,10 @@ def write_nifti(volume: np.ndarray, affine, path: str | Path) -> Path:
     return _atomic(p, lambda tmp: nib.save(img, tmp), suffix=suffix)
 
 
+def write_npy(array: np.ndarray, path: str | Path) -> Path:
+    return _atomic(Path(path), lambda tmp: np.save(tmp, np.asarray(array, dtype=np.float32)), suffix=".npy")
+
+
 def write_json(data: dict, path: str | Path) -> Path:
     return _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"), suffix=".json")
 
