@@ -38,7 +38,9 @@ def load(path, prior) -> Scan:
     kind = kind_of(path)
     expected = {"mri": "nifti", "image": "image", "audio": "audio"}[domain]
     if kind != expected:
-        raise ConfigError(f"--input {path} is not a {expected} file but checkpoint {prior.name} is a {domain} model; "
+        article = "an" if expected[0] in "aeiou" else "a"
+        raise ConfigError(f"--input {path} is not {article} {expected} file but checkpoint {prior.name} is a {domain} "
+                          "model; "
                           f"pass a {'.nii.gz' if domain == 'mri' else '.png' if domain == 'image' else '.wav'} file.")
     if domain == "mri":
         return _load_mri(path, prior, data)

@@ -25,20 +25,23 @@ def si_sdr(reference: np.ndarray, x: np.ndarray) -> float:
     return float(scale_invariant_signal_distortion_ratio(est, ref, zero_mean=True).mean())
 
 
-def log_spectral_distance(reference: np.ndarray, x: np.ndarray, n_fft: int = 2048, hop: int = 512) -> float:
+def log_spectral_distance(reference: np.ndarray, x: np.ndarray, n_fft: int = 2048, hop: int = 512,
+                          floor_db: float = 80.0) -> float:
     """Mean over frames of the RMS difference of log power spectra in dB (the bandwidth-extension LSD).
 
-    torchaudio has no LSD, so it is these few lines over its STFT.
+    Both spectra are floored ``floor_db`` below the reference's strongest bin, so near-silent bins of a clean
+    reference do not dominate. torchaudio has no LSD, so it is these few lines over its STFT.
     """
     n_fft = min(n_fft, 2 ** int(np.log2(max(reference.shape[-1], 16))))
     win = torch.hann_window(n_fft, dtype=torch.float64)
 
     def power(a):
         a = torch.as_tensor(np.asarray(a, np.float64)).reshape(-1, a.shape[-1])
-        s = torch.stft(a, n_fft, min(hop, n_fft // 4), window=win, return_complex=True).abs().pow(2)
-        return 10 * torch.log10(s.clamp_min(1e-10))
+        return torch.stft(a, n_fft, min(hop, n_fft // 4), window=win, return_complex=True).abs().pow(2)
 
-    d = (power(reference) - power(x)).pow(2).mean(dim=-2).sqrt()  # (channels, frames)
+    ref, est = power(reference), power(x)
+    floor = float(ref.max()) * 10 ** (-floor_db / 10) + 1e-30
+    d = (10 * torch.log10(ref.clamp_min(floor)) - 10 * torch.log10(est.clamp_min(floor))).pow(2).mean(dim=-2).sqrt()
     return float(d.mean())
 
 
