@@ -1,7 +1,7 @@
 """The study behind docs/restoration.md: tiny priors trained here, restoration and anomaly scores on held-out data.
 
     python benchmarks/restoration_study.py data    OUT   # write the training sets
-    python benchmarks/restoration_study.py train   OUT   # three tiny priors (python -m src.train, CPU)
+    python benchmarks/restoration_study.py train   OUT [image audio mri]  # tiny priors (python -m src.train, CPU)
     python benchmarks/restoration_study.py eval    OUT   # OUT/results.json
 
 Images: scikit-image's bundled LFW face subset (200 faces, 25x25 gray, upscaled to 32x32): faces 0-179 train
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MRI_SHAPE = (32, 32, 16)   # RAS, 3 mm voxels; slices along axis 2 are 32x32, the prior's size
-STEPS = {"image": 600, "audio": 600, "mri": 600}
+STEPS = {"image": 300, "audio": 300, "mri": 300}
 
 
 class _NoLesions:
@@ -81,7 +81,7 @@ def write_data(out: Path) -> None:
         nib.save(nib.Nifti1Image(normal_phantom(i), np.diag([3.0, 3.0, 3.0, 1.0])), out / "heads" / f"head_{i:02d}.nii.gz")
 
 
-def train(out: Path) -> None:
+def train(out: Path, only: list[str] | None = None) -> None:
     common = ["experiment=smoke", "logger=none", "backbone.preset=tiny", "datamodule.num_workers=0",
               "trainer.val_check_interval=300", "sampling.every_n_steps=1000000", "checkpoint.every_n_steps=300"]
     runs = {
@@ -93,6 +93,8 @@ def train(out: Path) -> None:
                 "datamodule.spacing=[3.0,3.0,3.0]", "datamodule.batch_size=16", "datamodule.random_flip=false"],
     }
     for name, args in runs.items():
+        if only and name not in only:
+            continue
         t0 = time.time()
         cmd = [sys.executable, "-m", "src.train", *common, *args, f"trainer.max_steps={STEPS[name]}",
                f"paths.output_dir={out / ('run_' + name)}"]
@@ -199,4 +201,7 @@ def evaluate(out: Path) -> None:
 if __name__ == "__main__":
     stage, folder = sys.argv[1], Path(sys.argv[2])
     folder.mkdir(parents=True, exist_ok=True)
-    {"data": write_data, "train": train, "eval": evaluate}[stage](folder)
+    if stage == "train":
+        train(folder, sys.argv[3:])
+    else:
+        {"data": write_data, "eval": evaluate}[stage](folder)

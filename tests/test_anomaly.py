@@ -44,7 +44,7 @@ def test_likelihood_matches_exact_gaussian_log_density_diagonal():
     x = (mean + std * torch.randn(5, 6, generator=g, dtype=torch.float64)).float()
     got = log_likelihood(gaussian_denoiser(mean.float(), cov.float()), x, SIGMA_MIN, SIGMA_MAX, steps=64, generator=g)
     exact = gaussian_log_density(x.double(), mean, cov + SIGMA_MIN**2 * torch.eye(6, dtype=torch.float64))
-    assert torch.allclose(got.double(), exact, atol=0.03), (got, exact)
+    assert torch.allclose(got.double(), exact, atol=0.05), (got, exact)
     assert torch.allclose(bits_per_dim(got, 6), -got / (6 * math.log(2)))
 
 

@@ -7,8 +7,10 @@ In the variance-exploding view ``x_sigma = x0 + sigma * eps`` the probability-fl
     log p(x) = log N(x(sigma_max); 0, sigma_max^2 I) + integral of (n - tr dD/dx) ds.
 
 The trace is estimated by Hutchinson's estimator ``v^T (dD/dx) v`` with Rademacher probes ``v`` fixed along
-each trajectory (one vector-Jacobian product per evaluation). Heun's method integrates on a grid uniform in
-``log sigma``. torchdiffeq is not a dependency, and the integration is these few lines.
+each trajectory (one vector-Jacobian product per evaluation). The state grows like ``sigma``, which a plain
+Runge-Kutta step tracks poorly, so each step on the grid uniform in ``log sigma`` is the second-order
+exponential integrator (DPM-Solver-2's data-prediction form, Lu et al. 2022) and the divergence integral is
+the trapezoid rule. torchdiffeq is not a dependency, and the integration is these few lines.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import math
 import torch
 
 
-def _drift_and_divergence(denoiser, x: torch.Tensor, sigma: float, probes: torch.Tensor):
-    """``(x - D, n - v^T J v)`` for a batch ``x`` (one Hutchinson probe per batch item)."""
+def _denoised_and_divergence(denoiser, x: torch.Tensor, sigma: float, probes: torch.Tensor):
+    """``(D, n - v^T J v)`` for a batch ``x`` (one Hutchinson probe per batch item)."""
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         sig = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
@@ -27,7 +29,7 @@ def _drift_and_divergence(denoiser, x: torch.Tensor, sigma: float, probes: torch
         (vjp,) = torch.autograd.grad((d * probes).sum(), xr)
     n = x[0].numel()
     trace = (vjp * probes).flatten(1).sum(1)
-    return (x - d.detach()), n - trace
+    return d.detach(), n - trace
 
 
 def log_likelihood(denoiser, x: torch.Tensor, sigma_min: float, sigma_max: float, steps: int = 32,
@@ -44,10 +46,12 @@ def log_likelihood(denoiser, x: torch.Tensor, sigma_min: float, sigma_max: float
     for i in range(steps):
         s0, s1 = math.exp(s_grid[i]), math.exp(s_grid[i + 1])
         h = float(s_grid[i + 1] - s_grid[i])
-        f, div = _drift_and_divergence(denoiser, xs, s0, v)
-        f_next, div_next = _drift_and_divergence(denoiser, xs + h * f, s1, v)
-        xs = xs + h * 0.5 * (f + f_next)
-        delta += h * 0.5 * (div + div_next).double()
+        grow = math.expm1(h)
+        d0, div0 = _denoised_and_divergence(denoiser, xs, s0, probes=v)
+        d1, div1 = _denoised_and_divergence(denoiser, d0 + (xs - d0) * math.exp(h), s1, probes=v)  # DDIM predictor
+        # exact for D linear in s over the step: x1 = e^h x0 - int_0^h e^(h-u) D(u) du
+        xs = xs * math.exp(h) - d0 * grow - (d1 - d0) * ((grow - h) / h)
+        delta += h * 0.5 * (div0 + div1).double()
     n = xs[0].numel()
     prior = -0.5 * xs.double().flatten(1).pow(2).sum(1) / sigma_max**2 - n * (math.log(sigma_max)
                                                                               + 0.5 * math.log(2 * math.pi))
