@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MRI_SHAPE = (32, 32, 16)   # RAS, 3 mm voxels; slices along axis 2 are 32x32, the prior's size
-STEPS = {"image": 300, "audio": 300, "mri": 300}
+STEPS = {"image": 300, "audio": 150, "mri": 300}
 
 
 class _NoLesions:
@@ -87,7 +87,7 @@ def train(out: Path, only: list[str] | None = None) -> None:
     runs = {
         "image": ["domain=image", f"datamodule.path={out / 'faces'}", "datamodule.channels=1",
                   "datamodule.resolution=32", "datamodule.batch_size=16"],
-        "audio": ["domain=audio", "datamodule.sample_rate=16000", "datamodule.clip_seconds=0.25",
+        "audio": ["domain=audio", "datamodule.sample_rate=16000", "datamodule.clip_seconds=0.125",
                   "datamodule.batch_size=8"],
         "mri": ["domain=mri", "datamodule.mode=slice", f"datamodule.path={out / 'heads'}", "datamodule.shape=[32,32]",
                 "datamodule.spacing=[3.0,3.0,3.0]", "datamodule.batch_size=16", "datamodule.random_flip=false"],
