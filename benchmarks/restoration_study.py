@@ -2,7 +2,7 @@
 
     python benchmarks/restoration_study.py data    OUT   # write the training sets
     python benchmarks/restoration_study.py train   OUT [image audio mri]  # tiny priors (python -m src.train, CPU)
-    python benchmarks/restoration_study.py eval    OUT   # OUT/results.json
+    python benchmarks/restoration_study.py eval    OUT [mri images audio]  # OUT/results.json
 
 Images: scikit-image's bundled LFW face subset (200 faces, 25x25 gray, upscaled to 32x32): faces 0-179 train
 the prior, faces 180-199 are held out. Audio: the built-in synthetic sounds; held-out clips use indices the
@@ -186,22 +186,28 @@ def eval_mri(out: Path, steps: int, ode_steps: int) -> dict:
             "noise_level": 0.3, "draws": 3, "ode_steps": ode_steps}
 
 
-def evaluate(out: Path) -> None:
+def evaluate(out: Path, only: list[str] | None = None) -> None:
     torch.manual_seed(0)
-    results = {}
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["machine"] = {"cpu": "2-core x86-64 (Intel Xeon), no GPU, shared with other jobs",
+                          "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     for name, fn in (("mri", lambda: eval_mri(out, 50, 24)), ("images", lambda: eval_images(out, 50)),
                      ("audio", lambda: eval_audio(out, 50))):
+        if only and name not in only:
+            continue
         t0 = time.time()
         results[name] = fn()
         results[name]["eval_seconds"] = round(time.time() - t0, 1)
+        results[name]["load_average_1min_after"] = round(__import__("os").getloadavg()[0], 1)
         print(name, json.dumps(results[name], indent=1), flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
     stage, folder = sys.argv[1], Path(sys.argv[2])
     folder.mkdir(parents=True, exist_ok=True)
-    if stage == "train":
-        train(folder, sys.argv[3:])
+    if stage == "data":
+        write_data(folder)
     else:
-        {"data": write_data, "eval": evaluate}[stage](folder)
+        {"train": train, "eval": evaluate}[stage](folder, sys.argv[3:])
