@@ -151,7 +151,7 @@ def eval_audio(out: Path, steps: int) -> dict:
     mean = {f"{name}_{k}": float(np.mean([r[name][k] for r in rows])) for name in rows[0] for k in rows[0][name]}
     mean["diffusion_si_sdr_improvement"] = mean["diffusion_si_sdr"] - mean["input_si_sdr"]
     mean["wiener_si_sdr_improvement"] = mean["wiener_si_sdr"] - mean["input_si_sdr"]
-    return mean | {"clips": len(rows), "noise_std": 0.05, "seconds_per_clip": 1.0}
+    return mean | {"clips": len(rows), "noise_std": 0.05, "clip_seconds": 1.0}
 
 
 def eval_mri(out: Path, steps: int, ode_steps: int) -> dict:
