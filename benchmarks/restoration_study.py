@@ -78,7 +78,8 @@ def write_data(out: Path) -> None:
             out / "faces" / f"face_{i:03d}.png")
     (out / "heads").mkdir(exist_ok=True)
     for i in range(48):
-        nib.save(nib.Nifti1Image(normal_phantom(i), np.diag([3.0, 3.0, 3.0, 1.0])), out / "heads" / f"head_{i:02d}.nii.gz")
+        affine = np.diag([3.0, 3.0, 3.0, 1.0])
+        nib.save(nib.Nifti1Image(normal_phantom(i), affine), out / "heads" / f"head_{i:02d}.nii.gz")
 
 
 def train(out: Path, only: list[str] | None = None) -> None:

@@ -256,7 +256,8 @@ def test_bad_inputs_get_one_sentence(ckpts, photo, recording, tmp_path, capsys):
     assert "outside the data range" in err
     err = refused(capsys, ckpts["audio"], recording, tmp_path / "o.wav", "--task", "declip", "--clip-level", "0.95")
     assert "above the data range" in err and "peak" in err
-    err = refused(capsys, ckpts["mri"], photo, tmp_path / "o.png", "--task", "inpaint", "--mask-box", "1", "1", "4", "4")
+    err = refused(capsys, ckpts["mri"], photo, tmp_path / "o.png", "--task", "inpaint",
+                  "--mask-box", "1", "1", "4", "4")
     assert "'mri' domain" in err
     err = refused(capsys, ckpts["image"], photo, tmp_path / "o.png", "--task", "declip", "--clip-level", "0.5")
     assert "restores audio" in err and "image model" in err

@@ -57,18 +57,20 @@ class Detector:
         return cls(Prior.from_checkpoint(path, ("mri", "image", "audio"), "anomaly detection", device, use_ema),
                    **options)
 
-    def _tiles(self, x: torch.Tensor):
-        tiling = Tiling(tuple(x.shape[2:]), self.prior.spatial, overlap=0.25)
+    def _tiling(self, x: torch.Tensor) -> Tiling:
+        return Tiling(tuple(x.shape[2:]), self.prior.spatial, overlap=0.25)
+
+    def _tiles(self, x: torch.Tensor, tiling: Tiling):
         items = [(n, r) for n in range(x.shape[0]) for r in tiling.regions()]
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
-            yield tiling, start, chunk, torch.stack([x[n][(slice(None), *r)] for n, r in chunk]).to(self.prior.device)
+            yield start, chunk, torch.stack([x[n][(slice(None), *r)] for n, r in chunk]).to(self.prior.device)
 
     def map(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         den = self.prior.denoiser()
         parts: list[list] = [[] for _ in range(x.shape[0])]
-        tiling = None
-        for tiling, start, chunk, batch in self._tiles(x):
+        tiling = self._tiling(x)
+        for start, chunk, batch in self._tiles(x, tiling):
             g = torch.Generator(device=self.prior.device).manual_seed(int(seed) * 1_000_003 + start)
             for (n, region), m in zip(chunk, anomaly_map(den, batch, self.sigmas, self.draws, g)):
                 parts[n].append((region, m))
@@ -80,7 +82,7 @@ class Detector:
         grid = self.prior.sigmas(max(64, len(self.sigmas)))
         sigma_min, sigma_max = float(grid[grid > 0].min()), float(grid[0])
         total, dims = 0.0, 0
-        for _, start, _chunk, batch in self._tiles(x):
+        for start, _chunk, batch in self._tiles(x, self._tiling(x)):
             g = torch.Generator(device=self.prior.device).manual_seed(int(seed) * 1_000_003 + start)
             total += float(log_likelihood(den, batch, sigma_min, sigma_max, self.ode_steps, self.probes, g).sum())
             dims += batch.numel()
