@@ -267,3 +267,17 @@ def test_bad_inputs_get_one_sentence(ckpts, photo, recording, tmp_path, capsys):
     assert "Nyquist" in err
     err = refused(capsys, ckpts["image"], photo, photo, "--task", "denoise")
     assert "same file" in err
+
+
+def test_cli_stereo_recording_at_another_rate_is_restored_per_channel(ckpts, tmp_path, capsys):
+    t = np.arange(2205) / 22050
+    stereo = np.stack([0.7 * np.sin(2 * np.pi * 330 * t), 0.5 * np.sin(2 * np.pi * 550 * t)], axis=1)
+    sf.write(tmp_path / "stereo.wav", stereo.astype(np.float32), 22050)
+    cli(ckpts["audio"], tmp_path / "stereo.wav", tmp_path / "out.wav", "--task", "declip", "--clip-level", "0.45",
+        "--simulate")
+    wave, rate = sf.read(tmp_path / "out.wav", always_2d=True)
+    assert rate == RATE and wave.shape == (800, 2)
+    clipped, _ = sf.read(tmp_path / "out.input.wav", always_2d=True)
+    kept = np.abs(clipped) < 0.45 * (1 - 1e-3)
+    assert np.allclose(wave[kept], clipped[kept], atol=1e-6)  # unclipped samples of both channels come back
+    assert "resampled from 22050 Hz" in capsys.readouterr().err
