@@ -25,22 +25,22 @@ from .tools.prior import Prior
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m src.anomaly", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m src.anomaly", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="model trained on normal scans (.ckpt from src.train)")
     p.add_argument("--input", required=True, help="scan to screen: NIfTI for mri models (PNG / WAV for the others)")
     p.add_argument("--output", required=True, help="anomaly map: .nii.gz for mri (.png or .npy otherwise)")
     p.add_argument("--noise-level", type=float, default=0.3,
-                   help="how far to noise before denoising back: share of the noise schedule in (0, 1]")
-    p.add_argument("--draws", type=int, default=4, help="noise draws averaged into the map")
+                   help="how far to noise before denoising back: share of the noise schedule in (0, 1] "
+                        "(default 0.3)")
+    p.add_argument("--draws", type=int, default=4, help="noise draws averaged into the map (default 4)")
     p.add_argument("--steps", type=int, default=None, help="steps of the full schedule (default: the model's "
                                                            "diffusion.steps); --noise-level of them are run")
     p.add_argument("--likelihood", action="store_true", help="also bits per dimension (probability-flow ODE)")
-    p.add_argument("--ode-steps", type=int, default=32, help="Heun steps of the likelihood ODE")
-    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes averaged per item")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16, help="slices or tiles per network call")
-    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    p.add_argument("--ode-steps", type=int, default=32, help="steps of the likelihood ODE (default 32)")
+    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes averaged per item (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise draws and probes (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices or tiles per network call (default 16)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present, the default), cpu or cuda")
     p.add_argument("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
     return p
 

@@ -25,10 +25,10 @@ ALL_TASKS = ("inpaint", "super-resolution", "denoise", "declip", "bandwidth")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m src.restore", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m src.restore", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="unconditional image or audio model (.ckpt from src.train)")
-    p.add_argument("--task", required=True, choices=ALL_TASKS)
+    p.add_argument("--task", required=True, choices=ALL_TASKS, help="what to repair: inpaint, super-resolution or "
+                   "denoise (images); denoise, declip or bandwidth (recordings)")
     p.add_argument("--input", required=True, help="the damaged image (PNG/JPEG/TIFF) or recording (WAV/FLAC/OGG)")
     p.add_argument("--output", required=True, help="the restored file (same kind as the input)")
     p.add_argument("--reference", help="the clean original: writes OUT.metrics.json for the result and baseline")
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mask", help="inpaint: PNG of the input's size, white where pixels are missing")
     t.add_argument("--mask-box", nargs=4, type=int, action="append", metavar=("X", "Y", "W", "H"),
                    help="inpaint: a missing rectangle in pixels from the top-left corner (repeatable)")
-    t.add_argument("--scale", type=int, default=4, help="super-resolution: upscaling factor (2 or 4)")
+    t.add_argument("--scale", type=int, default=4, help="super-resolution: upscaling factor, 2 or 4 (default 4)")
     t.add_argument("--noise-std", type=float, default=None,
                    help="denoise: noise std as a share of full scale (estimated when omitted)")
     t.add_argument("--clip-level", type=float, default=None, help="declip: level the recording clips at "
@@ -47,11 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "recording holds nothing")
     s = p.add_argument_group("sampler")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's diffusion.steps)")
-    s.add_argument("--eta", type=float, default=0.85, help="DDIM noise (0 = deterministic)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=16, help="tiles per network call")
-    s.add_argument("--overlap", type=float, default=0.25, help="share of a tile that overlaps its neighbour")
-    s.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    s.add_argument("--eta", type=float, default=0.85, help="DDIM noise, 0 = deterministic (default 0.85)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of --simulate's noise (default 0)")
+    s.add_argument("--batch-size", type=int, default=16, help="tiles per network call (default 16)")
+    s.add_argument("--overlap", type=float, default=0.25,
+                   help="share of a tile that overlaps its neighbour (default 0.25)")
+    s.add_argument("--device", default="auto", help="auto (cuda when present, the default), cpu or cuda")
     s.add_argument("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
