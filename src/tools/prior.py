@@ -1,0 +1,100 @@
+"""A trained checkpoint as a prior: the denoiser ``D(x, sigma)`` in model space plus what the tools must know.
+
+Every tool loads its model here, so a checkpoint of the wrong domain or kind is refused in one sentence
+before any file is read or any heavy work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.errors import ConfigError
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is available here; use --device cpu.")
+    return torch.device(device)
+
+
+def downsampling_factor(module) -> int:
+    """Sizes a U-Net needs to be divisible by (1 for a fully convolutional waveform network)."""
+    blocks = getattr(getattr(module.backbone, "net", None), "down_blocks", None)
+    return 2 ** (len(blocks) - 1) if blocks is not None else 1
+
+
+@dataclass
+class Prior:
+    module: torch.nn.Module
+    run_config: dict = field(default_factory=dict)
+    name: str = "model"
+    use_ema: bool = True
+
+    @classmethod
+    def from_checkpoint(cls, path, domains: tuple[str, ...], tool: str, device: str = "auto",
+                        use_ema: bool = True) -> Prior:
+        dev = resolve_device(device)
+        module, ckpt = module_from_checkpoint(path, device=dev)
+        prior = cls(module, ckpt.get("run_config") or {}, name=str(path), use_ema=use_ema)
+        prior.check(domains, tool)
+        return prior
+
+    @property
+    def domain(self) -> str | None:
+        return (self.run_config.get("domain") or {}).get("name")
+
+    @property
+    def data(self) -> dict:
+        return dict(self.run_config.get("datamodule") or {})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def channels(self) -> int:
+        return int(self.module.data_shape[0])
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.module.data_shape[1:])
+
+    def check(self, domains: tuple[str, ...], tool: str) -> None:
+        if self.domain not in domains:
+            raise CheckpointError(f"Checkpoint {self.name} is a model of the '{self.domain}' domain; {tool} needs "
+                                  f"a checkpoint of the {' or '.join(domains)} domain (python -m src.train "
+                                  f"domain={domains[0]} ...).")
+        if self.data.get("mel_conditioning"):
+            raise CheckpointError(f"Checkpoint {self.name} is a vocoder (datamodule.mel_conditioning=true); {tool} "
+                                  "needs an unconditional model: train one without mel conditioning.")
+
+    def sigmas(self, steps: int | None) -> torch.Tensor:
+        steps = int(steps or self.module.diffusion_cfg.get("steps") or 50)
+        if steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {steps}.")
+        return self.module.objective.sampling_sigmas(steps)
+
+    def denoiser(self, clamp: bool = True):
+        """``D(x, sigma)`` on ``(B, C, *spatial)`` of any size (reflect-padded to the network's multiple)."""
+        net = self.module.ema.module if self.use_ema else self.module.backbone
+        den = self.module.objective.denoiser(net)
+        clip = self.module.diffusion_cfg.get("clip_denoised") or (-1.0, 1.0)
+        f = downsampling_factor(self.module)
+
+        def d(x, sigma):
+            pads = [(-n) % f for n in x.shape[2:]]
+            if any(pads):
+                pad = [p for n in reversed(pads) for p in (0, n)]
+                crop = (slice(None), slice(None), *(slice(0, n) for n in x.shape[2:]))
+                out = den(F.pad(x, pad, mode="reflect"), sigma)[crop]
+            else:
+                out = den(x, sigma)
+            return out.clamp(*clip) if clamp else out
+
+        return d
