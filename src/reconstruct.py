@@ -20,6 +20,7 @@ import torch
 from datamodules.base import DataError
 
 from .checkpoint import CheckpointError
+from .geometry import GeometryError, geometry_from_affine
 from .mri.fft import ifft2c, rss
 from .mri.io import (
     is_nifti,
@@ -34,6 +35,7 @@ from .mri.masks import MASK_KINDS, columns_from_kspace
 from .mri.measurement import as_measurement, compressed_sensing, simulate_from_image, undersample, zero_filled
 from .mri.metrics import all_metrics
 from .mri.reconstructor import Reconstruction, Reconstructor
+from .recon_checks import holdout, holdout_error, pick_slices, tv_complex, volume_checks
 
 __all__ = ["Reconstruction", "Reconstructor", "main"]
 
@@ -46,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="fastMRI-style .h5 (kspace, optional mask) or, with "
                                                   "--simulate, a NIfTI magnitude volume")
     p.add_argument("--output", required=True, help="reconstructed volume, .nii.gz or .nii")
-    p.add_argument("--method", choices=["diffusion", "cs", "zero-filled"], default="diffusion",
-                   help="diffusion prior, total-variation compressed sensing, or zero-filled inverse FFT")
+    p.add_argument("--method", choices=["diffusion", "auto", "cs", "zero-filled"], default="diffusion",
+                   help="diffusion prior, auto (the diffusion prior unless k-space cross-validation or the "
+                        "geometry check finds it out of its domain: then TV or zero-filled, with a warning), "
+                        "total-variation compressed sensing, or zero-filled inverse FFT")
     sim = p.add_argument_group("retrospective undersampling (--simulate)")
     sim.add_argument("--simulate", action="store_true",
                      help="undersample the input retrospectively (NIfTI magnitude or fully sampled .h5)")
@@ -134,7 +138,8 @@ def check_paths(args) -> Path:
 def run(args) -> dict:
     stem = check_paths(args)
     reconstructor = None
-    if args.method == "diffusion":  # load the model first: a wrong checkpoint fails before any heavy work
+    if args.method == "diffusion" or (args.method == "auto" and args.checkpoint):
+        # load the model first: a wrong checkpoint fails before any heavy work
         reconstructor = Reconstructor.from_checkpoint(
             args.checkpoint, device=args.device, steps=args.steps, eta=args.eta, cg_iters=args.cg_iters,
             batch_size=args.batch_size, use_ema=not args.no_ema,
@@ -143,23 +148,31 @@ def run(args) -> dict:
     reference = read_reference(args.reference) if args.reference else truth
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    geometry = None
+    if reconstructor is not None:
+        reconstructor, geometry = check_geometry(reconstructor, meas, affine, args)
     if reconstructor is not None:
         reconstructor.check_resolution(meas.shape)
 
     t0 = time.perf_counter()
-    std = None
-    if args.method == "diffusion":
+    std = complex_image = auto = None
+    method = args.method
+    if method == "auto":
+        method, auto = choose_method(reconstructor, meas, args)
+    if method == "diffusion":
         result = reconstructor.run(meas, num_samples=args.num_samples, seed=args.seed,
                                    progress=not args.quiet)
-        image, std, zf = result.image, result.std, result.zero_filled
-    elif args.method == "cs":
-        image, zf = compressed_sensing(meas, lam=args.cs_lambda, iters=args.cs_iters), zero_filled(meas)
+        image, std, zf, complex_image = result.image, result.std, result.zero_filled, result.complex_image
+    elif method == "cs":
+        complex_image, zf = tv_complex(meas, lam=args.cs_lambda, iters=args.cs_iters), zero_filled(meas)
+        image = np.abs(complex_image)
     else:
         image = zf = zero_filled(meas)
     seconds = time.perf_counter() - t0
+    checks = volume_checks(meas, complex_image, image, zf)
     cs_image = None
     if args.compare_cs:
-        cs_image = image if args.method == "cs" else compressed_sensing(meas, lam=args.cs_lambda,
+        cs_image = image if method == "cs" else compressed_sensing(meas, lam=args.cs_lambda,
                                                                          iters=args.cs_iters)
 
     written = [write_nifti(image, affine, args.output, header)]
@@ -170,21 +183,30 @@ def run(args) -> dict:
     if cs_image is not None:
         written.append(write_nifti(cs_image, affine, f"{stem}.cs.nii.gz", header))
 
-    summary = {"method": args.method, "slices": meas.num_slices, "shape": list(meas.shape),
+    summary = {"method": method, "slices": meas.num_slices, "shape": list(meas.shape),
                "coils": int(meas.kspace.shape[1]) if meas.multicoil else 1,
                "acceleration": round(meas.acceleration, 3), "seconds": round(seconds, 2),
                "seconds_per_slice": round(seconds / meas.num_slices, 3)}
-    if reconstructor is not None:
+    summary["checks"] = checks
+    if geometry is not None:
+        summary["geometry"] = geometry
+    if auto is not None:
+        summary["auto"] = auto
+    if method == "diffusion":
         summary.update(steps=reconstructor.steps, eta=reconstructor.eta, num_samples=args.num_samples,
                        seed=args.seed, checkpoint=str(args.checkpoint))
     if reference is not None:
         summary["metrics"] = metrics_against(reference, image, zf, cs_image, args)
-        written.append(write_json(summary, f"{stem}.metrics.json"))
+    written.append(write_json(summary, f"{stem}.metrics.json"))
     n = meas.num_slices
     coils = summary["coils"]
     print(f"reconstructed {n} slice{'s' * (n != 1)} ({meas.shape[0]}x{meas.shape[1]}, {coils} "
-          f"coil{'s' * (coils != 1)}, {summary['acceleration']:.1f}x undersampled) with {args.method} in "
+          f"coil{'s' * (coils != 1)}, {summary['acceleration']:.1f}x undersampled) with {method} in "
           f"{seconds:.1f} s ({seconds / n:.2f} s per slice)")
+    residual = checks.get("data_residual")
+    print(f"  data-consistency residual {'n/a (zero-filled)' if residual is None else f'{residual:.2e}'}"
+          f" (||M F x - y|| / ||y||); moved {checks['moved_from_zero_filled']:.3f} from zero-filled "
+          "(||x - zero-filled|| / ||zero-filled||)")
     if "metrics" in summary:
         for key, m in summary["metrics"].items():
             if isinstance(m, dict):
@@ -192,6 +214,50 @@ def run(args) -> dict:
     for path in written:
         print(f"wrote {path}")
     return summary
+
+
+def check_geometry(reconstructor, meas, affine, args):
+    """The input's grid against the checkpoint's contract: reoriented (a note), refused, or with
+    --method auto dropped for the baselines (a warning). Returns (reconstructor or None, summary entry)."""
+    found = geometry_from_affine(affine, meas.shape)
+    if reconstructor.geometry is None:
+        return reconstructor, None
+    try:
+        turn = reconstructor.orient(found, what=f"--input {Path(args.input).name}")
+    except GeometryError as e:
+        if args.method != "auto":
+            raise
+        print(f"warning: {e} --method auto falls back to the baselines.", file=sys.stderr)
+        return None, {"model": reconstructor.geometry.describe(), "input": found.describe(),
+                      "reorientation": None}
+    if not turn.identity:
+        print(f"note: the input ({found.describe()}) is reoriented onto the model's grid "
+              f"({reconstructor.geometry.describe()}): {turn.describe()}; the output keeps the input's grid",
+              file=sys.stderr)
+    return reconstructor, {"model": reconstructor.geometry.describe(), "input": found.describe(),
+                           "reorientation": turn.describe()}
+
+
+def choose_method(reconstructor, meas, args) -> tuple[str, dict]:
+    """--method auto: the candidate that best predicts held-out measured columns (src/recon_checks.py)."""
+    sub = pick_slices(meas, 4)
+    fit, held = holdout(sub)
+    if not bool(held.any()):
+        method = "diffusion" if reconstructor is not None else "cs"
+        print(f"warning: too few measured columns to cross-validate; --method auto uses {method}.",
+              file=sys.stderr)
+        return method, {"held_out_columns": 0}
+    errors = {"zero-filled": 1.0, "cs": holdout_error(sub, held, tv_complex(fit, args.cs_lambda, args.cs_iters))}
+    if reconstructor is not None:
+        trial = reconstructor.run(fit, num_samples=1, seed=args.seed)
+        errors["diffusion"] = holdout_error(sub, held, trial.complex_image)
+    method = min(errors, key=errors.get)
+    if reconstructor is not None and method != "diffusion":
+        print(f"warning: the diffusion prior predicts held-out measured k-space with a relative error of "
+              f"{errors['diffusion']:.3f}, worse than {method} ({errors[method]:.3f}): it is out of its "
+              f"domain for this scan, so --method auto uses {method}.", file=sys.stderr)
+    return method, {"held_out_columns": int(held.sum()), "slices": sub.num_slices,
+                    "errors": {k: round(v, 5) for k, v in errors.items()}, "chosen": method}
 
 
 def metrics_against(reference: np.ndarray, image, zf, cs_image, args) -> dict:

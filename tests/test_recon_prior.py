@@ -94,6 +94,7 @@ def test_geometry_match_reorients_or_refuses():
         match(model, Geometry((32, 24), (4.0, 5.0), ("S", "R")))
 
 
+@pytest.mark.slow
 def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path, capsys):
     root, ckpt = trained
     geometry = torch.load(ckpt, weights_only=True)["geometry"]
@@ -101,7 +102,7 @@ def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path
     assert geometry["pixel_mm"] == pytest.approx(list(PIXEL))
     assert geometry["intensity"]["reference"] == "calibration"
 
-    truth = slices(seed=7, count=3)
+    truth = slices(seed=7, count=4)
     mask = undersampling_mask("equispaced", W, 4, 0.125, 0).numpy()
     test = write_h5(tmp_path / "singlecoil_val.h5", truth, mask=mask)
     out = tmp_path / "recon.nii.gz"
@@ -115,7 +116,7 @@ def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path
     assert "data-consistency residual" in printed and "from zero-filled" in printed
     saved = json.loads((tmp_path / "recon.metrics.json").read_text())
     assert saved["checks"] == pytest.approx(check)
-    assert nib.load(out).shape == (H, W, 3)
+    assert nib.load(out).shape == (H, W, 4)
 
     # the same scan stored transposed (rows and columns swapped, axes relabelled): reoriented, same result
     t = tmp_path / "transposed.nii.gz"
@@ -129,17 +130,18 @@ def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path
 
     # resampled to 2 mm pixels: refused with a sentence naming both grids
     r = tmp_path / "resampled.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((64, 48, 2), np.float32) + 1, np.diag([2.0, 2.5, 3, 1])), r)
+    nib.save(nib.Nifti1Image(phantom((64, 48, 4), seed=4), np.diag([2.0, 2.5, 3, 1])), r)
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), "--input", str(r), "--simulate", "--output", str(tmp_path / "r.nii.gz")])
     err = capsys.readouterr().err
     assert "32x24 slices of 4 x 5 mm" in err and "64x48 slices of 2 x 2.5 mm" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_auto_falls_back_when_the_prior_is_out_of_domain(trained, tmp_path, capsys):
     _, ckpt = trained
     r = tmp_path / "other_grid.nii.gz"
-    vol = np.abs(phantom((64, 48, 2), seed=3)).astype(np.float32)
+    vol = np.abs(phantom((64, 48, 4), seed=3)).astype(np.float32)
     nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.5, 3, 1])), r)
     summary = main(["--checkpoint", str(ckpt), "--input", str(r), "--simulate", "--method", "auto",
                     "--output", str(tmp_path / "a.nii.gz"), "--quiet"])
@@ -148,11 +150,12 @@ def test_auto_falls_back_when_the_prior_is_out_of_domain(trained, tmp_path, caps
     assert "warning" in err and "64x48" in err
 
 
+@pytest.mark.slow
 def test_python_api_uses_the_contract(trained):
     _, ckpt = trained
     rec = Reconstructor.from_checkpoint(ckpt, device="cpu", steps=2)
     assert rec.geometry == Geometry.from_dict(torch.load(ckpt, weights_only=True)["geometry"])
-    truth = slices(seed=9, count=2)
+    truth = slices(seed=9, count=4)
     mask = undersampling_mask("equispaced", W, 4, 0.125, 0).numpy()
     image = rec.reconstruct(fft2c(torch.from_numpy(truth)).numpy() * mask, mask)
-    assert image.shape == (2, H, W) and np.isfinite(image).all()
+    assert image.shape == (4, H, W) and np.isfinite(image).all()
