@@ -81,6 +81,42 @@ def test_datamodule_reads_fastmri_files_at_their_grid(tmp_path):
     assert names == {"f0.h5", "f1.h5"}
 
 
+def test_multicoil_and_image_only_files_and_nifti(tmp_path):
+    """Multi-coil k-space gives the root-sum-of-squares; a file with only reconstruction_rss gives that image
+    on its reconSpace grid; a NIfTI volume keeps its native grid (cropped/padded to the matrix)."""
+    img = slices(seed=2, count=4)
+    coils = np.stack([img * 0.8, img * 0.6j], axis=1)  # two coils, sum of |S|^2 = 1
+    with h5py.File(tmp_path / "multi.h5", "w") as f:
+        f["kspace"] = fft2c(torch.from_numpy(coils.astype(np.complex64))).numpy()
+        f["ismrmrd_header"] = ismrmrd_header(H, W, PIXEL)
+    with h5py.File(tmp_path / "rss_only.h5", "w") as f:
+        f["reconstruction_rss"] = np.abs(img).astype(np.float32)
+        f["ismrmrd_header"] = ismrmrd_header(H, W, PIXEL)
+    dm = build_datamodule({"name": "mri_recon", "path": str(tmp_path), "val_fraction": 0.0, "batch_size": 2,
+                           "num_workers": 0, "min_slice_foreground": 0.0})
+    dm.setup("fit")
+    assert {v.kind for v in dm._volumes} == {"kspace", "image"}
+    multi = next(v for v in dm._volumes if v.kind == "kspace")
+    rss_only = next(v for v in dm._volumes if v.kind == "image")
+    key = (dm._volumes.index(multi), 0)  # one of the two files is held out for validation
+    ds = next(d for d in (dm.train_set, dm.val_set) if key in d.index)
+    expected = (2 * np.abs(img[0]) / multi.scale - 1).clip(-1, 1)
+    np.testing.assert_allclose(ds[ds.index.index(key)]["x"][0].numpy(), expected, atol=1e-4)
+    assert rss_only.scale == pytest.approx(multi.scale, rel=0.15)  # same image: nearly the same reference
+
+    nifti = tmp_path / "nifti"
+    vol = np.abs(phantom((30, 26, 4), seed=1)).astype(np.float32)
+    nifti.mkdir()
+    nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1])), nifti / "scan.nii.gz")
+    dm = build_datamodule({"name": "mri_recon", "path": str(nifti), "shape": [32, 24], "batch_size": 2,
+                           "num_workers": 0})
+    assert dm.data_shape == [1, 32, 24]
+    dm.setup("fit")
+    assert dm.geometry.pixel_mm == pytest.approx((1.5, 1.5)) and dm.geometry.axes == ("R", "A")
+    x = dm.train_set[0]["x"][0]
+    assert torch.all(x[0] == -1) and torch.all(x[-1] == -1)  # rows zero-padded 30 -> 32 (signal 0 -> -1)
+
+
 def test_geometry_match_reorients_or_refuses():
     model = Geometry((32, 24), (4.0, 5.0), ("P", "R"))
     assert match(model, model).identity
