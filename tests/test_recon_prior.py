@@ -16,7 +16,7 @@ from src.mri.fft import fft2c
 from src.mri.masks import undersampling_mask
 from src.reconstruct import Reconstructor, main
 
-from .mri_helpers import phantom
+from .mri_helpers import phantom, write_dicom_series
 from .test_mri_train import run
 
 H, W, PIXEL = 32, 24, (4.0, 5.0)  # a non-square grid with non-square pixels: a transpose is visible
@@ -115,6 +115,12 @@ def test_multicoil_and_image_only_files_and_nifti(tmp_path):
     assert dm.geometry.pixel_mm == pytest.approx((1.5, 1.5)) and dm.geometry.axes == ("R", "A")
     x = dm.train_set[0]["x"][0]
     assert torch.all(x[0] == -1) and torch.all(x[-1] == -1)  # rows zero-padded 30 -> 32 (signal 0 -> -1)
+
+    # a DICOM series: its own grid from the series geometry (RAS array axes x, y in plane)
+    write_dicom_series(tmp_path / "dicom" / "series", np.abs(phantom((32, 24, 6), seed=1)), spacing=(2.0, 2.5, 3.0))
+    dm = build_datamodule({"name": "mri_recon", "path": str(tmp_path / "dicom"), "batch_size": 2, "num_workers": 0})
+    assert dm.data_shape == [1, 32, 24]
+    assert dm.geometry.pixel_mm == pytest.approx((2.0, 2.5)) and dm.geometry.axes == ("R", "A")
 
 
 def test_geometry_match_reorients_or_refuses():
