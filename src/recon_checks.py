@@ -13,9 +13,13 @@ says so. (Hand-written: no installed library validates MRI reconstructions witho
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from src.geometry import GeometryError, geometry_from_affine
 from src.inverse.tv import tv_reconstruct
 from src.mri.masks import center_region
 from src.mri.measurement import Measurement, robust_max, zero_filled
@@ -103,3 +107,48 @@ def pick_slices(meas: Measurement, count: int) -> Measurement:
     idx = np.linspace(0, meas.num_slices - 1, count).round().astype(int).tolist()
     mask = meas.mask[idx] if meas.mask.shape[0] > 1 else meas.mask
     return Measurement(kspace=meas.kspace[idx], mask=mask)
+
+
+# ---- the CLI's use of these checks (src.reconstruct) ----------------------------------------------------
+def check_geometry(reconstructor, meas, affine, args):
+    """The input's grid against the checkpoint's contract: reoriented (a note), refused, or with
+    --method auto dropped for the baselines (a warning). Returns (reconstructor or None, summary entry)."""
+    found = geometry_from_affine(affine, meas.shape)
+    if reconstructor.geometry is None:
+        return reconstructor, None
+    try:
+        turn = reconstructor.orient(found, what=f"--input {Path(args.input).name}")
+    except GeometryError as e:
+        if args.method != "auto":
+            raise
+        print(f"warning: {e} --method auto falls back to the baselines.", file=sys.stderr)
+        return None, {"model": reconstructor.geometry.describe(), "input": found.describe(),
+                      "reorientation": None}
+    if not turn.identity:
+        print(f"note: the input ({found.describe()}) is reoriented onto the model's grid "
+              f"({reconstructor.geometry.describe()}): {turn.describe()}; the output keeps the input's grid",
+              file=sys.stderr)
+    return reconstructor, {"model": reconstructor.geometry.describe(), "input": found.describe(),
+                           "reorientation": turn.describe()}
+
+
+def choose_method(reconstructor, meas, args) -> tuple[str, dict]:
+    """--method auto: the candidate that best predicts held-out measured columns (src/recon_checks.py)."""
+    sub = pick_slices(meas, 4)
+    fit, held = holdout(sub)
+    if not bool(held.any()):
+        method = "diffusion" if reconstructor is not None else "cs"
+        print(f"warning: too few measured columns to cross-validate; --method auto uses {method}.",
+              file=sys.stderr)
+        return method, {"held_out_columns": 0}
+    errors = {"zero-filled": 1.0, "cs": holdout_error(sub, held, tv_complex(fit, args.cs_lambda, args.cs_iters))}
+    if reconstructor is not None:
+        trial = reconstructor.run(fit, num_samples=1, seed=args.seed)
+        errors["diffusion"] = holdout_error(sub, held, trial.complex_image)
+    method = min(errors, key=errors.get)
+    if reconstructor is not None and method != "diffusion":
+        print(f"warning: the diffusion prior predicts held-out measured k-space with a relative error of "
+              f"{errors['diffusion']:.3f}, worse than {method} ({errors[method]:.3f}): it is out of its "
+              f"domain for this scan, so --method auto uses {method}.", file=sys.stderr)
+    return method, {"held_out_columns": int(held.sum()), "slices": sub.num_slices,
+                    "errors": {k: round(v, 5) for k, v in errors.items()}, "chosen": method}
