@@ -103,7 +103,8 @@ def save_figure(out: Path, test: np.ndarray, slice_index: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", choices=["phantoms", "real"], default="phantoms")
+    ap.add_argument("--data", choices=["phantoms", "real"], default="phantoms",
+                    help="built-in head phantoms, or a real head scan shipped with nibabel")
     ap.add_argument("--train-minutes", type=float, default=8.0, help="--data real: training time limit")
     ap.add_argument("--out", default="outputs/recon_study")
     ap.add_argument("--train-steps", type=int, default=600)
