@@ -11,6 +11,7 @@ DATAMODULES: dict[str, str] = {
     "image": "datamodules.image:ImageDataModule",
     "audio": "datamodules.audio:AudioDataModule",
     "mri": "datamodules.mri:MRIDataModule",
+    "mri_recon": "datamodules.fastmri_train:ReconPriorDataModule",  # experiment=recon_prior
 }
 
 

@@ -93,6 +93,9 @@ class RunConfigInCheckpoint(pl.Callback):
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
         checkpoint["run_config"] = self.config
+        geometry = getattr(getattr(trainer, "datamodule", None), "geometry", None)
+        if geometry is not None:  # the reconstruction contract (src/geometry.py), checked by src.reconstruct
+            checkpoint["geometry"] = geometry.to_dict()
         if self.private:  # callbacks' state holds absolute paths (the run folder may bear a patient's name)
             checkpoint["callbacks"] = {k: _strip_paths(v) for k, v in checkpoint.get("callbacks", {}).items()}
 

@@ -34,6 +34,7 @@ from .mri.masks import MASK_KINDS, columns_from_kspace
 from .mri.measurement import as_measurement, compressed_sensing, simulate_from_image, undersample, zero_filled
 from .mri.metrics import all_metrics
 from .mri.reconstructor import Reconstruction, Reconstructor
+from .recon_checks import check_geometry, choose_method, tv_complex, volume_checks
 
 __all__ = ["Reconstruction", "Reconstructor", "main"]
 
@@ -48,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="fastMRI-style .h5 (kspace, optional mask) or, with "
                                                   "--simulate, a NIfTI magnitude volume")
     p.add_argument("--output", required=True, help="reconstructed volume, .nii.gz or .nii")
-    p.add_argument("--method", choices=["diffusion", "cs", "zero-filled"], default="diffusion",
-                   help="diffusion prior, total-variation compressed sensing, or zero-filled inverse FFT")
+    p.add_argument("--method", choices=["diffusion", "auto", "cs", "zero-filled"], default="diffusion",
+                   help="diffusion prior, auto (the diffusion prior unless k-space cross-validation or the "
+                        "geometry check finds it out of its domain: then TV or zero-filled, with a warning), "
+                        "total-variation compressed sensing, or zero-filled inverse FFT")
     sim = p.add_argument_group("retrospective undersampling (--simulate)")
     sim.add_argument("--simulate", action="store_true",
                      help="undersample the input retrospectively (NIfTI magnitude or fully sampled .h5)")
@@ -145,7 +148,8 @@ def check_paths(args) -> Path:
 def run(args) -> dict:
     stem = check_paths(args)
     reconstructor = None
-    if args.method == "diffusion":  # load the model first: a wrong checkpoint fails before any heavy work
+    if args.method == "diffusion" or (args.method == "auto" and args.checkpoint):
+        # load the model first: a wrong checkpoint fails before any heavy work
         reconstructor = Reconstructor.from_checkpoint(
             args.checkpoint, device=args.device, steps=args.steps, eta=args.eta, cg_iters=args.cg_iters,
             batch_size=args.batch_size, use_ema=not args.no_ema,
@@ -154,23 +158,31 @@ def run(args) -> dict:
     reference = read_reference(args.reference) if args.reference else truth
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    geometry = None
+    if reconstructor is not None:
+        reconstructor, geometry = check_geometry(reconstructor, meas, affine, args)
     if reconstructor is not None:
         reconstructor.check_resolution(meas.shape)
 
     t0 = time.perf_counter()
-    std = None
-    if args.method == "diffusion":
+    std = complex_image = auto = None
+    method = args.method
+    if method == "auto":
+        method, auto = choose_method(reconstructor, meas, args)
+    if method == "diffusion":
         result = reconstructor.run(meas, num_samples=args.num_samples, seed=args.seed,
                                    progress=not args.quiet)
-        image, std, zf = result.image, result.std, result.zero_filled
-    elif args.method == "cs":
-        image, zf = compressed_sensing(meas, lam=args.cs_lambda, iters=args.cs_iters), zero_filled(meas)
+        image, std, zf, complex_image = result.image, result.std, result.zero_filled, result.complex_image
+    elif method == "cs":
+        complex_image, zf = tv_complex(meas, lam=args.cs_lambda, iters=args.cs_iters), zero_filled(meas)
+        image = np.abs(complex_image)
     else:
         image = zf = zero_filled(meas)
     seconds = time.perf_counter() - t0
+    checks = volume_checks(meas, complex_image, image, zf)
     cs_image = None
     if args.compare_cs:
-        cs_image = image if args.method == "cs" else compressed_sensing(meas, lam=args.cs_lambda,
+        cs_image = image if method == "cs" else compressed_sensing(meas, lam=args.cs_lambda,
                                                                          iters=args.cs_iters)
 
     written = [write_nifti(image, affine, args.output, header)]
@@ -181,21 +193,30 @@ def run(args) -> dict:
     if cs_image is not None:
         written.append(write_nifti(cs_image, affine, f"{stem}.cs.nii.gz", header))
 
-    summary = {"method": args.method, "slices": meas.num_slices, "shape": list(meas.shape),
+    summary = {"method": method, "slices": meas.num_slices, "shape": list(meas.shape),
                "coils": int(meas.kspace.shape[1]) if meas.multicoil else 1,
                "acceleration": round(meas.acceleration, 3), "seconds": round(seconds, 2),
                "seconds_per_slice": round(seconds / meas.num_slices, 3)}
-    if reconstructor is not None:
+    summary["checks"] = checks
+    if geometry is not None:
+        summary["geometry"] = geometry
+    if auto is not None:
+        summary["auto"] = auto
+    if method == "diffusion":
         summary.update(steps=reconstructor.steps, eta=reconstructor.eta, num_samples=args.num_samples,
                        seed=args.seed, checkpoint=str(args.checkpoint))
     if reference is not None:
         summary["metrics"] = metrics_against(reference, image, zf, cs_image, args)
-        written.append(write_json(summary, f"{stem}.metrics.json"))
+    written.append(write_json(summary, f"{stem}.metrics.json"))
     n = meas.num_slices
     coils = summary["coils"]
     print(f"reconstructed {n} slice{'s' * (n != 1)} ({meas.shape[0]}x{meas.shape[1]}, {coils} "
-          f"coil{'s' * (coils != 1)}, {summary['acceleration']:.1f}x undersampled) with {args.method} in "
+          f"coil{'s' * (coils != 1)}, {summary['acceleration']:.1f}x undersampled) with {method} in "
           f"{seconds:.1f} s ({seconds / n:.2f} s per slice)")
+    residual = checks.get("data_residual")
+    print(f"  data-consistency residual {'n/a (zero-filled)' if residual is None else f'{residual:.2e}'}"
+          f" (||M F x - y|| / ||y||); moved {checks['moved_from_zero_filled']:.3f} from zero-filled "
+          "(||x - zero-filled|| / ||zero-filled||)")
     if "metrics" in summary:
         for key, m in summary["metrics"].items():
             if isinstance(m, dict):

@@ -23,6 +23,7 @@ from datamodules.base import DataError
 from datamodules.mri import INTENSITY_SCALING
 from src.checkpoint import CheckpointError, module_from_checkpoint
 from src.errors import ConfigError
+from src.geometry import Geometry, Reorientation, calibration_reference, match
 from src.inverse.sampler import sample_posterior
 
 from .masks import center_region
@@ -134,8 +135,11 @@ class Reconstructor:
     def __init__(self, module, run_config: dict | None = None, device: str | torch.device = "cpu",
                  steps: int | None = None, eta: float = 0.85, cg_iters: int = 5, batch_size: int = 8,
                  use_ema: bool = True, allow_resolution_mismatch: bool = False,
-                 intensity_percentile: float | None = None, name: str = "model"):
+                 intensity_percentile: float | None = None, name: str = "model", geometry: dict | None = None):
         check_model(module, run_config, name)
+        # the grid and intensity contract of a recon_prior checkpoint (src/geometry.py); None for older ones
+        self.geometry = Geometry.from_dict(geometry) if geometry else None
+        self.reorientation = Reorientation()
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
         self.name = name
@@ -157,7 +161,8 @@ class Reconstructor:
         """Load safely (``weights_only``, model rebuilt from the checkpoint's own allow-listed config)."""
         dev = resolve_device(device)
         module, ckpt = module_from_checkpoint(path, device=dev)
-        return cls(module, ckpt.get("run_config") or {}, device=dev, name=str(path), **options)
+        return cls(module, ckpt.get("run_config") or {}, device=dev, name=str(path),
+                   geometry=ckpt.get("geometry"), **options)
 
     # ---- public API -----------------------------------------------------------------------------------
     def reconstruct(self, kspace, mask=None, num_samples: int = 1, seed: int = 0) -> np.ndarray:
@@ -173,7 +178,7 @@ class Reconstructor:
             raise ConfigError(f"--num-samples must be at least 1, got {num_samples}.")
         t0 = time.perf_counter()
         zf = zero_filled(meas)
-        scale = robust_max(zf, self.percentile)
+        scale = self.intensity_scale(meas, zf)
         s_count, (h, w) = meas.num_slices, meas.shape
         items = [(s, k) for s in range(s_count) for k in range(num_samples)]
         mags = np.zeros((num_samples, s_count, h, w), dtype=np.float32)
@@ -196,8 +201,25 @@ class Reconstructor:
         return Reconstruction(image=mags.mean(axis=0), std=std, complex_image=first, zero_filled=zf,
                               scale=scale, seconds=time.perf_counter() - t0)
 
+    def orient(self, found: Geometry, what: str = "the input") -> Reorientation:
+        """Check ``found`` (the input's grid) against the checkpoint's: the transpose/flips used from now on,
+        or a GeometryError naming both grids. Models without a contract only get the size check."""
+        if self.geometry is not None:
+            found = Geometry(found.matrix, found.pixel_mm, found.axes, self.geometry.intensity)
+            self.reorientation = match(self.geometry, found, what)
+        return self.reorientation
+
+    def intensity_scale(self, meas: Measurement, zf: np.ndarray) -> float:
+        """``s`` of the checkpoint's intensity contract: from the measured k-space centre (recon_prior models)
+        or, for older models, the percentile of the zero-filled volume."""
+        if self.geometry is not None and self.geometry.intensity.get("reference") == "calibration":
+            return calibration_reference(meas.kspace, self.geometry.intensity)
+        return robust_max(zf, self.percentile)
+
     def check_resolution(self, shape: tuple[int, int]) -> None:
         trained = tuple(int(v) for v in self.module.data_shape[1:])
+        if self.reorientation.transpose:
+            shape = tuple(shape)[::-1]
         if tuple(shape) != trained and not self.allow_resolution_mismatch:
             spacing, axis = self.data_config.get("spacing"), int(self.data_config.get("slice_axis", 2))
             in_plane = [s for a, s in enumerate(spacing or []) if a != axis]
@@ -216,8 +238,12 @@ class Reconstructor:
         # the training data lie in [-1, 1]; clamping the estimate keeps early, very noisy steps in range
         clip = self.module.diffusion_cfg.get("clip_denoised") or (-1.0, 1.0)
         f = self.factor
+        turn = self.reorientation  # the input's grid -> the model's (a transpose and/or flips; src/geometry.py)
 
         def d(x, sigma):
+            return turn.to_input(padded(turn.to_model(x), sigma))
+
+        def padded(x, sigma):
             h, w = x.shape[-2:]
             ph, pw = (-h) % f, (-w) % f
             if ph or pw:  # the UNet needs sizes divisible by its downsampling factor: reflect-pad, then crop

@@ -1,0 +1,203 @@
+"""experiment=recon_prior end to end: fastMRI-style HDF5 training files -> prior -> src.reconstruct on a test
+file with no override; the geometry contract reorients a transposed input and refuses a resampled one."""
+
+import json
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from datamodules import build_datamodule
+from src.geometry import Geometry, GeometryError, Reorientation, match
+from src.mri.fft import fft2c
+from src.mri.masks import undersampling_mask
+from src.reconstruct import Reconstructor, main
+
+from .mri_helpers import phantom, write_dicom_series
+from .test_mri_train import run
+
+H, W, PIXEL = 32, 24, (4.0, 5.0)  # a non-square grid with non-square pixels: a transpose is visible
+
+
+def ismrmrd_header(h, w, pixel) -> str:
+    def space(tag):
+        return (f"<{tag}><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize><fieldOfView_mm>"
+                f"<x>{h * pixel[0]}</x><y>{w * pixel[1]}</y><z>3</z></fieldOfView_mm></{tag}>")
+
+    return (f"<ismrmrdHeader xmlns=\"http://www.ismrm.org/ISMRMRD\"><encoding>{space('encodedSpace')}"
+            f"{space('reconSpace')}</encoding></ismrmrdHeader>")
+
+
+def slices(seed: int, count: int = 6) -> np.ndarray:
+    """(S, H, W) head-phantom slices with a smooth phase, as complex images."""
+    vol = phantom((H, W, count), seed=seed).transpose(2, 0, 1).astype(np.float32)
+    yy, xx = np.mgrid[:H, :W] / max(H, W)
+    return vol * np.exp(1j * (0.6 * yy - 0.4 * xx + 0.2)).astype(np.complex64)
+
+
+def write_h5(path: Path, image: np.ndarray, pixel=PIXEL, mask: np.ndarray | None = None) -> Path:
+    kspace = fft2c(torch.from_numpy(image.astype(np.complex64))).numpy()
+    with h5py.File(path, "w") as f:
+        f["kspace"] = kspace * (mask if mask is not None else 1)
+        if mask is not None:
+            f["mask"] = mask.astype(np.float32)
+        f["reconstruction_esc"] = np.abs(image).astype(np.float32)
+        f["ismrmrd_header"] = ismrmrd_header(image.shape[-2], image.shape[-1], pixel)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recon_prior")
+    train = root / "singlecoil_train"
+    train.mkdir()
+    for i in range(3):
+        write_h5(train / f"file{i}.h5", slices(seed=i))
+    out = root / "run"
+    run("src.train", "domain=mri", "experiment=recon_prior", f"datamodule.path={train}", "logger=none",
+        f"paths.output_dir={out}", "trainer.max_steps=3", "trainer.val_check_interval=3",
+        "trainer.enable_progress_bar=false", "datamodule.batch_size=4", "sampling.every_n_steps=3",
+        "sampling.steps=2", "checkpoint.every_n_steps=3")
+    return root, out / "checkpoints" / "last.ckpt"
+
+
+def test_datamodule_reads_fastmri_files_at_their_grid(tmp_path):
+    for i in range(2):
+        write_h5(tmp_path / f"f{i}.h5", slices(seed=i))
+    write_h5(tmp_path / "resampled.h5", slices(seed=5), pixel=(2.0, 2.5))  # another pixel size: skipped
+    dm = build_datamodule({"name": "mri_recon", "path": str(tmp_path), "val_fraction": 0.5,
+                           "max_bad_fraction": 0.5, "batch_size": 2, "num_workers": 0})
+    assert dm.data_shape == [1, H, W]
+    dm.setup("fit")
+    assert dm.geometry.matrix == (H, W) and dm.geometry.pixel_mm == pytest.approx(PIXEL)
+    assert dm.geometry.axes == ("P", "R")  # fastMRI's display convention (src/mri/io.py)
+    x = dm.train_set[0]["x"]
+    assert x.shape == (1, H, W) and x.min() >= -1 and x.max() <= 1
+    # the slice is |ifft2c(kspace)| scaled, not resampled: its foreground matches the phantom's
+    names = {v.path.name for v in dm._volumes}
+    assert names == {"f0.h5", "f1.h5"}
+
+
+def test_multicoil_and_image_only_files_and_nifti(tmp_path):
+    """Multi-coil k-space gives the root-sum-of-squares; a file with only reconstruction_rss gives that image
+    on its reconSpace grid; a NIfTI volume keeps its native grid (cropped/padded to the matrix)."""
+    img = slices(seed=2, count=4)
+    coils = np.stack([img * 0.8, img * 0.6j], axis=1)  # two coils, sum of |S|^2 = 1
+    with h5py.File(tmp_path / "multi.h5", "w") as f:
+        f["kspace"] = fft2c(torch.from_numpy(coils.astype(np.complex64))).numpy()
+        f["ismrmrd_header"] = ismrmrd_header(H, W, PIXEL)
+    with h5py.File(tmp_path / "rss_only.h5", "w") as f:
+        f["reconstruction_rss"] = np.abs(img).astype(np.float32)
+        f["ismrmrd_header"] = ismrmrd_header(H, W, PIXEL)
+    dm = build_datamodule({"name": "mri_recon", "path": str(tmp_path), "val_fraction": 0.0, "batch_size": 2,
+                           "num_workers": 0, "min_slice_foreground": 0.0})
+    dm.setup("fit")
+    assert {v.kind for v in dm._volumes} == {"kspace", "image"}
+    multi = next(v for v in dm._volumes if v.kind == "kspace")
+    rss_only = next(v for v in dm._volumes if v.kind == "image")
+    key = (dm._volumes.index(multi), 0)  # one of the two files is held out for validation
+    ds = next(d for d in (dm.train_set, dm.val_set) if key in d.index)
+    expected = (2 * np.abs(img[0]) / multi.scale - 1).clip(-1, 1)
+    np.testing.assert_allclose(ds[ds.index.index(key)]["x"][0].numpy(), expected, atol=1e-4)
+    assert rss_only.scale == pytest.approx(multi.scale, rel=0.15)  # same image: nearly the same reference
+
+    nifti = tmp_path / "nifti"
+    vol = np.abs(phantom((30, 26, 4), seed=1)).astype(np.float32)
+    nifti.mkdir()
+    nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1])), nifti / "scan.nii.gz")
+    dm = build_datamodule({"name": "mri_recon", "path": str(nifti), "shape": [32, 24], "batch_size": 2,
+                           "num_workers": 0})
+    assert dm.data_shape == [1, 32, 24]
+    dm.setup("fit")
+    assert dm.geometry.pixel_mm == pytest.approx((1.5, 1.5)) and dm.geometry.axes == ("R", "A")
+    x = dm.train_set[0]["x"][0]
+    assert torch.all(x[0] == -1) and torch.all(x[-1] == -1)  # rows zero-padded 30 -> 32 (signal 0 -> -1)
+
+    # a DICOM series: its own grid from the series geometry (RAS array axes x, y in plane)
+    write_dicom_series(tmp_path / "dicom" / "series", np.abs(phantom((32, 24, 6), seed=1)), spacing=(2.0, 2.5, 3.0))
+    dm = build_datamodule({"name": "mri_recon", "path": str(tmp_path / "dicom"), "batch_size": 2, "num_workers": 0})
+    assert dm.data_shape == [1, 32, 24]
+    assert dm.geometry.pixel_mm == pytest.approx((2.0, 2.5)) and dm.geometry.axes == ("R", "A")
+
+
+def test_geometry_match_reorients_or_refuses():
+    model = Geometry((32, 24), (4.0, 5.0), ("P", "R"))
+    assert match(model, model).identity
+    flipped_t = match(model, Geometry((24, 32), (5.0, 4.0), ("L", "P")))
+    assert flipped_t == Reorientation(transpose=True, flip_rows=False, flip_cols=True)
+    x = torch.arange(24 * 32.0).reshape(24, 32)
+    assert torch.equal(flipped_t.to_input(flipped_t.to_model(x)), x)
+    with pytest.raises(GeometryError, match=r"32x24 slices of 4 x 5 mm.*64x48 slices of 2 x 2.5 mm"):
+        match(model, Geometry((64, 48), (2.0, 2.5), ("P", "R")))
+    with pytest.raises(GeometryError):  # an oblique axis (S) cannot be reached by a transpose or flip
+        match(model, Geometry((32, 24), (4.0, 5.0), ("S", "R")))
+
+
+@pytest.mark.slow
+def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path, capsys):
+    root, ckpt = trained
+    geometry = torch.load(ckpt, weights_only=True)["geometry"]
+    assert geometry["matrix"] == [H, W] and geometry["axes"] == ["P", "R"]
+    assert geometry["pixel_mm"] == pytest.approx(list(PIXEL))
+    assert geometry["intensity"]["reference"] == "calibration"
+
+    truth = slices(seed=7, count=4)
+    mask = undersampling_mask("equispaced", W, 4, 0.125, 0).numpy()
+    test = write_h5(tmp_path / "singlecoil_val.h5", truth, mask=mask)
+    out = tmp_path / "recon.nii.gz"
+    summary = main(["--checkpoint", str(ckpt), "--input", str(test), "--output", str(out), "--steps", "3",
+                    "--reference", str(test), "--quiet"])
+    printed = capsys.readouterr().out
+    assert summary["geometry"]["reorientation"] == "as is"
+    # per volume: data-consistency residual and distance from zero-filled, in the JSON and on the console
+    check = summary["checks"]
+    assert check["data_residual"] < 1e-3 and check["moved_from_zero_filled"] > 0
+    assert "data-consistency residual" in printed and "from zero-filled" in printed
+    saved = json.loads((tmp_path / "recon.metrics.json").read_text())
+    assert saved["checks"] == pytest.approx(check)
+    assert nib.load(out).shape == (H, W, 4)
+
+    # the same scan stored transposed (rows and columns swapped, axes relabelled): reoriented, same result
+    t = tmp_path / "transposed.nii.gz"
+    mag = np.abs(truth).transpose(2, 1, 0)  # (W, H, S): rows run along R, columns along P
+    affine = np.array([[PIXEL[1], 0, 0, 0], [0, -PIXEL[0], 0, 0], [0, 0, 3, 0], [0, 0, 0, 1.0]])
+    nib.save(nib.Nifti1Image(mag.astype(np.float32), affine), t)
+    summary = main(["--checkpoint", str(ckpt), "--input", str(t), "--simulate", "--output",
+                    str(tmp_path / "t.nii.gz"), "--steps", "2", "--quiet"])
+    assert summary["geometry"]["reorientation"] == "transposed"
+    assert "reoriented" in capsys.readouterr().err
+
+    # resampled to 2 mm pixels: refused with a sentence naming both grids
+    r = tmp_path / "resampled.nii.gz"
+    nib.save(nib.Nifti1Image(phantom((64, 48, 4), seed=4), np.diag([2.0, 2.5, 3, 1])), r)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), "--input", str(r), "--simulate", "--output", str(tmp_path / "r.nii.gz")])
+    err = capsys.readouterr().err
+    assert "32x24 slices of 4 x 5 mm" in err and "64x48 slices of 2 x 2.5 mm" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_auto_falls_back_when_the_prior_is_out_of_domain(trained, tmp_path, capsys):
+    _, ckpt = trained
+    r = tmp_path / "other_grid.nii.gz"
+    vol = np.abs(phantom((64, 48, 4), seed=3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.5, 3, 1])), r)
+    summary = main(["--checkpoint", str(ckpt), "--input", str(r), "--simulate", "--method", "auto",
+                    "--output", str(tmp_path / "a.nii.gz"), "--quiet"])
+    assert summary["method"] in ("cs", "zero-filled")
+    err = capsys.readouterr().err
+    assert "warning" in err and "64x48" in err
+
+
+@pytest.mark.slow
+def test_python_api_uses_the_contract(trained):
+    _, ckpt = trained
+    rec = Reconstructor.from_checkpoint(ckpt, device="cpu", steps=2)
+    assert rec.geometry == Geometry.from_dict(torch.load(ckpt, weights_only=True)["geometry"])
+    truth = slices(seed=9, count=4)
+    mask = undersampling_mask("equispaced", W, 4, 0.125, 0).numpy()
+    image = rec.reconstruct(fft2c(torch.from_numpy(truth)).numpy() * mask, mask)
+    assert image.shape == (4, H, W) and np.isfinite(image).all()
