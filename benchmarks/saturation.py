@@ -18,9 +18,9 @@ RUNS = [("euler", 50), ("heun", 25), ("heun", 16), ("heun", 8), ("dpmpp_2m", 32)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ckpt")
-    ap.add_argument("--num", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("ckpt", help="a trained image checkpoint (flow matching shows the effect)")
+    ap.add_argument("--num", type=int, default=64, help="samples drawn per sampler and step count")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the draws (the same for every sampler)")
     args = ap.parse_args()
     module, _ = module_from_checkpoint(args.ckpt)
     if not hasattr(module.objective, "sigma_max") or module.diffusion_cfg.get("family") != "flow":
