@@ -54,8 +54,8 @@ def commands():
 
 def as_typed(rest: str, home: Path) -> list[str]:
     rest = rest.replace("<run>", "run")
-    # a synopsis' [optional part]; key=[1,2] is a Hydra list value
-    rest = re.sub(r"(?<!=)\[([^\]]*)\]", lambda m: "" if "..." in m.group(1) else m.group(1), rest)
+    # a synopsis' [optional part]; key=[1,2] (or {key:[1,2]}) is a Hydra list value
+    rest = re.sub(r"(?<![=:,])\[([^\]]*)\]", lambda m: "" if "..." in m.group(1) else m.group(1), rest)
     words = []
     for word in shlex.split(rest.replace("$HOME", str(home)), comments=True):
         if word == "~" or word.startswith("~/"):
