@@ -23,7 +23,8 @@ from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
 from .media import build_media
 from .metrics import MetricsCallback
-from .module import DiffusionModule
+from .latent.callbacks import ReconstructionCallback
+from .latent.stage import build_model, is_autoencoder
 from .preemption import LastCheckpoint, is_preempted, requeue
 
 log = logging.getLogger("src.train")
@@ -158,7 +159,7 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
                         monitor="step", mode="max", save_last=True, enable_version_counter=False),
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
-        SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
+        (ReconstructionCallback if is_autoencoder(cfg) else SampleCallback)(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
@@ -180,9 +181,7 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
-    model = DiffusionModule(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion),
-                            data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
-                            seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")))
+    model = build_model(cfg, dm.data_shape)  # pixel-space diffusion, stage=autoencoder or latent diffusion
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
