@@ -26,6 +26,8 @@ from .networks import autoencoder_kwargs, build_autoencoder, build_discriminator
 log = logging.getLogger(__name__)
 # checkpoints hold the weights after the step's update, as with automatic optimization: what resume needs
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# the discriminator's schedule follows the step from the start, also while its warm-up keeps it from stepping
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 LOSS_DEFAULTS = {"l1_weight": 1.0, "kl_weight": 1e-6, "adversarial_weight": 0.0, "adversarial_warmup_steps": 1000,
                  "perceptual_weight": 0.0, "perceptual_weights": None}
