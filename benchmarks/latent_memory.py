@@ -9,7 +9,7 @@ Each point runs in a fresh subprocess (one thread, fp32, CPU, batch of one cubic
   the latent (3 channels, sides / 4 with the small/base presets): what stage 2 does per batch;
 - ``autoencoder``: one AdamW step of stage 1 (L1 + KL, no discriminator) on the volume.
 Memory is the process's peak resident set size (``ru_maxrss``, interpreter and libraries included); step time is
-the second of two steps. A point whose peak, predicted from the next smaller size as baseline + (voxel ratio) x
+that step's wall time (one step, as benchmarks/mri_memory.py: a shared CPU is slow). A point whose peak, predicted from the next smaller size as baseline + (voxel ratio) x
 (the step's share above it), exceeds ``--max-gib`` is not run: the table then shows the prediction, marked "~",
 so the benchmark stays short and safe on a shared machine. The last table extrapolates the largest cube that fits
 ``--budget-gib`` the same way (the activations grow with the voxel count).
@@ -66,7 +66,6 @@ def child(mode: str, size: int, preset: str, ae_preset: str) -> dict:
         loss.backward()
         opt.step()
 
-    step()
     t0 = time.perf_counter()
     step()
     dt = time.perf_counter() - t0
