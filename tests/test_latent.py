@@ -211,15 +211,16 @@ def test_mri_volume_stage1_stage2_and_sample_nifti(tmp_path):
     mri = ["domain=mri", "experiment=smoke", "logger=none", "trainer.accelerator=cpu",
            "trainer.enable_progress_bar=false", "datamodule.shape=[16,16,16]", "datamodule.builtin_size=6",
            "datamodule.batch_size=2", "trainer.max_steps=3", "trainer.val_check_interval=3",
-           "checkpoint.every_n_steps=3", "sampling.every_n_steps=3", "sampling.num=2", "metrics.num_samples=2"]
+           "checkpoint.every_n_steps=3", "sampling.every_n_steps=3", "sampling.num=2"]
     ae, ld = tmp_path / "ae", tmp_path / "ld"
     train(compose(mri + ["stage=autoencoder", f"paths.output_dir={ae}"]))
     pairs = sorted((ae / "samples").glob("step0000003_*.nii.gz"))
-    assert [p.name.split("_")[1] for p in pairs] == ["input", "input", "recon", "recon"]
+    kinds = [p.name.split("_")[1] for p in pairs]  # one pair per validation item (one phantom held out here)
+    assert kinds.count("input") == kinds.count("recon") >= 1 and len(kinds) == 2 * kinds.count("input")
     assert nib.load(pairs[-1]).shape == (16, 16, 16)
     # the 3D autoencoder is fully convolutional: stage 2 may diffuse larger volumes than stage 1's crops
     res = train(compose(mri + [f"paths.output_dir={ld}", f"latent.autoencoder={ae / 'checkpoints' / 'last.ckpt'}",
-                               "datamodule.shape=[32,32,32]"]))
+                               "datamodule.shape=[32,32,32]", "metrics.num_samples=2"]))
     assert res["global_step"] == 3 and "val/frechet_stats" in res["metrics"]
     assert nib.load(sorted((ld / "samples").glob("*.nii.gz"))[0]).shape == (32, 32, 32)
     main([f"ckpt={ld / 'checkpoints' / 'last.ckpt'}", "num_samples=2", "steps=3", "seed=0", f"out={tmp_path / 's'}"])
