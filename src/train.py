@@ -154,12 +154,13 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         real_media = build_media(to_plain(cfg.media)) if privacy.get("upload_real_images") else None
         extra.append(MetricsCallback(to_plain(cfg.metrics), sampler=s.sampler, steps=s.steps, seed=cfg.seed,
                                      batch_size=s.batch_size, real_media=real_media))
+    sample_preview = ReconstructionCallback if is_autoencoder(cfg) else SampleCallback  # stage 1: input/recon pairs
     callbacks = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
                         monitor="step", mode="max", save_last=True, enable_version_counter=False),
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
-        (ReconstructionCallback if is_autoencoder(cfg) else SampleCallback)(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
+        sample_preview(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
