@@ -76,6 +76,7 @@ def test_latent_checkpoint_round_trip(autoencoder_ckpt, tmp_path):
     latent_hp = ckpt["hyper_parameters"]["latent"]
     assert latent_hp["source"]["sha256"] == file_sha256(autoencoder_ckpt)
     assert ckpt["hyper_parameters"]["backbone"]["in_channels"] == 3
+    assert latent_hp["arch"] == ae["autoencoder_arch"] and latent_hp["arch"]["channels"] == [8, 16, 16]
     # the checkpoint carries the autoencoder's (EMA) weights, frozen: equal to stage 1's
     for k, v in ae["state_dict"].items():
         if k.startswith("ema.module."):
@@ -190,6 +191,18 @@ def test_latent_resume_matches_uninterrupted_run(autoencoder_ckpt, tmp_path):
     _assert_same_runs(a, b, 8)
     for key in ("train/loss", "val/loss"):
         assert abs(res_a["metrics"][key] - res_b["metrics"][key]) < 1e-5, key
+
+
+def test_autoencoder_stage_refuses_1d_data_and_bad_latent_options():
+    from src.latent.stage import build_model
+
+    with pytest.raises(ConfigError, match="needs 2D or 3D data"):
+        build_model(compose(["domain=audio", "stage=autoencoder", "logger=none"]), [1, 8000])
+    arch = _arch(2)
+    for bad in ({"scale_factor": -1.0}, {"scale_batches": 0}):
+        with pytest.raises(ConfigError, match="latent.scale_"):
+            LatentDiffusionModule(backbone={"name": "unet", "spatial_dims": 2, "preset": "tiny"},
+                                  diffusion={"family": "ddpm"}, data_shape=[1, 16, 16], latent={"arch": arch, **bad})
 
 
 def test_perceptual_loss_needs_a_local_weights_file(tmp_path):

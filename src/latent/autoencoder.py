@@ -41,8 +41,9 @@ class AutoencoderModule(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.data_shape = list(data_shape)
+        # spatial dims and channels follow the data; the preset and any override come from the config
         self.arch = autoencoder_kwargs({"in_channels": data_shape[0], "spatial_dims": len(data_shape) - 1,
-                                        **autoencoder})
+                                        **{k: v for k, v in autoencoder.items() if v is not None}})
         self.loss_cfg = {**LOSS_DEFAULTS, **(loss or {})}
         unknown = sorted(set(self.loss_cfg) - set(LOSS_DEFAULTS))
         if unknown:
@@ -65,6 +66,9 @@ class AutoencoderModule(pl.LightningModule):
         if float(self.loss_cfg["perceptual_weight"]) > 0:
             self.perceptual = build_perceptual(dims, self.loss_cfg["perceptual_weights"])
         self._consecutive_skips = 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["autoencoder_arch"] = self.arch  # resolved: stage 2 rebuilds it even if the presets change
 
     # ---- training ---------------------------------------------------------------------------------
     def configure_model(self):

@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from src.checkpoint import CheckpointError
-from src.errors import ConfigError
+from src.errors import ConfigError, positive_int
 from src.module import DiffusionModule
 
 from .space import LatentSpace
@@ -31,6 +31,12 @@ class LatentDiffusionModule(DiffusionModule):
     checkpoint), ``scale_factor`` (null: fitted on ``scale_batches`` batches at the start of training)."""
 
     def __init__(self, backbone: dict, diffusion: dict, data_shape: list[int], latent: dict, **kwargs):
+        factor = latent.get("scale_factor")
+        if factor is not None and not (isinstance(factor, (int, float)) and factor > 0):
+            raise ConfigError(f"latent.scale_factor must be a positive number or null (fitted on the data), "
+                              f"got {factor!r}.")
+        if latent.get("scale_batches") is not None:
+            positive_int(latent["scale_batches"], "latent.scale_batches")
         space = LatentSpace(latent["arch"], data_shape, latent.get("scale_factor"))
         if int(latent["arch"]["in_channels"]) != int(data_shape[0]):
             raise ConfigError(f"The autoencoder was trained on {latent['arch']['in_channels']}-channel data, this "

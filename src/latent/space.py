@@ -99,8 +99,9 @@ def read_autoencoder(path: str | Path, use_ema: bool = True) -> tuple[dict, dict
     if "autoencoder" not in hp or "data_shape" not in hp:
         raise CheckpointError(f"latent.autoencoder={path} is not an autoencoder checkpoint (it has no autoencoder "
                               "config); pass the last.ckpt of a python -m src.train stage=autoencoder run.")
-    arch = autoencoder_kwargs({"in_channels": hp["data_shape"][0], "spatial_dims": len(hp["data_shape"]) - 1,
-                               **hp["autoencoder"]})
+    arch = autoencoder_kwargs(ckpt.get("autoencoder_arch") or {
+        "in_channels": hp["data_shape"][0], "spatial_dims": len(hp["data_shape"]) - 1,
+        **{k: v for k, v in hp["autoencoder"].items() if v is not None}})
     prefix = "ema.module." if use_ema else "autoencoder."
     weights = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not weights:
