@@ -239,3 +239,26 @@ def test_mri_volume_stage1_stage2_and_sample_nifti(tmp_path):
     main([f"ckpt={ld / 'checkpoints' / 'last.ckpt'}", "num_samples=2", "steps=3", "seed=0", f"out={tmp_path / 's'}"])
     written = sorted((tmp_path / "s").glob("*.nii.gz"))
     assert len(written) == 2 and nib.load(written[0]).shape == (32, 32, 32)
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_autoencoder_with_discriminator_then_latent(tmp_path):
+    """trainer=ddp on CPU (gloo): stage 1 with the discriminator (unused in warm-up), then stage 2."""
+    from .conftest import run_module
+
+    ddp = ["experiment=smoke", "logger=none", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+           "datamodule.resolution=16", "datamodule.builtin_size=64", "datamodule.batch_size=4",
+           "trainer.max_steps=4", "trainer.val_check_interval=4", "checkpoint.every_n_steps=4", "sampling.num=2",
+           "trainer.enable_progress_bar=false"]
+    ae, ld = tmp_path / "ae", tmp_path / "ld"
+    res = run_module(["src.train", *ddp, "stage=autoencoder", "loss.adversarial_weight=0.1",
+                      "loss.adversarial_warmup_steps=2", "discriminator.num_layers=1", f"paths.output_dir={ae}"],
+                     env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    ckpt = _load(ae / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4 and len(ckpt["optimizer_states"]) == 2
+    res = run_module(["src.train", *ddp, f"latent.autoencoder={ae / 'checkpoints' / 'last.ckpt'}",
+                      f"paths.output_dir={ld}"], env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list((ld / "samples").glob("step0000004_*.png"))) == 2
+    assert float(_load(ld / "checkpoints" / "last.ckpt")["state_dict"]["latent.scale_factor"]) > 0

@@ -71,6 +71,14 @@ class AutoencoderModule(pl.LightningModule):
         checkpoint["autoencoder_arch"] = self.arch  # resolved: stage 2 rebuilds it even if the presets change
 
     # ---- training ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DDPStrategy) and self.discriminator is not None:
+            # before DDP wraps the module: the discriminator is unused in warm-up and in the autoencoder's backward
+            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+
     def configure_model(self):
         if getattr(self._trainer.strategy if self._trainer is not None else None, "shard_module", None):
             raise ConfigError("stage=autoencoder does not support trainer=fsdp; autoencoders are small, use "
