@@ -205,6 +205,21 @@ def test_autoencoder_stage_refuses_1d_data_and_bad_latent_options():
                                   diffusion={"family": "ddpm"}, data_shape=[1, 16, 16], latent={"arch": arch, **bad})
 
 
+def test_autoencoder_nonfinite_step_stops_the_run_with_finite_checkpoints(tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "ae"
+    with caplog.at_level(logging.ERROR, logger="src.latent.autoencoder"):
+        res = train(compose(TINY + AE + [f"paths.output_dir={out}", "optim.lr=1e30", "trainer.max_steps=8",
+                                         "checkpoint.every_n_steps=1", "trainer.val_check_interval=8"]))
+    assert res["global_step"] < 8
+    assert any("Non-finite loss or gradient at step 2" in r.getMessage() and "stopping" in r.getMessage()
+               for r in caplog.records)
+    for path in sorted((out / "checkpoints").glob("*.ckpt")):
+        for k, v in _load(path)["state_dict"].items():
+            assert not v.is_floating_point() or torch.isfinite(v).all(), f"{path.name}: {k}"
+
+
 def test_perceptual_loss_needs_a_local_weights_file(tmp_path):
     from src.latent.networks import build_perceptual
 
