@@ -21,8 +21,9 @@ def is_autoencoder(cfg) -> bool:
     return stage_name(cfg) == "autoencoder"
 
 
-def build_model(cfg, data_shape: list[int]):
-    """The run's LightningModule from the resolved config and the datamodule's ``data_shape``."""
+def build_model(cfg, data_shape: list[int], **extra):
+    """The run's LightningModule from the resolved config and the datamodule's ``data_shape``; ``extra``: more
+    DiffusionModule arguments (e.g. class conditioning), which stage 1 (an unconditional autoencoder) ignores."""
     from src.module import DiffusionModule
 
     latent = to_plain(cfg.get("latent"))
@@ -40,7 +41,7 @@ def build_model(cfg, data_shape: list[int]):
                                  optim=to_plain(cfg.optim), ema=to_plain(cfg.ema), seed=cfg.seed)
     common = dict(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion), data_shape=data_shape,
                   optim=to_plain(cfg.optim), ema=to_plain(cfg.ema), seed=cfg.seed, val_buckets=cfg.val_buckets,
-                  perf=to_plain(cfg.get("perf")))
+                  perf=to_plain(cfg.get("perf")), **extra)
     if not latent.get("autoencoder"):
         return DiffusionModule(**common)
     from .diffusion import LatentDiffusionModule
