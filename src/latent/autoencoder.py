@@ -55,7 +55,11 @@ class AutoencoderModule(pl.LightningModule):
             raise ConfigError(f"optim.nonfinite must be stop or skip; got '{self.optim_cfg['nonfinite']}'.")
         self.seed = seed
         self.autoencoder = build_autoencoder(self.arch)
-        self.ema = EMA(self.autoencoder, **(ema or {}))
+        ema = dict(ema or {})
+        if ema.pop("phema", None):
+            raise ConfigError("ema.phema (post-hoc EMA) is for diffusion runs; stage=autoencoder keeps one EMA "
+                              "(ema.decay): drop ema.phema.")
+        self.ema = EMA(self.autoencoder, **ema)
         dims = self.arch["spatial_dims"]
         self.discriminator = None
         if float(self.loss_cfg["adversarial_weight"]) > 0:
