@@ -139,16 +139,20 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the DiffusionModule from the checkpoint's own config (allow-listed builders), load weights."""
-    from .module import DiffusionModule
+    from .latent.stage import module_class
 
     ckpt = load_checkpoint(path)
     # training's fast paths (torch.compile, channels-last) are not inference's: compile needs a C compiler
     hp = {**ckpt["hyper_parameters"], "perf": None}
+    cls = module_class(hp, path)
     try:
-        module = DiffusionModule(**hp)
+        module = cls(**hp)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"Checkpoint {path} describes a model this version cannot build: {e}") from None
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if any(k.startswith("latent.") for k in missing):
+        raise CheckpointError(f"Checkpoint {path} is a latent diffusion model without its autoencoder's weights, so "
+                              "its samples cannot be decoded; use a checkpoint written by src.train.")
     if missing or unexpected:
         raise CheckpointError(f"Checkpoint {path} does not match its own model config "
                               f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. "

@@ -141,14 +141,19 @@ class DiffusionModule(pl.LightningModule):
             for copy_ in self.phema.emas if self.phema is not None else []:
                 shard_module(copy_, trainable=False)
 
+    def prepare_input(self, x: torch.Tensor, *parts: int) -> torch.Tensor:
+        """The data as the backbone sees it; a latent model (src/latent) encodes it here."""
+        return x
+
     def training_step(self, batch, batch_idx):
         x, cond = unpack(batch)
-        if self.memory_format is not None:
-            x = x.contiguous(memory_format=self.memory_format)
         accum = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         # noise, and the global RNG (dropout and the like), are pure functions of (seed, step, rank,
         # micro-batch): resuming replays them exactly without storing per-rank RNG states
         parts = (self.global_step, self.global_rank, batch_idx % accum)
+        x = self.prepare_input(x, *parts)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
         torch.manual_seed(step_seed(self.seed, *parts, 1))
         g = self._generator(*parts)
         u, noise = self._noise(x, g)
@@ -245,6 +250,7 @@ class DiffusionModule(pl.LightningModule):
     # ---- validation: loss per noise-level bucket, on the EMA weights --------------------------------
     def validation_step(self, batch, batch_idx):
         x, cond = unpack(batch)
+        x = self.prepare_input(x, 10**6, batch_idx, self.global_rank)
         g = self._generator(10**6, batch_idx, self.global_rank)
         losses = []
         for k in range(self.val_buckets):

@@ -25,7 +25,8 @@ from .distributed import build_strategy, cluster_plugins
 from .errors import ConfigError, ProjectError, one_of
 from .media import build_media
 from .metrics import MetricsCallback
-from .module import DiffusionModule
+from .latent.callbacks import ReconstructionCallback
+from .latent.stage import build_model, is_autoencoder
 from .phema import PHEMASnapshots
 from .preemption import LastCheckpoint, is_preempted, requeue, stop_signal
 from .runfolder import is_fresh, remove_failed_run
@@ -156,12 +157,13 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         real_media = build_media(to_plain(cfg.media)) if privacy.get("upload_real_images") else None
         extra.append(MetricsCallback(to_plain(cfg.metrics), sampler=s.sampler, steps=s.steps, seed=cfg.seed,
                                      batch_size=s.batch_size, real_media=real_media))
+    sample_preview = ReconstructionCallback if is_autoencoder(cfg) else SampleCallback  # stage 1: input/recon pairs
     callbacks = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
                         monitor="step", mode="max", save_last=True, enable_version_counter=False),
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
-        SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
+        sample_preview(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
@@ -201,10 +203,8 @@ def train(cfg: DictConfig) -> dict:
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
     threads.limit_worker_threads(dm)
-    model = DiffusionModule(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion),
-                            data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
-                            seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")),
-                            cond=module_cond(to_plain(cfg.get("cond")), dm))
+    # pixel-space diffusion, stage=autoencoder or latent diffusion
+    model = build_model(cfg, dm.data_shape, cond=module_cond(to_plain(cfg.get("cond")), dm))
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)

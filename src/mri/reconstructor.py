@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from datamodules.base import DataError
 from datamodules.mri import INTENSITY_SCALING
 from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.latent.stage import require_pixel_space
 from src.errors import ConfigError
 from src.geometry import Geometry, Reorientation, calibration_reference, match
 from src.inverse.sampler import sample_posterior
@@ -161,6 +162,7 @@ class Reconstructor:
         """Load safely (``weights_only``, model rebuilt from the checkpoint's own allow-listed config)."""
         dev = resolve_device(device)
         module, ckpt = module_from_checkpoint(path, device=dev)
+        require_pixel_space(module, path, "MRI reconstruction")
         return cls(module, ckpt.get("run_config") or {}, device=dev, name=str(path),
                    geometry=ckpt.get("geometry"), **options)
 

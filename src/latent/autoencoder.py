@@ -1,0 +1,218 @@
+"""Stage 1 of latent diffusion: the AutoencoderModule trains MONAI's AutoencoderKL on the domain's data.
+
+Loss: L1 reconstruction + KL (+ perceptual with local weights) (+ a PatchDiscriminator's adversarial loss
+after ``loss.adversarial_warmup_steps``, with its own optimizer). Manual optimization: the discriminator's
+step goes through the strategy without counting as a training step, so ``global_step`` (checkpoints,
+``max_steps``, the data position on resume) counts autoencoder updates, as for a diffusion run.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from monai.losses import PatchAdversarialLoss
+from monai.metrics import PSNRMetric, SSIMMetric
+
+from src.ema import EMA
+from src.errors import ConfigError
+from src.module import step_seed, unpack, warmup_cosine
+
+from .networks import autoencoder_kwargs, build_autoencoder, build_discriminator, build_perceptual, kl_divergence
+
+log = logging.getLogger(__name__)
+# checkpoints hold the weights after the step's update, as with automatic optimization: what resume needs
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# the discriminator's schedule follows the step from the start, also while its warm-up keeps it from stepping
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+
+LOSS_DEFAULTS = {"l1_weight": 1.0, "kl_weight": 1e-6, "adversarial_weight": 0.0, "adversarial_warmup_steps": 1000,
+                 "perceptual_weight": 0.0, "perceptual_weights": None}
+
+
+class AutoencoderModule(pl.LightningModule):
+    def __init__(self, autoencoder: dict, data_shape: list[int], loss: dict | None = None,
+                 discriminator: dict | None = None, optim: dict | None = None, ema: dict | None = None,
+                 seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.data_shape = list(data_shape)
+        # spatial dims and channels follow the data; the preset and any override come from the config
+        self.arch = autoencoder_kwargs({"in_channels": data_shape[0], "spatial_dims": len(data_shape) - 1,
+                                        **{k: v for k, v in autoencoder.items() if v is not None}})
+        self.loss_cfg = {**LOSS_DEFAULTS, **(loss or {})}
+        unknown = sorted(set(self.loss_cfg) - set(LOSS_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"Unknown loss option '{unknown[0]}'; known: {', '.join(LOSS_DEFAULTS)}.")
+        self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
+                          "min_lr_ratio": 0.1, "total_steps": None, "grad_clip": 1.0, "nonfinite": "stop",
+                          "nonfinite_max_skips": 10, **(optim or {})}
+        if self.optim_cfg["nonfinite"] not in ("stop", "skip"):
+            raise ConfigError(f"optim.nonfinite must be stop or skip; got '{self.optim_cfg['nonfinite']}'.")
+        self.seed = seed
+        self.autoencoder = build_autoencoder(self.arch)
+        ema = dict(ema or {})
+        if ema.pop("phema", None):
+            raise ConfigError("ema.phema (post-hoc EMA) is for diffusion runs; stage=autoencoder keeps one EMA "
+                              "(ema.decay): drop ema.phema.")
+        self.ema = EMA(self.autoencoder, **ema)
+        dims = self.arch["spatial_dims"]
+        self.discriminator = None
+        if float(self.loss_cfg["adversarial_weight"]) > 0:
+            self.discriminator = build_discriminator(dims, data_shape[0], **(discriminator or {}))
+            self.adversarial = PatchAdversarialLoss(criterion="least_squares")
+        self.disc_cfg = dict(discriminator or {})
+        self.perceptual = None
+        if float(self.loss_cfg["perceptual_weight"]) > 0:
+            self.perceptual = build_perceptual(dims, self.loss_cfg["perceptual_weights"])
+        self._consecutive_skips = 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["autoencoder_arch"] = self.arch  # resolved: stage 2 rebuilds it even if the presets change
+
+    # ---- training ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DDPStrategy) and self.discriminator is not None:
+            # before DDP wraps the module: the discriminator is unused in warm-up and in the autoencoder's backward
+            strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+
+    def configure_model(self):
+        if getattr(self._trainer.strategy if self._trainer is not None else None, "shard_module", None):
+            raise ConfigError("stage=autoencoder does not support trainer=fsdp; autoencoders are small, use "
+                              "trainer=ddp or a single device.")
+
+    def _adversarial_on(self) -> bool:
+        return self.discriminator is not None and self.global_step >= int(self.loss_cfg["adversarial_warmup_steps"])
+
+    def training_step(self, batch, batch_idx):
+        x, _ = unpack(batch)
+        c = self.loss_cfg
+        opts = self.optimizers()
+        opt_g, opt_d = (opts[0], opts[1]) if isinstance(opts, list) else (opts, None)
+        scheds = self.lr_schedulers()
+        scheds = scheds if isinstance(scheds, list) else [scheds]
+        # the posterior sample is a pure function of (seed, step, rank): a resumed run replays it exactly
+        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank, 1))
+        recon, z_mu, z_sigma = self.autoencoder(x)
+        l1 = (recon.float() - x.float()).abs().mean()
+        kl = kl_divergence(z_mu.float(), z_sigma.float())
+        loss = c["l1_weight"] * l1 + c["kl_weight"] * kl
+        logs = {"train/l1": l1, "train/kl": kl}
+        if self.perceptual is not None:
+            p = self.perceptual((recon.float() + 1) / 2, (x.float() + 1) / 2)
+            loss = loss + c["perceptual_weight"] * p
+            logs["train/perceptual"] = p
+        adversarial = self._adversarial_on()
+        if adversarial:
+            g_adv = self.adversarial(self.discriminator(recon.contiguous().float())[-1], target_is_real=True,
+                                     for_discriminator=False)
+            loss = loss + c["adversarial_weight"] * g_adv
+            logs["train/adv_g"] = g_adv
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        ok = self._finite(loss, self.autoencoder.parameters())
+        if ok:
+            self._clip(opt_g)
+        else:
+            opt_g.zero_grad(set_to_none=True)  # AdamW leaves weights and moments of grad-less params alone
+        opt_g.step()  # always: the step (and with it the data position) advances even when the update is skipped
+        if opt_d is not None:
+            opt_d.zero_grad(set_to_none=True)  # the generator's backward reached the discriminator too
+            if adversarial:
+                real = self.discriminator(x.contiguous().float())[-1]
+                fake = self.discriminator(recon.detach().contiguous().float())[-1]
+                d_loss = 0.5 * (self.adversarial(fake, target_is_real=False, for_discriminator=True)
+                                + self.adversarial(real, target_is_real=True, for_discriminator=True))
+                self.manual_backward(d_loss)
+                d_ok = self._finite(d_loss, self.discriminator.parameters())
+                ok = ok and d_ok
+                if d_ok:
+                    self._clip(opt_d)
+                    # not opt_d.step(): in manual optimization every LightningOptimizer step counts as a step
+                    self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=lambda: None, model=self)
+                opt_d.zero_grad(set_to_none=True)
+                logs["train/adv_d"] = d_loss
+        for s in scheds:
+            s.step()
+        self._after_step(ok)
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
+        self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=bs,
+                      sync_dist=True)
+        return loss.detach()
+
+    def _clip(self, opt) -> None:
+        clip = self.optim_cfg.get("grad_clip")
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
+
+    def _finite(self, loss: torch.Tensor, params) -> bool:
+        """Loss and gradients finite on every rank (ranks agree, so all skip or stop together)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = torch.isfinite(loss.detach()).all()
+        if grads:
+            finite = finite & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        bad = not bool(finite)
+        if self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        return not bad
+
+    def _after_step(self, ok: bool) -> None:
+        if ok:
+            self._consecutive_skips = 0
+            self.ema.update(self.autoencoder)
+            return
+        self._consecutive_skips += 1
+        mode, limit = self.optim_cfg["nonfinite"], int(self.optim_cfg["nonfinite_max_skips"])
+        stop = mode == "stop" or self._consecutive_skips > limit
+        if self.trainer.is_global_zero:
+            log.error("Non-finite loss or gradient at step %d (%d consecutive): update skipped%s.", self.global_step,
+                      self._consecutive_skips, ", stopping the run; the checkpoints hold the last finite weights "
+                      "(lower optim.lr, or set optim.nonfinite=skip)" if stop else "")
+        if stop:
+            self.trainer.should_stop = True
+
+    # ---- validation: reconstructions of the EMA autoencoder ------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, use_ema: bool = True) -> torch.Tensor:
+        net = self.ema.module if use_ema else self.autoencoder
+        return net.reconstruct(x)  # decodes the posterior mean: deterministic
+
+    def validation_step(self, batch, batch_idx):
+        x, _ = unpack(batch)
+        recon = self.reconstruct(x).float()
+        a, b = ((recon.clamp(-1, 1) + 1) / 2), ((x.float() + 1) / 2)
+        bs = x.shape[0]
+        self.log("val/loss", (recon - x.float()).abs().mean(), on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=bs)
+        self.log("val/psnr", PSNRMetric(max_val=1.0)(a, b).mean(), on_epoch=True, sync_dist=True, batch_size=bs)
+        if min(x.shape[2:]) >= 7:
+            ssim = SSIMMetric(spatial_dims=x.ndim - 2, data_range=1.0, win_size=7)(a, b).mean()
+            self.log("val/ssim", ssim, on_epoch=True, sync_dist=True, batch_size=bs)
+
+    # ---- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        c = self.optim_cfg
+        kwargs: dict[str, Any] = dict(lr=c["lr"], weight_decay=c["weight_decay"], betas=tuple(c["betas"]))
+        total = c.get("total_steps") or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10**9)
+
+        def schedule(opt):
+            return {"scheduler": torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: warmup_cosine(s, int(c["warmup_steps"]), total, float(c["min_lr_ratio"]))),
+                "interval": "step"}
+
+        opts = [torch.optim.AdamW(self.autoencoder.parameters(), **kwargs)]
+        if self.discriminator is not None:
+            lr = self.disc_cfg.get("lr") or c["lr"]
+            opts.append(torch.optim.AdamW(self.discriminator.parameters(), **{**kwargs, "lr": lr}))
+        return opts, [schedule(o) for o in opts]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.autoencoder.parameters())

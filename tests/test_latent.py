@@ -1,0 +1,283 @@
+"""Latent diffusion: the autoencoder's latent space, the scale factor, latent checkpoints and exact resume of
+both stages (stage=autoencoder, then latent.autoencoder=PATH)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.errors import ConfigError
+from src.latent.diffusion import LatentDiffusionModule
+from src.latent.networks import autoencoder_kwargs, latent_shape
+from src.latent.space import LatentSpace, file_sha256
+from src.train import train
+
+from .conftest import compose
+
+# 16x16 images, tiny networks: the autoencoder's factor 4 makes 3x4x4 latents
+TINY = ["experiment=smoke", "logger=none", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+        "datamodule.resolution=16", "datamodule.builtin_size=64", "datamodule.batch_size=4", "sampling.num=0",
+        "checkpoint.keep=-1", "trainer.limit_val_batches=1"]
+AE = ["stage=autoencoder", "loss.kl_weight=1e-3"]
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _arch(dims: int) -> dict:
+    return autoencoder_kwargs({"preset": "tiny", "spatial_dims": dims, "in_channels": 1})
+
+
+@pytest.fixture(scope="module")
+def autoencoder_ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ae")
+    train(compose(TINY + AE + [f"paths.output_dir={out}", "trainer.max_steps=6", "checkpoint.every_n_steps=6"]))
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("dims,size", [(2, 16), (3, 8)])
+def test_encode_decode_shapes(dims, size):
+    space = LatentSpace(_arch(dims), [1, *([size] * dims)], scale_factor=0.5)
+    x = torch.rand(2, 1, *([size] * dims)) * 2 - 1
+    z = space.encode(x, torch.Generator().manual_seed(0))
+    assert z.shape == (2, 3, *([size // 4] * dims))
+    assert space.decode(z).shape == x.shape
+    # the posterior mean scales linearly with the factor
+    torch.testing.assert_close(space.encode(x), space.encode_unscaled(x) * 0.5)
+
+
+def test_latent_shape_refuses_sides_the_autoencoder_cannot_halve():
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        latent_shape(_arch(2), [1, 18, 16])
+
+
+def test_scale_factor_is_one_over_the_std_of_the_latents():
+    torch.manual_seed(0)
+    space = LatentSpace(_arch(2), [1, 16, 16])
+    batches = [torch.rand(3, 1, 16, 16) * 2 - 1 for _ in range(2)]
+    assert not space.scaled
+    factor = space.fit_scale(batches)  # posterior means: deterministic
+    pooled = torch.cat([space.encode_unscaled(b).flatten() for b in batches])
+    assert factor == pytest.approx(1 / pooled.std().item(), rel=1e-5)
+    scaled = torch.cat([space.encode(b).flatten() for b in batches])
+    assert scaled.std().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_latent_checkpoint_round_trip(autoencoder_ckpt, tmp_path):
+    out = tmp_path / "ld"
+    train(compose(TINY + [f"paths.output_dir={out}", "trainer.max_steps=4", "checkpoint.every_n_steps=4",
+                          f"latent.autoencoder={autoencoder_ckpt}"]))
+    ckpt = _load(out / "checkpoints" / "last.ckpt")
+    ae = _load(autoencoder_ckpt)
+    factor = float(ckpt["state_dict"]["latent.scale_factor"])
+    assert factor > 0
+    latent_hp = ckpt["hyper_parameters"]["latent"]
+    assert latent_hp["source"]["sha256"] == file_sha256(autoencoder_ckpt)
+    assert ckpt["hyper_parameters"]["backbone"]["in_channels"] == 3
+    assert latent_hp["arch"] == ae["autoencoder_arch"] and latent_hp["arch"]["channels"] == [8, 16, 16]
+    # the checkpoint carries the autoencoder's (EMA) weights, frozen: equal to stage 1's
+    for k, v in ae["state_dict"].items():
+        if k.startswith("ema.module."):
+            torch.testing.assert_close(ckpt["state_dict"]["latent.autoencoder." + k[len("ema.module."):]], v)
+
+    module, _ = module_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert isinstance(module, LatentDiffusionModule)
+    assert module.data_shape == [3, 4, 4] and float(module.latent.scale_factor) == factor
+    x = module.sample(2, steps=3, seed=0)
+    assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all()
+    # decoding is the autoencoder's decoder at 1 / factor, nothing else
+    lat = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(module.decode(lat), module.latent.autoencoder.decode(lat / factor))
+
+
+def test_sample_cli_writes_data_shaped_png_without_the_autoencoder_file(autoencoder_ckpt, tmp_path):
+    from PIL import Image
+
+    from src.sample import main
+
+    ae_copy = tmp_path / "ae.ckpt"
+    ae_copy.write_bytes(autoencoder_ckpt.read_bytes())
+    out = tmp_path / "ld"
+    train(compose(TINY + [f"paths.output_dir={out}", "trainer.max_steps=2", "checkpoint.every_n_steps=2",
+                          f"latent.autoencoder={ae_copy}"]))
+    ae_copy.unlink()  # the diffusion checkpoint alone decodes
+    main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "num_samples=2", "steps=3", "seed=0",
+          f"out={tmp_path / 'samples'}"])
+    written = sorted((tmp_path / "samples").glob("*.png"))
+    assert len(written) == 2 and Image.open(written[0]).size == (16, 16)
+
+
+def test_missing_or_wrong_autoencoder_is_one_clear_error(autoencoder_ckpt, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist; pass the checkpoints/last.ckpt of a"):
+        train(compose(TINY + [f"paths.output_dir={tmp_path / 'a'}", f"latent.autoencoder={tmp_path / 'no.ckpt'}"]))
+    pixel = tmp_path / "pixel"
+    train(compose(TINY + [f"paths.output_dir={pixel}", "trainer.max_steps=1"]))
+    with pytest.raises(CheckpointError, match="is not an autoencoder checkpoint"):
+        train(compose(TINY + [f"paths.output_dir={tmp_path / 'b'}",
+                              f"latent.autoencoder={pixel / 'checkpoints' / 'last.ckpt'}"]))
+    with pytest.raises(ConfigError, match="drop latent.autoencoder"):
+        train(compose(TINY + AE + [f"paths.output_dir={tmp_path / 'c'}", f"latent.autoencoder={autoencoder_ckpt}"]))
+    with pytest.raises(CheckpointError, match="stage=autoencoder checkpoint, which does not sample"):
+        module_from_checkpoint(autoencoder_ckpt)
+
+
+def test_resume_with_another_autoencoder_is_refused(autoencoder_ckpt, tmp_path):
+    other = tmp_path / "other_ae"
+    train(compose(TINY + AE + [f"paths.output_dir={other}", "trainer.max_steps=2", "seed=1"]))
+    run = tmp_path / "ld"
+    args = TINY + [f"paths.output_dir={run}", "checkpoint.every_n_steps=2"]
+    train(compose(args + ["trainer.max_steps=2", f"latent.autoencoder={autoencoder_ckpt}"]))
+    with pytest.raises(CheckpointError, match="pass the same autoencoder checkpoint to resume"):
+        train(compose(args + ["trainer.max_steps=4", f"latent.autoencoder={other / 'checkpoints' / 'last.ckpt'}"]))
+
+
+def test_latent_checkpoint_without_autoencoder_weights_is_refused(autoencoder_ckpt, tmp_path):
+    out = tmp_path / "ld"
+    train(compose(TINY + [f"paths.output_dir={out}", "trainer.max_steps=1", f"latent.autoencoder={autoencoder_ckpt}"]))
+    ckpt = _load(out / "checkpoints" / "last.ckpt")
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("latent.")}
+    stripped = tmp_path / "stripped.ckpt"
+    torch.save(ckpt, stripped)
+    with pytest.raises(CheckpointError, match="without its autoencoder's weights"):
+        module_from_checkpoint(stripped)
+
+
+def test_reconstruction_refuses_a_latent_checkpoint(autoencoder_ckpt, tmp_path):
+    from src.mri.reconstructor import Reconstructor
+
+    out = tmp_path / "ld"
+    train(compose(TINY + [f"paths.output_dir={out}", "trainer.max_steps=1", f"latent.autoencoder={autoencoder_ckpt}"]))
+    with pytest.raises(CheckpointError, match="needs a pixel-space checkpoint"):
+        Reconstructor.from_checkpoint(out / "checkpoints" / "last.ckpt", device="cpu")
+
+
+def _assert_same_runs(a: Path, b: Path, steps: int):
+    ca, cb = _load(a / "checkpoints" / "last.ckpt"), _load(b / "checkpoints" / "last.ckpt")
+    assert ca["global_step"] == cb["global_step"] == steps
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    assert int(cb["state_dict"]["ema.num_updates"]) == steps
+    for k, v in ca["state_dict"].items():
+        torch.testing.assert_close(cb["state_dict"][k], v, atol=1e-6, rtol=0, msg=f"mismatch in {k}")
+    assert len(ca["optimizer_states"]) == len(cb["optimizer_states"])
+    for oa, ob in zip(ca["optimizer_states"], cb["optimizer_states"]):
+        for i in oa["state"]:
+            torch.testing.assert_close(ob["state"][i]["exp_avg_sq"], oa["state"][i]["exp_avg_sq"], atol=1e-9,
+                                       rtol=1e-6)
+    for sa, sb in zip(ca["lr_schedulers"], cb["lr_schedulers"]):
+        assert sa["last_epoch"] == sb["last_epoch"] == steps
+    return ca
+
+
+def test_autoencoder_resume_matches_uninterrupted_run(tmp_path):
+    # the discriminator joins at step 3, before the step-4 checkpoint, so both optimizers are resumed
+    args = TINY + AE + ["trainer.max_steps=8", "checkpoint.every_n_steps=4", "trainer.val_check_interval=4",
+                        "loss.adversarial_weight=0.1", "loss.adversarial_warmup_steps=3",
+                        "discriminator.num_layers=1"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    res_a = train(compose(args + [f"paths.output_dir={a}"]))
+    res_b = train(compose(args + [f"paths.output_dir={b}", f"ckpt_path={a / 'checkpoints' / 'step0000004.ckpt'}"]))
+    ca = _assert_same_runs(a, b, 8)
+    assert len(ca["optimizer_states"]) == 2 and any(k.startswith("discriminator.") for k in ca["state_dict"])
+    # validation scores the EMA reconstructions; the resumed run's are the same numbers
+    for key in ("val/loss", "val/psnr", "val/ssim", "train/adv_d"):
+        assert abs(res_a["metrics"][key] - res_b["metrics"][key]) < 1e-5, key
+    assert 0 < res_a["metrics"]["val/psnr"] < 100 and -1 <= res_a["metrics"]["val/ssim"] <= 1
+
+
+def test_latent_resume_matches_uninterrupted_run(autoencoder_ckpt, tmp_path):
+    args = TINY + ["trainer.max_steps=8", "checkpoint.every_n_steps=4", "trainer.val_check_interval=4",
+                   f"latent.autoencoder={autoencoder_ckpt}"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    res_a = train(compose(args + [f"paths.output_dir={a}"]))
+    res_b = train(compose(args + [f"paths.output_dir={b}", f"ckpt_path={a / 'checkpoints' / 'step0000004.ckpt'}"]))
+    _assert_same_runs(a, b, 8)
+    for key in ("train/loss", "val/loss"):
+        assert abs(res_a["metrics"][key] - res_b["metrics"][key]) < 1e-5, key
+
+
+def test_autoencoder_stage_refuses_1d_data_and_bad_latent_options():
+    from src.latent.stage import build_model
+
+    with pytest.raises(ConfigError, match="needs 2D or 3D data"):
+        build_model(compose(["domain=audio", "stage=autoencoder", "logger=none"]), [1, 8000])
+    arch = _arch(2)
+    for bad in ({"scale_factor": -1.0}, {"scale_batches": 0}):
+        with pytest.raises(ConfigError, match="latent.scale_"):
+            LatentDiffusionModule(backbone={"name": "unet", "spatial_dims": 2, "preset": "tiny"},
+                                  diffusion={"family": "ddpm"}, data_shape=[1, 16, 16], latent={"arch": arch, **bad})
+
+
+def test_autoencoder_nonfinite_step_stops_the_run_with_finite_checkpoints(tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "ae"
+    with caplog.at_level(logging.ERROR, logger="src.latent.autoencoder"):
+        res = train(compose(TINY + AE + [f"paths.output_dir={out}", "optim.lr=1e30", "trainer.max_steps=8",
+                                         "checkpoint.every_n_steps=1", "trainer.val_check_interval=8"]))
+    assert res["global_step"] < 8
+    assert any("Non-finite loss or gradient at step 2" in r.getMessage() and "stopping" in r.getMessage()
+               for r in caplog.records)
+    for path in sorted((out / "checkpoints").glob("*.ckpt")):
+        for k, v in _load(path)["state_dict"].items():
+            assert not v.is_floating_point() or torch.isfinite(v).all(), f"{path.name}: {k}"
+
+
+def test_perceptual_loss_needs_a_local_weights_file(tmp_path):
+    from src.latent.networks import build_perceptual
+
+    with pytest.raises(ConfigError, match="needs loss.perceptual_weights=PATH"):
+        build_perceptual(2, None)
+    with pytest.raises(ConfigError, match="is not a file"):
+        build_perceptual(2, str(tmp_path / "resnet50.pth"))
+
+
+@pytest.mark.slow
+def test_mri_volume_stage1_stage2_and_sample_nifti(tmp_path):
+    """Both stages on 3D MRI phantoms, then src.sample writes NIfTI volumes of the data's shape."""
+    import nibabel as nib
+
+    from src.sample import main
+
+    mri = ["domain=mri", "experiment=smoke", "logger=none", "trainer.accelerator=cpu",
+           "trainer.enable_progress_bar=false", "datamodule.shape=[16,16,16]", "datamodule.builtin_size=6",
+           "datamodule.batch_size=2", "trainer.max_steps=3", "trainer.val_check_interval=3",
+           "checkpoint.every_n_steps=3", "sampling.every_n_steps=3", "sampling.num=2"]
+    ae, ld = tmp_path / "ae", tmp_path / "ld"
+    train(compose(mri + ["stage=autoencoder", f"paths.output_dir={ae}"]))
+    pairs = sorted((ae / "samples").glob("step0000003_*.nii.gz"))
+    kinds = [p.name.split("_")[1] for p in pairs]  # one pair per validation item (one phantom held out here)
+    assert kinds.count("input") == kinds.count("recon") >= 1 and len(kinds) == 2 * kinds.count("input")
+    assert nib.load(pairs[-1]).shape == (16, 16, 16)
+    # the 3D autoencoder is fully convolutional: stage 2 may diffuse larger volumes than stage 1's crops
+    res = train(compose(mri + [f"paths.output_dir={ld}", f"latent.autoencoder={ae / 'checkpoints' / 'last.ckpt'}",
+                               "datamodule.shape=[32,32,32]", "metrics.num_samples=2"]))
+    assert res["global_step"] == 3 and "val/frechet_stats" in res["metrics"]
+    assert nib.load(sorted((ld / "samples").glob("*.nii.gz"))[0]).shape == (32, 32, 32)
+    main([f"ckpt={ld / 'checkpoints' / 'last.ckpt'}", "num_samples=2", "steps=3", "seed=0", f"out={tmp_path / 's'}"])
+    written = sorted((tmp_path / "s").glob("*.nii.gz"))
+    assert len(written) == 2 and nib.load(written[0]).shape == (32, 32, 32)
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_autoencoder_with_discriminator_then_latent(tmp_path):
+    """trainer=ddp on CPU (gloo): stage 1 with the discriminator (unused in warm-up), then stage 2."""
+    from .conftest import run_module
+
+    ddp = ["experiment=smoke", "logger=none", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+           "datamodule.resolution=16", "datamodule.builtin_size=64", "datamodule.batch_size=4",
+           "trainer.max_steps=4", "trainer.val_check_interval=4", "checkpoint.every_n_steps=4", "sampling.num=2",
+           "trainer.enable_progress_bar=false"]
+    ae, ld = tmp_path / "ae", tmp_path / "ld"
+    res = run_module(["src.train", *ddp, "stage=autoencoder", "loss.adversarial_weight=0.1",
+                      "loss.adversarial_warmup_steps=2", "discriminator.num_layers=1", f"paths.output_dir={ae}"],
+                     env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    ckpt = _load(ae / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4 and len(ckpt["optimizer_states"]) == 2
+    res = run_module(["src.train", *ddp, f"latent.autoencoder={ae / 'checkpoints' / 'last.ckpt'}",
+                      f"paths.output_dir={ld}"], env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list((ld / "samples").glob("step0000004_*.png"))) == 2
+    assert float(_load(ld / "checkpoints" / "last.ckpt")["state_dict"]["latent.scale_factor"]) > 0
