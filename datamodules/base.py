@@ -174,7 +174,7 @@ class DiffusionDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0,
-                 shards: dict | None = None, **_):
+                 shards: dict | None = None):
         super().__init__()
         batch_size = positive_int(batch_size, "datamodule.batch_size")
         num_workers = positive_int(num_workers, "datamodule.num_workers", minimum=0)

@@ -17,10 +17,12 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from datamodules import DataError, build_datamodule
 
+from .backbones import check_data_shape
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
+from .domains import plugin_config_dirs
 from .media import build_media
 from .metrics import MetricsCallback
 from .module import DiffusionModule
@@ -183,6 +185,7 @@ def train(cfg: DictConfig) -> dict:
     model = DiffusionModule(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion),
                             data_shape=dm.data_shape, optim=to_plain(cfg.optim), ema=to_plain(cfg.ema),
                             seed=cfg.seed, val_buckets=cfg.val_buckets, perf=to_plain(cfg.get("perf")))
+    check_data_shape(dm.data_shape, model.backbone)  # the backbone says which sizes it takes
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
@@ -229,6 +232,18 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def with_plugin_configs(argv: list[str]) -> list[str]:
+    """Hydra overrides with the config folders of plugin domains (``DIFFUSION_DOMAINS``, entry points) added
+    to ``hydra.searchpath``, so ``domain=<plugin>`` finds the plugin's own ``domain/<name>.yaml``."""
+    dirs = [d if "://" in d else f"file://{Path(d).resolve()}" for d in plugin_config_dirs()]
+    if not dirs:
+        return argv
+    given = [a for a in argv if a.startswith("hydra.searchpath=")]
+    rest = [a for a in argv if not a.startswith("hydra.searchpath=")]
+    paths = [p for a in given for p in a.split("=", 1)[1].strip("[]").split(",") if p] + dirs
+    return [*rest, f"hydra.searchpath=[{','.join(paths)}]"]
+
+
 if __name__ == "__main__":
-    sys.argv[1:] = expand_home(sys.argv[1:])
+    sys.argv[1:] = with_plugin_configs(expand_home(sys.argv[1:]))
     main()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from src.errors import ConfigError
+from src.registry import Registry
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -133,20 +133,18 @@ def sample_langevin(denoiser: Denoiser, x, sigmas, n_corrector: int = 10, snr: f
                      generator=generator, callback=callback)
 
 
-SAMPLERS: dict[str, Callable] = {
+SAMPLERS = Registry("sampler", {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "euler": sample_euler,
     "heun": sample_heun,
     "pc": sample_pc,
     "langevin": sample_langevin,
-}
+})
 
 
 def get_sampler(name: str) -> Callable:
-    if name not in SAMPLERS:
-        raise ConfigError(f"Unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}.")
-    return SAMPLERS[name]
+    return SAMPLERS.get(name)
 
 
 def clipped(denoiser: Denoiser, lo: float, hi: float) -> Denoiser:

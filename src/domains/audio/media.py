@@ -1,17 +1,8 @@
-"""How an audio sample is shown and measured: WAV files, W&B audio with spectrograms, and two distances.
+"""How an audio sample is shown: WAV files, and W&B audio players with spectrograms.
 
 Samples are ``(N, C, L)`` waveforms in [-1, 1]. Spectrograms come from torchaudio.
 
-Metrics (no pretrained network, so any two runs can be compared):
-
-* ``mrstft``: multi-resolution STFT distance between the *average* magnitude spectra of the generated and
-  the real clips (spectral convergence + mean absolute log-magnitude difference, averaged over three STFT
-  sizes). 0 when the two sets have the same long-term spectrum; it grows when timbre or spectral balance
-  differs (too much hiss, missing harmonics). With ``paired`` (vocoder training, where sample i was
-  drawn from real clip i's mel) ``mrstft_paired`` is the usual clip-by-clip version (Yamamoto et al. 2020).
-* ``frechet_mel``: Frechet distance between Gaussians fitted to the log-mel frames of the two sets (FAD with
-  log-mel features instead of VGGish embeddings). 0 for equal statistics; it grows when the generated
-  frames differ in level, spectral shape or variety from the real ones.
+Metrics are in ``metrics.py``.
 """
 
 from __future__ import annotations
@@ -22,10 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .env_check import import_torchaudio
-from .metrics import frechet_distance
-
-torchaudio = import_torchaudio()
+from .mel import log_mel
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +40,6 @@ def for_listening(waves: torch.Tensor, peak: float = LISTENING_PEAK) -> torch.Te
     return torch.where(level > peak, waves * (peak / level.clamp_min(1e-12)), waves)
 
 
-def log_mel(x: torch.Tensor, sample_rate: int, n_mels: int = 64, n_fft: int = 1024, hop_length: int = 256,
-            floor: float = 1e-5) -> torch.Tensor:
-    """``(..., L)`` -> natural-log mel power ``(..., n_mels, frames)``."""
-    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                                               f_max=sample_rate / 2).to(x.device)
-    return torch.log(mel(x.float()).clamp_min(floor))
-
-
 def spectrogram_image(wave: torch.Tensor, sample_rate: int, n_mels: int = 64, top_db: float = 80.0,
                       scale: int = 4) -> np.ndarray:
     """One waveform ``(C, L)`` -> log-mel image ``(H, W, 3)`` uint8, low frequencies at the bottom."""
@@ -79,7 +59,7 @@ class AudioMedia:
 
     extension = ".wav"
 
-    def __init__(self, sample_rate: int, subtype: str = "PCM_16", n_mels: int = 64, **_):
+    def __init__(self, sample_rate: int, subtype: str = "PCM_16", n_mels: int = 64):
         self.sample_rate, self.subtype, self.n_mels = int(sample_rate), subtype, n_mels
 
     def save(self, samples: torch.Tensor, out_dir: Path, prefix: str = "sample") -> list[Path]:
@@ -105,42 +85,3 @@ class AudioMedia:
             spectrograms.append(wandb.Image(spectrogram_image(wave, self.sample_rate, self.n_mels),
                                             caption=f"EMA sample {i}: log-mel spectrogram"))
         return {f"{key}/audio": audio, f"{key}/spectrogram": spectrograms}
-
-
-class AudioMetrics:
-    """``metrics(generated, real)`` -> ``mrstft``, ``frechet_mel`` (``mrstft_paired``): see the module doc."""
-
-    def __init__(self, sample_rate: int, fft_sizes: tuple[int, ...] = (256, 512, 1024), n_mels: int = 64,
-                 paired: bool = False, **_):
-        self.sample_rate, self.fft_sizes = int(sample_rate), tuple(fft_sizes)
-        self.n_mels, self.paired = n_mels, paired
-
-    def _magnitudes(self, x: torch.Tensor, n_fft: int) -> torch.Tensor:
-        spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=n_fft // 4, power=1.0)
-        # floor at -80 dB below a full-scale sine (peak n_fft / 4 with a Hann window), so near-empty bins
-        # of clean sounds do not dominate the log term
-        return spec(x).clamp_min(1e-4 * n_fft / 4)  # (N, freq, frames)
-
-    @staticmethod
-    def _stft_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-        """Spectral convergence of ``b`` to reference ``a`` plus mean absolute log-magnitude difference."""
-        sc = torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(a).clamp_min(1e-7)
-        return float(sc + (a.log() - b.log()).abs().mean())
-
-    def __call__(self, generated: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-        gen, ref = to_waveforms(generated).mean(1), to_waveforms(real).mean(1)  # mono (N, L)
-        out: dict[str, float] = {}
-        set_level, paired = [], []
-        for n_fft in self.fft_sizes:
-            g, r = self._magnitudes(gen, n_fft), self._magnitudes(ref, n_fft)
-            set_level.append(self._stft_distance(r.mean((0, 2)), g.mean((0, 2))))
-            if self.paired and g.shape == r.shape:
-                paired.append(self._stft_distance(r, g))
-        out["mrstft"] = float(np.mean(set_level))
-        if paired:
-            out["mrstft_paired"] = float(np.mean(paired))
-        feats = [log_mel(w, self.sample_rate, self.n_mels).transpose(-1, -2).reshape(-1, self.n_mels).double()
-                 for w in (gen, ref)]
-        (mu_g, cov_g), (mu_r, cov_r) = [(f.mean(0), torch.cov(f.T)) for f in feats]
-        out["frechet_mel"] = frechet_distance(mu_g, cov_g, mu_r, cov_r)
-        return out

@@ -12,9 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from datamodules.base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
 from src.errors import fraction, positive_int
-
-from .base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +104,9 @@ def decode_sample(sample: dict, resolution: int, channels: int, random_flip: boo
 
 
 class ImageFolder(Dataset):
-    def __init__(self, files: list[Path], resolution: int, channels: int, random_flip: bool, seed: int = 0):
+    def __init__(self, files: list[Path], resolution: int, channels: int, random_flip: bool):
         self.files, self.resolution, self.channels = files, resolution, channels
-        self.random_flip, self.seed = random_flip, seed
+        self.random_flip = random_flip
         self._warned: set[int] = set()
 
     def __len__(self) -> int:

@@ -22,12 +22,12 @@ from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose
 from torch.utils.data import Dataset
 
+from datamodules.base import BadInputCounter, DataError, DiffusionDataModule, split_indices
 from src.errors import fraction, positive_int
 
-from .base import BadInputCounter, DataError, DiffusionDataModule, split_indices
-from .mri_io import check_headers, discover
-from .mri_shards import EXTENSIONS, MRIShardDecoder, list_items, pack_sample  # noqa: F401 - shard interface
-from .mri_transforms import (
+from .io import check_headers, discover
+from .shards import MRIShardDecoder
+from .transforms import (
     KEY,
     Prepare,
     augment_chain,
@@ -96,11 +96,10 @@ class MRIDataModule(DiffusionDataModule):
         if mode not in MODES:
             raise DataError(f"datamodule.mode must be one of {', '.join(MODES)}, got '{mode}'.")
         want = 3 if mode == "volume" else 2
-        if len(shape) != want or min(shape) < 8 or any(int(n) % 8 for n in shape):
-            raise DataError(
-                f"datamodule.shape must be {want} multiples of 8 for mode={mode} (the U-Net halves "
-                f"the size at each level), got {list(shape)}."
-            )
+        # which sizes the network takes is the backbone's to say (src.train checks its size_multiple)
+        if len(shape) != want or any(int(n) != n or n < 1 for n in shape):
+            raise DataError(f"datamodule.shape must be {want} positive whole sizes for mode={mode}, got "
+                            f"{list(shape)}.")
         if channels not in (1, 2):
             raise DataError(
                 f"datamodule.channels must be 1 (magnitude) or 2 (real, imaginary), got {channels}."

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .media import image_grid
+from src.errors import ConfigError
+from src.media import image_grid
 
 
 def to_intensity(sample: torch.Tensor) -> np.ndarray:
@@ -54,7 +54,7 @@ class MRIMedia:
     extension = ".nii.gz"
 
     def __init__(
-        self, mode: str = "volume", spacing: Sequence[float | None] | None = None, slice_axis: int = 2, **_
+        self, mode: str = "volume", spacing: Sequence[float | None] | None = None, slice_axis: int = 2
     ):
         if mode not in ("volume", "slice"):
             raise ConfigError(f"media.mode must be volume or slice, got '{mode}'.")

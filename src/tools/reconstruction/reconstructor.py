@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.base import DataError
-from datamodules.mri import INTENSITY_SCALING
+from src.backbones import size_multiple
 from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.domains.mri.data import INTENSITY_SCALING
+from src.env_check import resolve_device
 from src.errors import ConfigError
 from src.inverse.sampler import sample_posterior
 
@@ -83,14 +85,6 @@ def calibration_window(mask: torch.Tensor) -> torch.Tensor:
     return window
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is available here; use --device cpu.")
-    return torch.device(device)
-
-
 def check_model(module, run_config: dict | None, name: str) -> None:
     """A slice model of the MRI domain, or a CheckpointError saying what kind of model this is instead."""
     domain = (run_config.get("domain") or {}).get("name") if run_config is not None else "mri"
@@ -118,11 +112,6 @@ def check_model(module, run_config: dict | None, name: str) -> None:
                               "convention of the mri domain (docs/mri.md).")
 
 
-def downsampling_factor(module) -> int:
-    blocks = getattr(getattr(module.backbone, "net", None), "down_blocks", None)
-    return 2 ** (len(blocks) - 1) if blocks is not None else 8
-
-
 class Reconstructor:
     """Posterior sampling with a trained diffusion prior and k-space data consistency at every step.
 
@@ -146,7 +135,7 @@ class Reconstructor:
         self.data_config = dict((run_config or {}).get("datamodule") or {})
         self.percentile = float(intensity_percentile if intensity_percentile is not None else trained)
         self.channels = int(module.data_shape[0])
-        self.factor = downsampling_factor(module)
+        self.factor = size_multiple(module.backbone)
         if self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}.")
         if not 0.0 <= self.eta <= 1.0:
