@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
+
 from src.domains.audio.sampling import sample_input
 from src.sample import main as sample_main
 from src.train import train

@@ -17,6 +17,8 @@ import torch
 from src.errors import ConfigError
 from src.media import image_grid
 
+from .transforms import sample_magnitude
+
 
 def to_intensity(sample: torch.Tensor) -> np.ndarray:
     """One ``(C, *spatial)`` sample -> magnitude in [0, 1] (C=1) or complex (C=2), in reference units."""
@@ -24,14 +26,6 @@ def to_intensity(sample: torch.Tensor) -> np.ndarray:
     if x.shape[0] == 2:
         return (x[0] + 1j * x[1]).numpy().astype(np.complex64)
     return ((x[0] + 1) / 2).numpy().astype(np.float32)
-
-
-def to_magnitude(samples: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *spatial)`` -> ``(N, *spatial)`` magnitude in [0, 1]."""
-    x = samples.detach().float().cpu().clamp(-1, 1)
-    if x.shape[1] == 2:
-        return torch.sqrt((x**2).sum(1)).clamp(0, 1)
-    return (x[:, 0] + 1) / 2
 
 
 def centred_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
@@ -88,7 +82,7 @@ class MRIMedia:
 
     def pictures(self, samples: torch.Tensor) -> np.ndarray:
         """A uint8 ``(H, W, 3)`` picture: one tri-planar row per volume, or a grid of slices."""
-        mag = to_magnitude(samples)
+        mag = sample_magnitude(samples)[:, 0]
         if mag.ndim == 4:
             rows = [triplanar(v) for v in mag]
             sep = np.zeros((2, rows[0].shape[1]), dtype=np.float32)

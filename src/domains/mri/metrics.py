@@ -26,15 +26,9 @@ from monai.metrics import MultiScaleSSIMMetric
 from src.errors import ConfigError
 from src.metrics import frechet_distance
 
+from .transforms import sample_magnitude
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def magnitude(x: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *spatial)`` -> ``(N, 1, *spatial)`` magnitude in [0, 1]."""
-    x = x.detach().float().cpu().clamp(-1, 1)
-    if x.shape[1] == 2:
-        return torch.sqrt((x**2).sum(1, keepdim=True)).clamp(0, 1)
-    return (x[:, :1] + 1) / 2
 
 
 def ms_ssim_scales(size: int, kernel_size: int) -> tuple[float, ...]:
@@ -102,7 +96,7 @@ class MRIMetrics:
         return d / fg.shape[1]
 
     def __call__(self, generated: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-        gen, ref = magnitude(generated), magnitude(real)
+        gen, ref = sample_magnitude(generated), sample_magnitude(real)
         return {
             "msssim_diversity": self.diversity(gen),
             "msssim_diversity_real": self.diversity(ref),

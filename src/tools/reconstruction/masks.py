@@ -54,3 +54,13 @@ def columns_from_kspace(kspace: torch.Tensor) -> torch.Tensor:
     """Sampled columns of zero-filled k-space ``(..., H, W)``: those with any non-zero entry."""
     k = kspace.abs().reshape(-1, kspace.shape[-2], kspace.shape[-1])
     return (k > 0).any(dim=0).any(dim=0)
+
+
+def centre_hann_window(columns: torch.Tensor, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """A Hann window over the fully sampled centre run of ``columns`` (zero elsewhere; its ends, which are
+    zero in a Hann window, fall just outside the run), as long as ``columns``."""
+    lo, hi = center_region(columns)
+    device = columns.device if device is None else device
+    window = torch.zeros(len(columns), dtype=dtype, device=device)
+    window[lo:hi] = torch.hann_window(hi - lo + 2, periodic=False, dtype=dtype, device=device)[1:-1]
+    return window

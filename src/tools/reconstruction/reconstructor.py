@@ -27,7 +27,7 @@ from src.env_check import resolve_device
 from src.errors import ConfigError
 from src.inverse.sampler import sample_posterior
 
-from .masks import center_region
+from .masks import center_region, centre_hann_window
 from .measurement import Measurement, as_measurement, robust_max, zero_filled
 
 
@@ -80,9 +80,7 @@ def calibration_window(mask: torch.Tensor) -> torch.Tensor:
     lo, hi = center_region(columns)
     if hi - lo < 2:
         return mask.float()
-    window = torch.zeros(mask.shape[-1], device=mask.device)
-    window[lo:hi] = torch.hann_window(hi - lo + 2, periodic=False, device=mask.device)[1:-1]
-    return window
+    return centre_hann_window(columns)
 
 
 def check_model(module, run_config: dict | None, name: str) -> None:

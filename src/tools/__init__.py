@@ -1,0 +1,1 @@
+"""Applications over the inverse engine (src/inverse) and the domains: MRI reconstruction, ..."""
