@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
+from datamodules.base import DataError, DiffusionDataModule, FileItems, Subset, probe_folder, split_indices
 from src.env_check import import_torchaudio
 from src.errors import fraction, positive_int
 
@@ -140,35 +140,23 @@ class ClipTransform:
         return normalize(x, self.mode, self.sample_rate, self.peak_level, self.target_lufs)
 
 
-class AudioFolder(Dataset):
+class AudioFolder(FileItems):
     """Fixed-length clips from probed files; an unreadable file is skipped for the next one."""
+
+    what, unreadable = "audio file", (sf.LibsndfileError, RuntimeError, OSError, ValueError)
 
     def __init__(self, files: list[AudioFile], sample_rate: int, length: int, channels: int,
                  random_crop: bool, transform: ClipTransform):
-        self.files, self.sample_rate, self.length, self.channels = files, sample_rate, length, channels
+        super().__init__(files)
+        self.sample_rate, self.length, self.channels = sample_rate, length, channels
         self.random_crop, self.transform = random_crop, transform
-        self._warned: set[int] = set()
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def path(self, i: int) -> Path:
+        return self.files[i].path
 
     def load(self, i: int) -> torch.Tensor:
         with sf.SoundFile(str(self.files[i].path)) as snd:
             return self.transform(read_clip(snd, self.sample_rate, self.length, self.channels, self.random_crop))
-
-    def __getitem__(self, i: int) -> dict:
-        failures = []
-        for k in range(len(self.files)):
-            j = (i + k) % len(self.files)
-            try:
-                return {"x": self.load(j)}
-            except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-                failures.append(f"{self.files[j].path} ({e or type(e).__name__})")
-                if j not in self._warned:
-                    self._warned.add(j)
-                    log.warning("Skipping unreadable audio file %s: %s", self.files[j].path, e)
-        raise DataError(f"None of the {len(self.files)} audio files in the dataset could be decoded, e.g. "
-                        f"{'; '.join(failures[:3])}; fix or remove them.")
 
 
 class WithLogMel(Dataset):

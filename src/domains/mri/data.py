@@ -3,13 +3,13 @@
 ``mode=volume`` yields ``{"x": (C, D0, D1, D2)}``, ``mode=slice`` yields ``{"x": (C, H, W)}`` slices along
 ``slice_axis`` of the RAS-oriented volume, near-empty slices skipped. ``C`` is 1
 (magnitude) or 2 (real and imaginary parts, ``channels=2``, for complex-valued data). Values follow the convention in
-``mri_transforms`` (zero-anchored percentile scaling to [-1, 1]).
+``transforms`` (zero-anchored percentile scaling to [-1, 1]).
 
 Every volume is read, checked and preprocessed once at setup and kept in a MONAI ``CacheDataset`` (memory)
 or ``PersistentDataset`` (``cache_dir``, on disk); unusable volumes are skipped, counted and named in the
 local log, and too many of them stop the run (``max_bad_fraction``). Nothing here logs header fields.
 ``path`` may also name webdataset shards of NIfTI files (``python -m datamodules.shards --domain mri``,
-decoded per sample by ``mri_shards``).
+decoded per sample by ``shards``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .transforms import (
 log = logging.getLogger(__name__)
 
 MODES = ("volume", "slice")
-# the name of the intensity convention (mri_transforms docstring), recorded in checkpoints' run_config
+# the name of the intensity convention (transforms docstring), recorded in checkpoints' run_config
 INTENSITY_SCALING = "zero_anchored_percentile"
 
 

@@ -1,6 +1,6 @@
 """MRI samples as NIfTI files (3D volumes or 2D slices) and tri-planar pictures for W&B.
 
-Samples are ``(N, C, *spatial)`` in [-1, 1] under the MRI intensity convention (datamodules/mri_transforms):
+Samples are ``(N, C, *spatial)`` in [-1, 1] under the MRI intensity convention (``transforms.py``):
 C=1 is magnitude, written as ``(x + 1) / 2`` (a fraction of the reference intensity); C=2 is (real, imag),
 written as complex64. The affine has the configured voxel size (RAS, mm) with the volume centred on the
 origin, so any NIfTI viewer shows the right physical size.

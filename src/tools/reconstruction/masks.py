@@ -11,15 +11,15 @@ import torch
 from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask, RandomKspaceMask
 
 from src.errors import ConfigError
+from src.registry import Registry
 
-MASK_KINDS = {"random": RandomKspaceMask, "equispaced": EquispacedKspaceMask}
+MASK_KINDS = Registry("mask", {"random": RandomKspaceMask, "equispaced": EquispacedKspaceMask})
 
 
 def undersampling_mask(kind: str, num_cols: int, acceleration: float, center_fraction: float,
                        seed: int | None = 0) -> torch.Tensor:
     """Boolean mask of ``num_cols`` columns; the central ``round(num_cols * center_fraction)`` are sampled."""
-    if kind not in MASK_KINDS:
-        raise ConfigError(f"Unknown mask '{kind}'; choose one of {', '.join(MASK_KINDS)}.")
+    mask_class = MASK_KINDS.get(kind)
     if acceleration < 1:
         raise ConfigError(f"--acceleration must be at least 1, got {acceleration}.")
     if not 0 < center_fraction < 1:
@@ -29,7 +29,7 @@ def undersampling_mask(kind: str, num_cols: int, acceleration: float, center_fra
         raise ConfigError(f"--center-fraction {center_fraction} already samples at least "
                          f"1/{acceleration:g} of the {num_cols} columns; use a smaller centre fraction or a "
                          "lower acceleration.")
-    transform = MASK_KINDS[kind](center_fractions=[center_fraction], accelerations=[acceleration],
+    transform = mask_class(center_fractions=[center_fraction], accelerations=[acceleration],
                                  spatial_dims=1, is_complex=False)
     transform.set_random_state(seed=seed)
     transform(torch.zeros(1, num_cols))  # MONAI's transforms apply the mask; we only keep the mask they drew
