@@ -28,7 +28,7 @@ from datamodules.shards import shard_domain, write_shards  # noqa: E402
 def make_images(root: Path, n: int) -> None:
     from PIL import Image
 
-    from datamodules.image import SyntheticShapes
+    from src.domains.image.data import SyntheticShapes
 
     shapes = SyntheticShapes(n, 128, 3, seed=0)
     for i in range(n):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from src.fileio import atomic_write_text
+
 from .common import TINY_RECON, TINY_TRAIN, peak_tflops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,13 +227,6 @@ def render(header: dict, rows: list[tuple], results: Results, steps: list[str], 
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def default_out(tiny: bool) -> Path:
     if os.environ.get("OUT"):  # the device tool's folder of files that come back
         return Path(os.environ["OUT"]) / "gpu_check.md"
@@ -286,10 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     header = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
               "date": time.strftime("%Y-%m-%d"), "total": f"{time.monotonic() - started:.0f} s"}
     out = args.out or default_out(tiny)
-    write_atomic(out, render(header, rows, results, [s.name for s in steps], timings))
-    write_atomic(out.with_suffix(".json"), json.dumps(
+    atomic_write_text(out, render(header, rows, results, [s.name for s in steps], timings))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(
         {"header": header, "results": results.data, "status": results.status, "seconds": timings}, indent=1))
-    write_atomic(out.with_suffix(".log"), log)
+    atomic_write_text(out.with_suffix(".log"), log)
     print(f"gpu_check: wrote {out}")
 
 

@@ -26,11 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import TINY_RECON, machine, write_json  # noqa: E402
-from datamodules.phantoms import head_phantom  # noqa: E402
+from src.domains.mri.phantoms import head_phantom  # noqa: E402
 from src.module import DiffusionModule  # noqa: E402
-from src.mri.fft import fft2c  # noqa: E402
-from src.mri.measurement import compressed_sensing, undersample, zero_filled  # noqa: E402
-from src.mri.reconstructor import Reconstructor  # noqa: E402
+from src.tools.reconstruction.fft import fft2c  # noqa: E402
+from src.tools.reconstruction.measurement import compressed_sensing, undersample, zero_filled  # noqa: E402
+from src.tools.reconstruction.reconstructor import Reconstructor  # noqa: E402
 
 
 def main() -> None:

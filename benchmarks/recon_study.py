@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from datamodules import build_datamodule  # noqa: E402
 from src.checkpoint import load_checkpoint  # noqa: E402
-from src.mri.io import write_nifti  # noqa: E402
-from src.mri.measurement import compressed_sensing, simulate_from_image  # noqa: E402
-from src.mri.metrics import psnr  # noqa: E402
 from src.reconstruct import main as reconstruct_cli  # noqa: E402
+from src.tools.reconstruction.io import write_nifti  # noqa: E402
+from src.tools.reconstruction.measurement import compressed_sensing, simulate_from_image  # noqa: E402
+from src.tools.reconstruction.recon_metrics import psnr  # noqa: E402
 
 SETTINGS = [(4, 0.08), (8, 0.04)]  # fastMRI's standard (acceleration, centre fraction) pairs
 MASKS = ("equispaced", "random")

@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.mri.io import write_nifti  # noqa: E402
-from src.mri.measurement import compressed_sensing, simulate_from_image  # noqa: E402
-from src.mri.metrics import psnr  # noqa: E402
+from src.tools.reconstruction.io import write_nifti  # noqa: E402
+from src.tools.reconstruction.measurement import compressed_sensing, simulate_from_image  # noqa: E402
+from src.tools.reconstruction.recon_metrics import psnr  # noqa: E402
 from src.reconstruct import Reconstructor  # noqa: E402
 from src.reconstruct import main as reconstruct_cli  # noqa: E402
 
@@ -82,7 +82,7 @@ def train(out: Path, data: Path, minutes: float) -> tuple[Path, dict]:
 
 
 def load(path: Path) -> np.ndarray:
-    from src.mri.io import read_nifti
+    from src.tools.reconstruction.io import read_nifti
 
     return read_nifti(path)[0]
 

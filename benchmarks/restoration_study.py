@@ -136,7 +136,7 @@ def eval_images(out: Path, steps: int) -> dict:
 def eval_audio(out: Path, steps: int) -> dict:
     import soundfile as sf
 
-    from datamodules.audio_synth import render
+    from src.domains.audio.synth import render
     from src.tools.restoration import Restorer
     from src.tools.restoration.audio import prepare
 

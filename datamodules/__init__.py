@@ -1,27 +1,18 @@
-"""Per-domain datamodules, built by name through an allow-list."""
+"""The shared data pieces: the datamodule base class, webdataset shards and their streaming reader.
+
+Each domain's datamodule lives in its package (``src/domains/<name>/``); ``build_datamodule`` builds the one
+``datamodule.name`` names through the domain registry.
+"""
 
 from __future__ import annotations
 
-import importlib
-
 from .base import DataError, DiffusionDataModule
-
-# name -> "module:Class", imported lazily so one domain's heavy imports never slow another's
-DATAMODULES: dict[str, str] = {
-    "image": "datamodules.image:ImageDataModule",
-    "audio": "datamodules.audio:AudioDataModule",
-    "mri": "datamodules.mri:MRIDataModule",
-    "mri_recon": "datamodules.fastmri_train:ReconPriorDataModule",  # experiment=recon_prior
-}
 
 
 def build_datamodule(cfg: dict, seed: int = 0) -> DiffusionDataModule:
-    cfg = dict(cfg)
-    name = cfg.pop("name", None)
-    if name not in DATAMODULES:
-        raise DataError(f"Unknown datamodule.name '{name}'; choose one of {', '.join(sorted(DATAMODULES))}.")
-    module, cls = DATAMODULES[name].split(":")
-    return getattr(importlib.import_module(module), cls)(seed=seed, **cfg)
+    from src.domains import parts
+
+    return parts("datamodule", "datamodule.name", DataError).build(cfg, seed=seed)
 
 
-__all__ = ["DATAMODULES", "DataError", "DiffusionDataModule", "build_datamodule"]
+__all__ = ["DataError", "DiffusionDataModule", "build_datamodule"]

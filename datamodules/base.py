@@ -169,12 +169,47 @@ class Subset(Dataset):
         return self.base[self.indices[i]]
 
 
+class FileItems(Dataset):
+    """Items read from files, ``{"x": load(i)}``: an unreadable file is skipped for the next one (warned once),
+    and a DataError names a few files when none can be read. ``what`` names one file in messages."""
+
+    what = "file"
+    unreadable: tuple[type[BaseException], ...] = (OSError, ValueError)
+
+    def __init__(self, files: list):
+        self.files = files
+        self._warned: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, i: int):
+        return self.files[i]
+
+    def load(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict:
+        failures = []
+        for k in range(len(self.files)):
+            j = (i + k) % len(self.files)
+            try:
+                return {"x": self.load(j)}
+            except self.unreadable as e:
+                failures.append(f"{self.path(j)} ({e or type(e).__name__})")
+                if j not in self._warned:
+                    self._warned.add(j)
+                    log.warning("Skipping unreadable %s %s: %s", self.what, self.path(j), e)
+        raise DataError(f"None of the {len(self.files)} {self.what}s in the dataset could be decoded, e.g. "
+                        f"{'; '.join(failures[:3])}; fix or remove them.")
+
+
 class DiffusionDataModule(pl.LightningDataModule):
     """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup``, set ``data_shape``."""
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0,
-                 shards: dict | None = None, **_):
+                 shards: dict | None = None):
         super().__init__()
         batch_size = positive_int(batch_size, "datamodule.batch_size")
         num_workers = positive_int(num_workers, "datamodule.num_workers", minimum=0)

@@ -10,7 +10,7 @@ skipped files as training from the folder with ``datamodule.val_fraction`` and `
 Shards close at ``--max-count`` samples or before passing ``--max-size`` bytes. Training reads them with
 ``datamodule.path=OUT`` (see ``datamodules/stream.py``).
 
-What a domain provides for shards (``SHARD_DOMAINS`` maps ``--domain`` to its module):
+What a domain provides for shards (its ``DOMAIN.shard_codec`` names the module behind ``--domain``):
 
 - module level, for the writer:
   ``EXTENSIONS``: the file suffixes it packs (lower case, with the dot, e.g. ``{".png", ".nii.gz"}``);
@@ -28,7 +28,6 @@ What a domain provides for shards (``SHARD_DOMAINS`` maps ``--domain`` to its mo
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import re
@@ -42,13 +41,6 @@ from .base import DataError, split_indices
 
 log = logging.getLogger(__name__)
 
-# --domain name -> module implementing the interface above; one entry per domain
-SHARD_DOMAINS: dict[str, str] = {
-    "image": "datamodules.image",
-    "audio": "datamodules.audio",
-    "mri": "datamodules.mri",
-}
-
 TRAIN_PREFIX, VAL_PREFIX = "shard-", "val-"
 SUMMARY = "summary.json"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -58,19 +50,18 @@ SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10
 
 
 # ---- the domain registry -------------------------------------------------------------------------------
+def shard_codecs():
+    """``--domain`` name -> the module implementing the interface above (the domains that have one)."""
+    from src.domains import parts
+
+    return parts("shard_codec", "--domain", DataError)
+
+
 def shard_domain(name: str):
-    """The module implementing shard packing for ``name``, or a DataError saying it has none yet."""
-    if name not in SHARD_DOMAINS:
-        raise DataError(f"Unknown --domain '{name}'; choose one of {', '.join(sorted(SHARD_DOMAINS))}.")
-    module = SHARD_DOMAINS[name]
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        raise DataError(f"domain {name} has no shard support yet ({module} does not exist).") from None
+    """The module implementing shard packing for ``name``, or a DataError listing the domains that have one."""
+    mod = shard_codecs().get(name)
     if not getattr(mod, "EXTENSIONS", None):
-        raise DataError(f"domain {name} has no shard support yet ({module} defines no EXTENSIONS).")
+        raise DataError(f"domain {name} has no shard support yet ({mod.__name__} defines no EXTENSIONS).")
     return mod
 
 
@@ -376,7 +367,7 @@ def shard_counts(urls: list[str]) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m datamodules.shards",
                                  description="Pack a folder into webdataset tar shards for streaming.")
-    ap.add_argument("--domain", required=True, help=f"one of {', '.join(SHARD_DOMAINS)}")
+    ap.add_argument("--domain", required=True, help=f"one of {', '.join(shard_codecs())}")
     ap.add_argument("--src", required=True, help="folder of source files (searched recursively)")
     ap.add_argument("--out", required=True, help="folder for shard-*.tar, val-*.tar and summary.json")
     ap.add_argument("--max-count", type=int, default=1000, help="samples per shard at most (default 1000)")

@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # also runnable as `python scripts/make_example_inputs.py`
     sys.path.insert(0, str(ROOT))
 
-from datamodules.phantoms import head_phantom  # noqa: E402
+from src.domains.mri.phantoms import head_phantom  # noqa: E402
 from src.errors import ProjectError, positive_int  # noqa: E402
-from src.mri.fft import fft2c  # noqa: E402
-from src.mri.io import display_affine, write_nifti  # noqa: E402
-from src.mri.masks import MASK_KINDS, undersampling_mask  # noqa: E402
+from src.tools.reconstruction.fft import fft2c  # noqa: E402
+from src.tools.reconstruction.io import display_affine, write_nifti  # noqa: E402
+from src.tools.reconstruction.masks import MASK_KINDS, undersampling_mask  # noqa: E402
 
 HEADER = """<?xml version="1.0" encoding="utf-8"?>
 <ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding><encodedSpace>

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .errors import ProjectError
+from .fileio import atomic_write
 from .safe_load import WeightsOnlyIgnored, read_metadata, safe_torch_load, why
 
 log = logging.getLogger(__name__)
@@ -30,18 +30,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             log.error("%s", msg)
             # raising (not returning) stops ModelCheckpoint from rotating away an older, finite checkpoint
             raise CheckpointError(msg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         # Lightning's resume reads here: weights-only whatever `weights_only` or the environment say
@@ -52,19 +41,6 @@ def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
     """Names of the floating-point tensors holding a NaN or an infinity."""
     return [k for k, v in state_dict.items()
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems and platforms cannot open a folder: the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class CheckpointError(ProjectError, ValueError):

@@ -12,7 +12,6 @@ optimizer state is left out: to continue training, resume from the folder itself
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import SHARDED_META, CheckpointError, is_sharded, read_checkpoint_file, refusal
+from .fileio import atomic_write
 from .safe_load import SafeEmptyLoadPlanner, WeightsOnlyIgnored, dcp_load
 
 _FIX = "use a checkpoint folder written by a trainer=fsdp run you trust"
@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         ckpt = consolidate(args.checkpoint)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: torch.save(ckpt, tmp))
     n = sum(t.numel() for t in ckpt["state_dict"].values() if isinstance(t, torch.Tensor))
     print(f"wrote {out} (step {ckpt.get('global_step', '?')}, {n / 1e6:.2f}M values incl. EMA)",
           file=sys.stderr)

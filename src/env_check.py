@@ -18,6 +18,25 @@ class EnvironmentMismatch(ProjectError):
     """The installed packages do not work together; the message names them and the fix."""
 
 
+def resolve_device(device, key: str = "--device"):
+    """``auto``: the GPU when there is one, else the CPU; a CUDA device asked for on a machine without one is a
+    ConfigError naming ``key`` (instead of a failure deep inside torch)."""
+    import torch
+
+    from .errors import ConfigError
+
+    sep = "" if key.endswith("=") else " "
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{key}{sep}{device} was requested but no CUDA GPU is available here; use "
+                          f"{key}{sep}cpu.")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"{key}{sep}{device} is not a device; use auto, cpu or cuda[:N].") from None
+
+
 def import_torchaudio():
     """``import torchaudio``, or one sentence naming both versions and the fix when its extension fails."""
     try:

@@ -1,52 +1,41 @@
 """Sample-quality metrics per domain, and the callback that computes them at each validation.
 
-A domain's metrics class is built from the config's ``metrics:`` node through the ``METRICS`` allow-list
-and is called as ``metrics(generated, real) -> dict[str, float]`` on tensors shaped ``(N, C, *spatial)``.
-``SampleMetricsCallback`` draws EMA samples with ``module.sample`` and compares them with the first
+A domain's metrics class (``DOMAIN.metrics``) is built from the config's ``metrics:`` node, whose ``kind``
+names the domain, and is called as ``metrics(generated, real) -> dict[str, float]`` on tensors shaped
+``(N, C, *spatial)``. ``MetricsCallback`` draws EMA samples with ``module.sample`` and compares them with the first
 validation clips (fixed seed, so two validations of one run, or two runs, see the same noise and data).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
-from scipy import linalg
 
-from .errors import ConfigError, positive_int
+from .errors import positive_int
 
 log = logging.getLogger(__name__)
-
-# kind -> "module:Class"; other domains register theirs here
-METRICS: dict[str, str] = {"audio": "src.audio:AudioMetrics", "mri": "src.mri_metrics:MRIMetrics"}
 
 # keys of the `metrics:` node read by the callback; the others go to the metrics class
 CALLBACK_KEYS = ("num_samples", "sampler", "steps", "batch_size")
 
 
 def build_metrics(cfg: dict):
-    cfg = {k: v for k, v in dict(cfg).items() if k not in CALLBACK_KEYS}
-    kind = cfg.pop("kind", None)
-    if kind not in METRICS:
-        raise ConfigError(f"Unknown metrics.kind '{kind}'; choose one of {', '.join(sorted(METRICS))}.")
-    module, cls = METRICS[kind].split(":")
-    return getattr(importlib.import_module(module), cls)(**cfg)
+    """The metrics class of the domain named by ``metrics.kind``, built from the other keys of the node."""
+    from .domains import parts
+
+    return parts("metrics", "metrics.kind").build(cfg, ignore=CALLBACK_KEYS)
 
 
 def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
-    """``|mu1 - mu2|^2 + Tr(cov1 + cov2 - 2 sqrt(cov1 cov2))`` between two Gaussians (as in FID/FAD)."""
-    mu1, mu2 = mu1.double().cpu().numpy(), mu2.double().cpu().numpy()
-    cov1, cov2 = cov1.double().cpu().numpy(), cov2.double().cpu().numpy()
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():  # singular product: regularise as pytorch-fid does
-        eps = 1e-6 * np.eye(len(cov1))
-        covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
-    dist = float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean.real))
-    return max(dist, 0.0)
+    """``|mu1 - mu2|^2 + Tr(cov1 + cov2 - 2 sqrt(cov1 cov2))`` between two Gaussians (as in FID/FAD), by MONAI's
+    ``compute_frechet_distance`` in float64 (which regularises a singular product as pytorch-fid does)."""
+    from monai.metrics.fid import compute_frechet_distance
+
+    mu1, cov1, mu2, cov2 = (t.detach().double().cpu() for t in (mu1, cov1, mu2, cov2))
+    return max(float(compute_frechet_distance(mu1, cov1, mu2, cov2)), 0.0)
 
 
 class MetricsCallback(pl.Callback):

@@ -20,8 +20,8 @@ import torch
 from datamodules.base import DataError
 
 from .errors import ProjectError, writable_folder
-from .mri.fft import ifft2c, rss
-from .mri.io import (
+from .tools.reconstruction.fft import ifft2c, rss
+from .tools.reconstruction.io import (
     is_nifti,
     output_stem,
     read_kspace_h5,
@@ -30,11 +30,17 @@ from .mri.io import (
     write_json,
     write_nifti,
 )
-from .mri.masks import MASK_KINDS, columns_from_kspace
-from .mri.measurement import as_measurement, compressed_sensing, simulate_from_image, undersample, zero_filled
-from .mri.metrics import all_metrics
-from .mri.reconstructor import Reconstruction, Reconstructor
-from .recon_checks import check_geometry, choose_method, tv_complex, volume_checks
+from .tools.reconstruction.masks import MASK_KINDS, columns_from_kspace
+from .tools.reconstruction.measurement import (
+    as_measurement,
+    compressed_sensing,
+    simulate_from_image,
+    undersample,
+    zero_filled,
+)
+from .tools.reconstruction.recon_metrics import all_metrics
+from .tools.reconstruction.reconstructor import Reconstruction, Reconstructor
+from .tools.reconstruction.checks import check_geometry, choose_method, tv_complex, volume_checks
 
 __all__ = ["Reconstruction", "Reconstructor", "main"]
 

@@ -3,12 +3,12 @@
     python -m src.sample ckpt=PATH num_samples=N [sampler=dpmpp_2m steps=32 seed=0 ema=true device=cpu] out=DIR
     python -m src.sample ckpt=PATH label=3|all guidance=2.0 num_samples=N out=DIR   (class-conditional models)
 
-Writes N files in the domain's format (PNG for images, WAV for audio, NIfTI for MRI) under DIR.
+Writes N files in the format of the checkpoint's domain (its media writer) under DIR. A domain may add
+options of its own (``DOMAIN.sample_options``), e.g. the audio domain's ``mel_from=FILE.wav``, which makes
+a vocoder checkpoint resynthesise the whole file from its log-mel spectrogram.
 A class-conditional checkpoint (trained with cond=class) takes ``label=N`` (N samples of class N) or
 ``label=all`` (N samples of every class, files ``PREFIX_cKKK_*``, and for images ``PREFIX_grid.png`` with
 one row per class); ``guidance=W`` is the classifier-free guidance weight (1: none, 0: unconditional).
-For an audio vocoder checkpoint (trained with datamodule.mel_conditioning=true), ``mel_from=FILE.wav``
-resynthesises the whole file from its log-mel spectrogram: N renditions, each as long as the file.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from .checkpoint import CheckpointError, module_from_checkpoint
 from .config import expand_home
+from .domains import all_domains, get_domain
+from .env_check import resolve_device
 from .errors import ConfigError, ProjectError, positive_int, writable_folder
 from .media import build_media
 
@@ -38,21 +39,34 @@ DEFAULTS = {
     "ema": True,
     "device": "auto",
     "prefix": "sample",
-    "mel_from": None,     # audio vocoder checkpoints: resynthesise this file from its log-mel
     "label": None,        # class-conditional checkpoints: a class index, or all (one row per class)
     "guidance": 1.0,      # classifier-free guidance weight: 1 plain conditional, 0 unconditional, >1 stronger
 }
 
 USAGE = ("usage: python -m src.sample ckpt=PATH num_samples=N out=DIR "
-         "[sampler=NAME steps=K seed=S ema=true device=cpu mel_from=FILE.wav label=N|all guidance=W]")
+         "[sampler=NAME steps=K seed=S ema=true device=cpu label=N|all guidance=W] "
+         "[options of the checkpoint's domain]")
+
+
+def domain_options() -> dict[str, tuple[object, str]]:
+    """Each option a domain adds -> (its default, the names of the domains offering it)."""
+    out: dict[str, tuple[object, str]] = {}
+    for name, d in all_domains().items():
+        for key, default in d.sample_options.items():
+            owners = out[key][1] + ", " if key in out else ""
+            out[key] = (default, owners + name)
+    return out
 
 
 def parse_args(argv: list[str]):
+    extra = domain_options()
     if any(a in ("-h", "--help", "help") for a in argv):
         print(f"{USAGE}\n\n{__doc__.strip()}\n\noptions and defaults: "
-              + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()))
+              + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items())
+              + "".join(f"\n{k}={v} (for {who} checkpoints)" for k, (v, who) in extra.items()))
         raise SystemExit(0)
-    base = OmegaConf.create(DEFAULTS)
+    options = {**DEFAULTS, **{k: v for k, (v, _) in extra.items()}}
+    base = OmegaConf.create(options)
     OmegaConf.set_struct(base, True)
     bad = [a for a in argv if "=" not in a]
     if bad:
@@ -61,7 +75,7 @@ def parse_args(argv: list[str]):
         cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
     except ConfigKeyError as e:
         key = str(e).split("\n")[0]
-        raise SystemExit(f"error: unknown option ({key}); options are {', '.join(DEFAULTS)}\n{USAGE}") from None
+        raise SystemExit(f"error: unknown option ({key}); options are {', '.join(options)}\n{USAGE}") from None
     for key in ("ckpt", "out"):
         if not cfg[key]:
             raise SystemExit(f"error: {key}= is required\n{USAGE}")
@@ -85,40 +99,30 @@ def check_options(cfg) -> None:
                           "missing).")
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def vocoder_input(cfg, run_cfg: dict, num: int, device: str):
-    """``(cond, shape)`` for ``mel_from=FILE``: the file's log-mel for every sample and the file's length."""
-    dm = run_cfg.get("datamodule") or {}
-    vocoder = bool(dm.get("mel_conditioning"))
-    if cfg.mel_from is None:
-        if vocoder:
-            print("note: this is a vocoder checkpoint; without mel_from=FILE.wav it samples unconditionally")
+def domain_input(cfg, domain, run_cfg: dict, num: int, device) -> tuple:
+    """``(cond, shape)`` from the domain's own sampling options (``(None, None)``: unconditional, trained
+    shape); an option of another domain is refused rather than ignored."""
+    others = [k for k in domain_options() if k not in domain.sample_options and cfg.get(k) is not None]
+    if others:
+        raise ConfigError(f"{others[0]}= is an option for {domain_options()[others[0]][1]} checkpoints, and "
+                          f"{cfg.ckpt} is a '{domain.name}' model; drop {others[0]}=.")
+    if domain.sample_input is None:
         return None, None
-    if not vocoder:
-        raise ConfigError(f"mel_from= needs an audio checkpoint trained with datamodule.mel_conditioning=true; "
-                         f"{cfg.ckpt} was not: drop mel_from= or pass a vocoder checkpoint.")
-    from datamodules.audio import mel_from_file
-
-    mel, length = mel_from_file(cfg.mel_from, int(dm["sample_rate"]), int(dm["channels"]), dm["normalize"],
-                                float(dm["peak_level"]), float(dm["target_lufs"]), int(dm["n_mels"]),
-                                int(dm["hop_length"]))
-    return mel.to(device).expand(num, *mel.shape), (int(dm["channels"]), length)
+    options = {k: cfg.get(k) for k in domain.sample_options}
+    return domain.load("sample_input")(options, run_cfg, num, str(device), str(cfg.ckpt))
 
 
 def sample(cfg) -> list[Path]:
     check_options(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="device=")
     module, ckpt = module_from_checkpoint(cfg.ckpt, device=device)
     run_cfg = ckpt.get("run_config") or {}
     if "media" not in run_cfg:
         raise CheckpointError(f"Checkpoint {cfg.ckpt} has no run_config.media; it was not written by src.train.")
     media = build_media(run_cfg["media"])
-    cond, shape = vocoder_input(cfg, run_cfg, int(cfg.num_samples), device)
+    # media.kind names the domain (older checkpoints may lack domain.name)
+    domain = get_domain((run_cfg.get("domain") or {}).get("name") or run_cfg["media"].get("kind"))
+    cond, shape = domain_input(cfg, domain, run_cfg, int(cfg.num_samples), device)
     seed = int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**31)
     writable_folder(Path(cfg.out).expanduser(), f"out={cfg.out}")
     t0 = time.perf_counter()

@@ -17,12 +17,14 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from datamodules import build_datamodule
 
+from .backbones import check_data_shape
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from . import threads
 from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
 from .errors import ConfigError, ProjectError, one_of
+from .domains import plugin_config_dirs
 from .media import build_media
 from .metrics import MetricsCallback
 from .latent.callbacks import ReconstructionCallback
@@ -205,6 +207,8 @@ def train(cfg: DictConfig) -> dict:
     threads.limit_worker_threads(dm)
     # pixel-space diffusion, stage=autoencoder or latent diffusion
     model = build_model(cfg, dm.data_shape, cond=module_cond(to_plain(cfg.get("cond")), dm))
+    if hasattr(model, "backbone"):  # the backbone says which sizes it takes (latent runs: the latent's)
+        check_data_shape(model.data_shape, model.backbone)
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
@@ -284,6 +288,18 @@ def main(cfg: DictConfig) -> None:
         sys.exit(128 + int(result["stop_signal"]))  # the shell's convention for a run ended by a signal
 
 
+def with_plugin_configs(argv: list[str]) -> list[str]:
+    """Hydra overrides with the config folders of plugin domains (``DIFFUSION_DOMAINS``, entry points) added
+    to ``hydra.searchpath``, so ``domain=<plugin>`` finds the plugin's own ``domain/<name>.yaml``."""
+    dirs = [d if "://" in d else f"file://{Path(d).resolve()}" for d in plugin_config_dirs()]
+    if not dirs:
+        return argv
+    given = [a for a in argv if a.startswith("hydra.searchpath=")]
+    rest = [a for a in argv if not a.startswith("hydra.searchpath=")]
+    paths = [p for a in given for p in a.split("=", 1)[1].strip("[]").split(",") if p] + dirs
+    return [*rest, f"hydra.searchpath=[{','.join(paths)}]"]
+
+
 if __name__ == "__main__":
-    sys.argv[1:] = expand_home(sys.argv[1:]) + rank_overrides(launch_rank())
+    sys.argv[1:] = with_plugin_configs(expand_home(sys.argv[1:])) + rank_overrides(launch_rank())
     main()

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from datamodules.phantoms import head_phantom
+from src.domains.mri.phantoms import head_phantom
 
 FAKE_PATIENT = "Doe^Janet"
 FAKE_PATIENT_ID = "PID-556677"

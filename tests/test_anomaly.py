@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.phantoms import head_phantom
+from src.domains.mri.phantoms import head_phantom
 from src.anomaly import main
 from src.diffusion.objectives import DDPMObjective
 from src.tools.anomaly import anomaly_map, bits_per_dim, log_likelihood, partial_sigmas

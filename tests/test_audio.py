@@ -6,8 +6,9 @@ import soundfile as sf
 import torch
 from hydra import compose, initialize_config_dir
 
-from src.audio import AudioMedia, AudioMetrics, spectrogram_image
 from src.backbones import build_backbone
+from src.domains.audio.media import AudioMedia, spectrogram_image
+from src.domains.audio.metrics import AudioMetrics
 from src.media import build_media
 from src.metrics import build_metrics, frechet_distance
 
@@ -169,7 +170,7 @@ def test_vocoder_training_logs_paired_metrics(tmp_path):
     """A two-step fit with mel conditioning: batches carry `cond`, metrics sample from the held-out mels."""
     import pytorch_lightning as pl
 
-    from datamodules.audio import AudioDataModule
+    from src.domains.audio.data import AudioDataModule
     from src.metrics import MetricsCallback
     from src.module import DiffusionModule
 

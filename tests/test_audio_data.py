@@ -9,9 +9,9 @@ import torch
 import torchaudio
 
 from datamodules import DataError, build_datamodule
-from datamodules.audio import AudioDataModule, normalize
-from datamodules.audio_synth import KINDS, render
 from datamodules.base import ReproducibleItems
+from src.domains.audio.data import AudioDataModule, normalize
+from src.domains.audio.synth import KINDS, render
 
 
 def sine(freq, seconds, sr, channels=1, amp=0.5):

@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 from PIL import Image
 
-from datamodules.image import ImageDataModule
+from src.domains.image.data import ImageDataModule
 from src.module import DiffusionModule
 
 from .conftest import ROOT, run_module

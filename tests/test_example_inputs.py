@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from scripts.make_example_inputs import main, make_example_inputs
-from src.mri.fft import ifft2c
-from src.mri.io import read_kspace_h5, read_nifti, read_reference
-from src.mri.measurement import as_measurement, zero_filled
-from src.mri.metrics import all_metrics
+from src.tools.reconstruction.fft import ifft2c
+from src.tools.reconstruction.io import read_kspace_h5, read_nifti, read_reference
+from src.tools.reconstruction.measurement import as_measurement, zero_filled
+from src.tools.reconstruction.recon_metrics import all_metrics
 
 
 def test_example_h5_and_nifti_hold_one_phantom(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from datamodules.image import ImageDataModule
+from src.domains.image.data import ImageDataModule
 from src.ema import EMA
 from src.module import DiffusionModule
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from datamodules import DataError, build_datamodule
 from datamodules.base import ResumableSampler
-from datamodules.image import ImageDataModule, SyntheticShapes
+from src.domains.image.data import ImageDataModule, SyntheticShapes
 
 
 def _write_images(root, n=6, size=(40, 30)):

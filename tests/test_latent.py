@@ -145,7 +145,7 @@ def test_latent_checkpoint_without_autoencoder_weights_is_refused(autoencoder_ck
 
 
 def test_reconstruction_refuses_a_latent_checkpoint(autoencoder_ckpt, tmp_path):
-    from src.mri.reconstructor import Reconstructor
+    from src.tools.reconstruction.reconstructor import Reconstructor
 
     out = tmp_path / "ld"
     train(compose(TINY + [f"paths.output_dir={out}", "trainer.max_steps=1", f"latent.autoencoder={autoencoder_ckpt}"]))

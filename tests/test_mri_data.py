@@ -8,8 +8,8 @@ import torch
 
 from datamodules import DataError, build_datamodule
 from datamodules.base import ReproducibleItems
-from datamodules.mri import MRIDataModule
-from datamodules.phantoms import head_phantom
+from src.domains.mri.data import MRIDataModule
+from src.domains.mri.phantoms import head_phantom
 
 from .mri_helpers import phantom, write_dicom_series, write_nifti
 
@@ -87,8 +87,8 @@ def test_complex_builtin_has_two_channels_in_unit_disk():
 
 
 def test_bad_options_are_one_sentence():
-    with pytest.raises(DataError, match="multiples of 8"):
-        dm(shape=(20, 20, 20))
+    with pytest.raises(DataError, match="3 positive whole sizes for mode=volume"):
+        dm(shape=(20, 20))
     with pytest.raises(DataError, match="mode"):
         dm(mode="planar")
     with pytest.raises(DataError, match="channels"):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.mri_transforms import from_unit_range, reference_intensity, to_unit_range
-from datamodules.phantoms import head_phantom
 from src.backbones.unet import build_unet
+from src.domains.mri.phantoms import head_phantom
+from src.domains.mri.transforms import from_unit_range, reference_intensity, to_unit_range
 from src.media import build_media
 from src.metrics import build_metrics
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from src.inverse.operators import Downsampling, Inpainting, LinearOperator, conjugate_gradient
-from src.mri.fft import fft2c, ifft2c, rss
-from src.mri.masks import center_region, undersampling_mask
-from src.mri.operators import MultiCoilMRI, SingleCoilMRI, estimate_sensitivities
+from src.tools.reconstruction.fft import fft2c, ifft2c, rss
+from src.tools.reconstruction.masks import center_region, undersampling_mask
+from src.tools.reconstruction.operators import MultiCoilMRI, SingleCoilMRI, estimate_sensitivities
 
 
 def crandn(*shape, seed=0):

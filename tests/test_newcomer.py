@@ -5,8 +5,8 @@ import os
 import soundfile as sf
 import torch
 
-from src.audio import LISTENING_PEAK, AudioMedia, for_listening
 from src.config import expand_home
+from src.domains.audio.media import LISTENING_PEAK, AudioMedia, for_listening
 from src.sample import DEFAULTS
 
 

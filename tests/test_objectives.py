@@ -96,6 +96,6 @@ def test_edm_density_and_grid():
 def test_build_objective_rejects_unknown_family_and_options():
     with pytest.raises(ValueError, match="Unknown diffusion.family 'nope'"):
         build_objective({"family": "nope"})
-    with pytest.raises(ValueError, match="Bad option for diffusion.family=edm"):
+    with pytest.raises(ValueError, match="Unknown key diffusion.sigma_dat for diffusion.family=edm; .*sigma_data"):
         build_objective({"family": "edm", "sigma_dat": 1.0})
     assert isinstance(build_objective({"family": "flow", "sampler": "euler", "steps": 4}), FlowMatchingObjective)

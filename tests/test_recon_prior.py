@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from datamodules import build_datamodule
-from src.geometry import Geometry, GeometryError, Reorientation, match
-from src.mri.fft import fft2c
-from src.mri.masks import undersampling_mask
+from src.domains.mri.geometry import Geometry, GeometryError, Reorientation, match
+from src.tools.reconstruction.fft import fft2c
+from src.tools.reconstruction.masks import undersampling_mask
 from src.reconstruct import Reconstructor, main
 
 from .mri_helpers import phantom, write_dicom_series
@@ -68,7 +68,7 @@ def test_datamodule_reads_fastmri_files_at_their_grid(tmp_path):
     for i in range(2):
         write_h5(tmp_path / f"f{i}.h5", slices(seed=i))
     write_h5(tmp_path / "resampled.h5", slices(seed=5), pixel=(2.0, 2.5))  # another pixel size: skipped
-    dm = build_datamodule({"name": "mri_recon", "path": str(tmp_path), "val_fraction": 0.5,
+    dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(tmp_path), "val_fraction": 0.5,
                            "max_bad_fraction": 0.5, "batch_size": 2, "num_workers": 0})
     assert dm.data_shape == [1, H, W]
     dm.setup("fit")
@@ -92,7 +92,7 @@ def test_multicoil_and_image_only_files_and_nifti(tmp_path):
     with h5py.File(tmp_path / "rss_only.h5", "w") as f:
         f["reconstruction_rss"] = np.abs(img).astype(np.float32)
         f["ismrmrd_header"] = ismrmrd_header(H, W, PIXEL)
-    dm = build_datamodule({"name": "mri_recon", "path": str(tmp_path), "val_fraction": 0.0, "batch_size": 2,
+    dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(tmp_path), "val_fraction": 0.0, "batch_size": 2,
                            "num_workers": 0, "min_slice_foreground": 0.0})
     dm.setup("fit")
     assert {v.kind for v in dm._volumes} == {"kspace", "image"}
@@ -108,7 +108,7 @@ def test_multicoil_and_image_only_files_and_nifti(tmp_path):
     vol = np.abs(phantom((30, 26, 4), seed=1)).astype(np.float32)
     nifti.mkdir()
     nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1])), nifti / "scan.nii.gz")
-    dm = build_datamodule({"name": "mri_recon", "path": str(nifti), "shape": [32, 24], "batch_size": 2,
+    dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(nifti), "shape": [32, 24], "batch_size": 2,
                            "num_workers": 0})
     assert dm.data_shape == [1, 32, 24]
     dm.setup("fit")
@@ -118,7 +118,7 @@ def test_multicoil_and_image_only_files_and_nifti(tmp_path):
 
     # a DICOM series: its own grid from the series geometry (RAS array axes x, y in plane)
     write_dicom_series(tmp_path / "dicom" / "series", np.abs(phantom((32, 24, 6), seed=1)), spacing=(2.0, 2.5, 3.0))
-    dm = build_datamodule({"name": "mri_recon", "path": str(tmp_path / "dicom"), "batch_size": 2, "num_workers": 0})
+    dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(tmp_path / "dicom"), "batch_size": 2, "num_workers": 0})
     assert dm.data_shape == [1, 32, 24]
     assert dm.geometry.pixel_mm == pytest.approx((2.0, 2.5)) and dm.geometry.axes == ("R", "A")
 

@@ -14,11 +14,11 @@ from src.diffusion.objectives import DDPMObjective
 from src.diffusion.samplers import sample_ddim
 from src.inverse import Inpainting, projection_step, sample_posterior
 from src.module import DiffusionModule
-from src.mri.fft import fft2c, ifft2c, rss
-from src.mri.masks import undersampling_mask
-from src.mri.measurement import as_measurement
-from src.mri.metrics import all_metrics
 from src.reconstruct import Reconstructor, main
+from src.tools.reconstruction.fft import fft2c, ifft2c, rss
+from src.tools.reconstruction.masks import undersampling_mask
+from src.tools.reconstruction.measurement import as_measurement
+from src.tools.reconstruction.recon_metrics import all_metrics
 
 SIZE = 32
 DIFFUSION = dict(family="ddpm", schedule="linear", num_timesteps=1000, prediction="eps", sampler="ddim",
@@ -356,7 +356,7 @@ def test_output_in_a_read_only_folder_is_refused_before_any_work(singlecoil_h5, 
 
 
 def test_multicoil_zero_filled_needs_no_calibration_region(tmp_path):
-    from src.mri.measurement import zero_filled
+    from src.tools.reconstruction.measurement import zero_filled
     rng = np.random.default_rng(0)
     img = phantom(2)
     sens = rng.normal(size=(3, SIZE, SIZE)) + 1j * rng.normal(size=(3, SIZE, SIZE))

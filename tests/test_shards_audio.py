@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from webdataset.tariterators import tarfile_samples
 
 from datamodules import build_datamodule
-from datamodules.audio import AudioFolder, ClipTransform, probe
 from datamodules.base import call_seeded
 from datamodules.shards import resolve_shards, write_shards
+from src.domains.audio.data import AudioFolder, ClipTransform, probe
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE, CLIP = 16000, 0.25

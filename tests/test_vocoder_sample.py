@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import soundfile as sf
-from omegaconf import OmegaConf
 
-from src.sample import DEFAULTS, vocoder_input
+from src.domains.audio.sampling import sample_input
 from src.sample import main as sample_main
 from src.train import train
 
@@ -54,6 +53,6 @@ def test_mel_from_errors_name_the_file_or_the_checkpoint(vocoder_ckpt, tmp_path)
     with pytest.raises(SystemExit, match="could not be read as audio"):
         sample_main([f"ckpt={vocoder_ckpt}", "device=cpu", f"mel_from={tmp_path / 'noise.wav'}",
                      f"out={tmp_path}"])
-    cfg = OmegaConf.create({**DEFAULTS, "ckpt": "plain.ckpt", "mel_from": str(tmp_path / "noise.wav")})
     with pytest.raises(ValueError, match="mel_conditioning=true; plain.ckpt was not"):
-        vocoder_input(cfg, {"datamodule": {"mel_conditioning": False}}, 1, "cpu")
+        sample_input({"mel_from": str(tmp_path / "noise.wav")}, {"datamodule": {"mel_conditioning": False}}, 1,
+                     "cpu", "plain.ckpt")

@@ -11,28 +11,39 @@ from collections.abc import Callable
 from torch import nn
 
 from src.errors import ConfigError
+from src.registry import Registry
 
 from .diffusers_unet import build_diffusers_unet2d
 from .diffwave import build_diffwave
 from .unet import build_unet
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
+BACKBONES = Registry("backbone.name", {
     "unet": build_unet,
     "diffwave": build_diffwave,
     "diffusers_unet2d": build_diffusers_unet2d,
-}
+})
 
 
 def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
-    BACKBONES[name] = builder
+    BACKBONES.register(name, builder)
 
 
 def build_backbone(cfg: dict) -> nn.Module:
-    cfg = dict(cfg)
-    name = cfg.pop("name", None)
-    if name not in BACKBONES:
-        raise ConfigError(f"Unknown backbone.name '{name}'; choose one of {', '.join(sorted(BACKBONES))}.")
-    try:
-        return BACKBONES[name](**cfg)
-    except TypeError as e:
-        raise ConfigError(f"Bad option for backbone '{name}': {e}.") from None
+    return BACKBONES.build(cfg)
+
+
+def size_multiple(backbone: nn.Module) -> int:
+    """What every spatial size of the data must be a multiple of for this backbone (1: any size).
+
+    Backbones declare it as ``size_multiple`` (a U-Net: 2 to the number of downsamplings)."""
+    return int(getattr(backbone, "size_multiple", 1))
+
+
+def check_data_shape(data_shape, backbone: nn.Module) -> None:
+    """A ConfigError when a spatial size of ``data_shape`` ``(C, *spatial)`` does not fit the backbone."""
+    m = size_multiple(backbone)
+    spatial = [int(n) for n in list(data_shape)[1:]]
+    if any(n % m or n < m for n in spatial):
+        raise ConfigError(f"This backbone halves the data size {m.bit_length() - 1} times, so every spatial "
+                          f"size must be a multiple of {m}; the data shape is {spatial}: change the data's "
+                          "size (datamodule.shape, datamodule.resolution, ...) or the backbone's levels.")

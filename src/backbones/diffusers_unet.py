@@ -16,6 +16,7 @@ class DiffusersUNetBackbone(nn.Module):
     def __init__(self, net: nn.Module, noise_scale: float = 1000.0):
         super().__init__()
         self.net, self.noise_scale = net, noise_scale
+        self.size_multiple = 2 ** (len(net.down_blocks) - 1)  # the last down block keeps its size
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None):
         return self.net(x, noise_level * self.noise_scale).sample

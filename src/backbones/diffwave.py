@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.errors import ConfigError
+from src.registry import check_keys
 
 # residual layers, residual channels, dilation cycle (dilations 1, 2, ..., 2^(cycle-1), repeated),
 # noise-embedding width
@@ -80,6 +81,7 @@ class DiffWave(nn.Module):
                  residual_channels: int = 64, dilation_cycle: int = 10, embed_dim: int = 512,
                  cond_channels: int = 0, noise_scale: float = 1000.0, num_classes: int = 0):
         super().__init__()
+        self.size_multiple = 1  # fully convolutional at full resolution: any length
         c = residual_channels
         self.cond_channels = cond_channels
         # class labels join the noise embedding (num_classes + 1 entries, the last the null label)
@@ -128,6 +130,7 @@ def build_diffwave(in_channels: int = 1, out_channels: int | None = None, preset
                    **overrides) -> nn.Module:
     if preset not in PRESETS:
         raise ConfigError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
+    check_keys(DiffWave, overrides, "backbone", "backbone.name=diffwave")
     kwargs = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return DiffWave(in_channels=in_channels, out_channels=out_channels,
                     cond_channels=n_mels if mel_conditioning else 0, num_classes=num_classes, **kwargs)

@@ -7,6 +7,7 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
 from src.errors import ConfigError
+from src.registry import check_keys
 
 # channels per level, attention per level, residual blocks per level, head channels
 PRESETS: dict[str, dict] = {
@@ -42,6 +43,8 @@ class UNetBackbone(nn.Module):
         super().__init__()
         self.net = net
         self.noise_scale = noise_scale
+        # spatial sizes must divide by 2 per downsampling (the last level keeps its size)
+        self.size_multiple = 2 ** (len(net.down_blocks) - 1)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None,
                 label: torch.Tensor | None = None):
@@ -71,6 +74,7 @@ def build_unet(spatial_dims: int = 2, in_channels: int = 3, out_channels: int | 
     if spatial_dims not in (2, 3):
         raise ConfigError(f"The unet backbone supports spatial_dims 2 or 3, got {spatial_dims}.")
     presets = PRESETS_3D if spatial_dims == 3 else PRESETS
+    check_keys(DiffusionModelUNet, overrides, "backbone", "backbone.name=unet")
     kwargs = {**presets[preset], **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("channels", "attention_levels"):
         kwargs[key] = tuple(kwargs[key])

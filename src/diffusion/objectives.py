@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from src.errors import ConfigError, positive_int
+from src.registry import Registry
 
 from .schedules import (
     DiscreteSchedule,
@@ -216,25 +217,17 @@ class VEObjective:
         return geometric_sigmas(steps, self.sigma_min, self.sigma_max)
 
 
-OBJECTIVES = {
+OBJECTIVES = Registry("diffusion.family", {
     "ddpm": DDPMObjective,
     "edm": EDMObjective,
     "flow": FlowMatchingObjective,
     "ve": VEObjective,
-}
+})
 
 
 def build_objective(cfg: dict):
     """Build an objective from ``{'family': name, **kwargs}`` through an allow-list (no ``_target_``)."""
-    cfg = dict(cfg)
-    family = cfg.pop("family", None)
     if cfg.get("steps") is not None:  # 0 would fall back to the default number of steps without a word
         positive_int(cfg["steps"], "diffusion.steps")
-    for key in ("sampler", "steps", "clip_denoised", "sampler_options"):
-        cfg.pop(key, None)
-    if family not in OBJECTIVES:
-        raise ConfigError(f"Unknown diffusion.family '{family}'; choose one of {', '.join(OBJECTIVES)}.")
-    try:
-        return OBJECTIVES[family](**cfg)
-    except TypeError as e:
-        raise ConfigError(f"Bad option for diffusion.family={family}: {e}.") from None
+    # keys the module and the samplers read
+    return OBJECTIVES.build(cfg, ignore=("sampler", "steps", "clip_denoised", "sampler_options"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from src.errors import ConfigError
+from src.registry import Registry
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -217,7 +217,7 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, eta: float = 1.0, s_noise
     return x
 
 
-SAMPLERS: dict[str, Callable] = {
+SAMPLERS = Registry("sampler", {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "euler": sample_euler,
@@ -227,13 +227,11 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "pc": sample_pc,
     "langevin": sample_langevin,
-}
+})
 
 
 def get_sampler(name: str) -> Callable:
-    if name not in SAMPLERS:
-        raise ConfigError(f"Unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}.")
-    return SAMPLERS[name]
+    return SAMPLERS.get(name)
 
 
 def clipped(denoiser: Denoiser, lo: float, hi: float) -> Denoiser:

@@ -1,1 +1,1 @@
-"""User-facing tools built on a trained diffusion prior: restoration (src.restore), anomaly maps (src.anomaly)."""
+"""Applications over the inverse engine (src/inverse) and a trained prior: MRI reconstruction (src.reconstruct), restoration (src.restore), anomaly maps (src.anomaly)."""

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from datamodules.base import DataError
-from datamodules.mri import INTENSITY_SCALING
+from src.domains.mri.data import INTENSITY_SCALING
 
 __all__ = ["DataError", "INTENSITY_SCALING"]

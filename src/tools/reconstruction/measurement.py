@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from datamodules.base import DataError
-from datamodules.mri_transforms import reference_intensity
+from src.domains.mri.transforms import reference_intensity
 from src.inverse.operators import LinearOperator
 from src.inverse.tv import tv_reconstruct
 

@@ -11,15 +11,15 @@ import torch
 from monai.apps.reconstruction.transforms.array import EquispacedKspaceMask, RandomKspaceMask
 
 from src.errors import ConfigError
+from src.registry import Registry
 
-MASK_KINDS = {"random": RandomKspaceMask, "equispaced": EquispacedKspaceMask}
+MASK_KINDS = Registry("mask", {"random": RandomKspaceMask, "equispaced": EquispacedKspaceMask})
 
 
 def undersampling_mask(kind: str, num_cols: int, acceleration: float, center_fraction: float,
                        seed: int | None = 0) -> torch.Tensor:
     """Boolean mask of ``num_cols`` columns; the central ``round(num_cols * center_fraction)`` are sampled."""
-    if kind not in MASK_KINDS:
-        raise ConfigError(f"Unknown mask '{kind}'; choose one of {', '.join(MASK_KINDS)}.")
+    mask_class = MASK_KINDS.get(kind)
     if acceleration < 1:
         raise ConfigError(f"--acceleration must be at least 1, got {acceleration}.")
     if not 0 < center_fraction < 1:
@@ -29,7 +29,7 @@ def undersampling_mask(kind: str, num_cols: int, acceleration: float, center_fra
         raise ConfigError(f"--center-fraction {center_fraction} already samples at least "
                          f"1/{acceleration:g} of the {num_cols} columns; use a smaller centre fraction or a "
                          "lower acceleration.")
-    transform = MASK_KINDS[kind](center_fractions=[center_fraction], accelerations=[acceleration],
+    transform = mask_class(center_fractions=[center_fraction], accelerations=[acceleration],
                                  spatial_dims=1, is_complex=False)
     transform.set_random_state(seed=seed)
     transform(torch.zeros(1, num_cols))  # MONAI's transforms apply the mask; we only keep the mask they drew
@@ -54,3 +54,13 @@ def columns_from_kspace(kspace: torch.Tensor) -> torch.Tensor:
     """Sampled columns of zero-filled k-space ``(..., H, W)``: those with any non-zero entry."""
     k = kspace.abs().reshape(-1, kspace.shape[-2], kspace.shape[-1])
     return (k > 0).any(dim=0).any(dim=0)
+
+
+def centre_hann_window(columns: torch.Tensor, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """A Hann window over the fully sampled centre run of ``columns`` (zero elsewhere; its ends, which are
+    zero in a Hann window, fall just outside the run), as long as ``columns``."""
+    lo, hi = center_region(columns)
+    device = columns.device if device is None else device
+    window = torch.zeros(len(columns), dtype=dtype, device=device)
+    window[lo:hi] = torch.hann_window(hi - lo + 2, periodic=False, dtype=dtype, device=device)[1:-1]
+    return window

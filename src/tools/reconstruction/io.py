@@ -8,7 +8,6 @@ Every problem with an input file is a ``DataError`` naming the file and what to 
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.base import DataError
+from src.domains.mri.io import is_nifti, nifti_suffix
+from src.fileio import atomic_write, atomic_write_text
 
 REFERENCE_KEYS = ("reconstruction_rss", "reconstruction_esc", "reconstruction", "target")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass
@@ -27,10 +27,6 @@ class KspaceScan:
     mask: np.ndarray | None          # as stored in the file (validated later against the k-space)
     affine: np.ndarray               # for (H, W, slices) arrays
     notes: list[str] = field(default_factory=list)
-
-
-def is_nifti(path: str | Path) -> bool:
-    return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
 def _existing(path: str | Path, what: str) -> Path:
@@ -148,21 +144,10 @@ def read_reference(path: str | Path) -> np.ndarray:
 
 def output_stem(out: str | Path) -> Path:
     p = Path(out).expanduser()
-    for suffix in NIFTI_SUFFIXES:
-        if p.name.lower().endswith(suffix):
-            return p.with_name(p.name[: -len(suffix)])
+    suffix = nifti_suffix(p)
+    if suffix:
+        return p.with_name(p.name[: -len(suffix)])
     raise DataError(f"Output {p} must end in .nii.gz or .nii (a NIfTI volume).")
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, header=None) -> Path:
@@ -177,11 +162,12 @@ def write_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, header
     for text_field in ("descrip", "aux_file", "intent_name", "db_name"):
         if text_field in img.header:
             img.header[text_field] = b""
-    _atomic(path, lambda tmp: nib.save(img, str(tmp)))
+    # nibabel picks the format (gzip or not) by the suffix, so the temporary file keeps it
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)), suffix=nifti_suffix(path))
     return path
 
 
 def write_json(data: dict, path: str | Path) -> Path:
     path = Path(path)
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path

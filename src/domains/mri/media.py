@@ -1,6 +1,6 @@
 """MRI samples as NIfTI files (3D volumes or 2D slices) and tri-planar pictures for W&B.
 
-Samples are ``(N, C, *spatial)`` in [-1, 1] under the MRI intensity convention (datamodules/mri_transforms):
+Samples are ``(N, C, *spatial)`` in [-1, 1] under the MRI intensity convention (``transforms.py``):
 C=1 is magnitude, written as ``(x + 1) / 2`` (a fraction of the reference intensity); C=2 is (real, imag),
 written as complex64. The affine has the configured voxel size (RAS, mm) with the volume centred on the
 origin, so any NIfTI viewer shows the right physical size.
@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .media import image_grid
+from src.errors import ConfigError
+from src.media import image_grid
+
+from .transforms import sample_magnitude
 
 
 def to_intensity(sample: torch.Tensor) -> np.ndarray:
@@ -24,14 +26,6 @@ def to_intensity(sample: torch.Tensor) -> np.ndarray:
     if x.shape[0] == 2:
         return (x[0] + 1j * x[1]).numpy().astype(np.complex64)
     return ((x[0] + 1) / 2).numpy().astype(np.float32)
-
-
-def to_magnitude(samples: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *spatial)`` -> ``(N, *spatial)`` magnitude in [0, 1]."""
-    x = samples.detach().float().cpu().clamp(-1, 1)
-    if x.shape[1] == 2:
-        return torch.sqrt((x**2).sum(1)).clamp(0, 1)
-    return (x[:, 0] + 1) / 2
 
 
 def centred_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
@@ -54,7 +48,7 @@ class MRIMedia:
     extension = ".nii.gz"
 
     def __init__(
-        self, mode: str = "volume", spacing: Sequence[float | None] | None = None, slice_axis: int = 2, **_
+        self, mode: str = "volume", spacing: Sequence[float | None] | None = None, slice_axis: int = 2
     ):
         if mode not in ("volume", "slice"):
             raise ConfigError(f"media.mode must be volume or slice, got '{mode}'.")
@@ -88,7 +82,7 @@ class MRIMedia:
 
     def pictures(self, samples: torch.Tensor) -> np.ndarray:
         """A uint8 ``(H, W, 3)`` picture: one tri-planar row per volume, or a grid of slices."""
-        mag = to_magnitude(samples)
+        mag = sample_magnitude(samples)[:, 0]
         if mag.ndim == 4:
             rows = [triplanar(v) for v in mag]
             sep = np.zeros((2, rows[0].shape[1]), dtype=np.float32)

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.errors import fraction
-from src.geometry import (
+from src.domains.mri.geometry import (
     Geometry,
     GeometryError,
     Reorientation,
@@ -87,7 +87,7 @@ def ismrmrd_space(header, space: str, shape: tuple[int, int]) -> tuple[float, fl
 
 
 def h5_affine(pixel: tuple[float, float]) -> np.ndarray:
-    from src.mri.io import display_affine
+    from src.tools.reconstruction.io import display_affine
 
     return display_affine((pixel[0], pixel[1], 1.0))
 
@@ -118,7 +118,7 @@ def probe_h5(path: Path, intensity: dict) -> Volume:
 def load_image_volume(path: Path, reader: str) -> tuple[np.ndarray, np.ndarray]:
     """Magnitude volume ``(S, H, W)`` of a NIfTI file or DICOM series and the affine of ``(H, W, S)``."""
     if reader == "nifti":
-        from src.mri.io import read_nifti
+        from src.tools.reconstruction.io import read_nifti
 
         volume, affine, _ = read_nifti(path, what="Training file")
         return volume, np.asarray(affine)
@@ -150,7 +150,7 @@ def h5_slices(vol: Volume, index) -> torch.Tensor:
     """Magnitude slices of an HDF5 file on its own grid, ``(n, H, W)``."""
     import h5py
 
-    from src.mri.fft import ifft2c, rss
+    from src.tools.reconstruction.fft import ifft2c, rss
 
     with h5py.File(vol.path, "r") as f:
         data = torch.as_tensor(np.asarray(f[vol.key][index]))
@@ -180,7 +180,7 @@ class ReconSlices(Dataset):
 
 
 class ReconPriorDataModule(DiffusionDataModule):
-    """The ``recon_prior`` preset's datamodule (``datamodule.name=mri_recon``)."""
+    """The ``recon_prior`` preset's datamodule (``datamodule.grid=acquisition``)."""
 
     def __init__(self, path: str | None = None, shape: Sequence[int] | None = None, channels: int = 1,
                  mode: str = "slice", min_slice_foreground: float = 0.05, foreground_threshold: float = 0.1,
@@ -211,7 +211,7 @@ class ReconPriorDataModule(DiffusionDataModule):
             return self._volumes
         import h5py
 
-        from .mri_io import scan_folder
+        from .io import scan_folder
 
         root = self.path
         if not root.exists():
@@ -286,7 +286,7 @@ class ReconPriorDataModule(DiffusionDataModule):
         else:
             import h5py
 
-            from src.mri.fft import ifft2c, rss
+            from src.tools.reconstruction.fft import ifft2c, rss
 
             with h5py.File(vol.path, "r") as f:
                 width = f[vol.key].shape[-1]
@@ -322,7 +322,7 @@ class ReconPriorDataModule(DiffusionDataModule):
 
 def _transposed(found: Geometry, target: Geometry) -> bool:
     """Whether ``found``'s axis letters match ``target``'s only after swapping rows and columns."""
-    from src.geometry import OPPOSITE
+    from src.domains.mri.geometry import OPPOSITE
 
     def same(a, t):
         return a == t or OPPOSITE.get(a) == t

@@ -1,6 +1,6 @@
 """Head-like MRI phantoms generated in code: the MRI domain's built-in data, and test images for recon.
 
-    from datamodules.phantoms import head_phantom
+    from src.domains.mri.phantoms import head_phantom
     vol = head_phantom((32, 32, 32), seed=3)          # float32 magnitude, 3D
     img = head_phantom((64, 64), seed=3)              # a 2D (axial) phantom
     z = head_phantom((64, 64), seed=3, complex_valued=True)  # complex64 with a smooth phase

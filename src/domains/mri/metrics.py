@@ -22,19 +22,13 @@ import math
 import torch
 import torch.nn.functional as F
 from monai.metrics import MultiScaleSSIMMetric
-from monai.metrics.fid import compute_frechet_distance
 
-from .errors import ConfigError
+from src.errors import ConfigError
+from src.metrics import frechet_distance
+
+from .transforms import sample_magnitude
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def magnitude(x: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *spatial)`` -> ``(N, 1, *spatial)`` magnitude in [0, 1]."""
-    x = x.detach().float().cpu().clamp(-1, 1)
-    if x.shape[1] == 2:
-        return torch.sqrt((x**2).sum(1, keepdim=True)).clamp(0, 1)
-    return (x[:, :1] + 1) / 2
 
 
 def ms_ssim_scales(size: int, kernel_size: int) -> tuple[float, ...]:
@@ -72,7 +66,7 @@ def item_statistics(mag: torch.Tensor, head_threshold: float = 0.1, bins: int = 
 class MRIMetrics:
     """Callable ``(generated, real) -> dict[str, float]`` (see the module docstring)."""
 
-    def __init__(self, kernel_size: int = 5, kernel_sigma: float = 1.0, max_pairs: int = 28, **_):
+    def __init__(self, kernel_size: int = 5, kernel_sigma: float = 1.0, max_pairs: int = 28):
         self.kernel_size, self.kernel_sigma, self.max_pairs = kernel_size, kernel_sigma, max_pairs
 
     def diversity(self, mag: torch.Tensor) -> float:
@@ -98,11 +92,11 @@ class MRIMetrics:
         scale = fr.std(0).clamp(min=1e-3)  # standardise by the real spread; floor for constant statistics
         fg, fr = fg / scale, fr / scale
         # diagonal covariances: a full one needs far more items than a validation draws (biased, singular)
-        d = compute_frechet_distance(fg.mean(0), torch.diag(fg.var(0)), fr.mean(0), torch.diag(fr.var(0)))
-        return float(d.clamp(min=0.0)) / fg.shape[1]
+        d = frechet_distance(fg.mean(0), torch.diag(fg.var(0)), fr.mean(0), torch.diag(fr.var(0)))
+        return d / fg.shape[1]
 
     def __call__(self, generated: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
-        gen, ref = magnitude(generated), magnitude(real)
+        gen, ref = sample_magnitude(generated), sample_magnitude(real)
         return {
             "msssim_diversity": self.diversity(gen),
             "msssim_diversity_real": self.diversity(ref),

@@ -14,7 +14,7 @@ from datamodules.base import DataError
 from src.inverse.operators import LinearOperator
 
 from .fft import fft2c, ifft2c, rss
-from .masks import center_region
+from .masks import center_region, centre_hann_window
 
 
 class SingleCoilMRI(LinearOperator):
@@ -69,9 +69,7 @@ def estimate_sensitivities(kspace: torch.Tensor, mask_1d: torch.Tensor, min_line
                          f"k-space centre, but only {hi - lo} centre columns are sampled (at least "
                          f"{min_lines} needed); use data with a larger fully sampled centre (e.g. "
                          "--center-fraction 0.08).")
-    window = torch.zeros(kspace.shape[-1], dtype=kspace.real.dtype, device=kspace.device)
-    hann = torch.hann_window(hi - lo + 2, periodic=False, dtype=window.dtype, device=kspace.device)
-    window[lo:hi] = hann[1:-1]
+    window = centre_hann_window(mask_1d, kspace.real.dtype, kspace.device)
     low = ifft2c(kspace * window)
     norm = rss(low, coil_dim=1).unsqueeze(1)
     return low / norm.clamp_min(1e-6 * float(norm.max().clamp_min(1e-30)))

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.geometry import GeometryError, geometry_from_affine
+from src.domains.mri.geometry import GeometryError, geometry_from_affine
 from src.inverse.tv import tv_reconstruct
-from src.mri.masks import center_region
-from src.mri.measurement import Measurement, robust_max, zero_filled
+from src.tools.reconstruction.masks import center_region
+from src.tools.reconstruction.measurement import Measurement, robust_max, zero_filled
 
 
 def _columns(meas: Measurement) -> torch.Tensor:

@@ -20,14 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.base import DataError
-from datamodules.mri import INTENSITY_SCALING
+from src.backbones import size_multiple
 from src.checkpoint import CheckpointError, module_from_checkpoint
 from src.latent.stage import require_pixel_space
+from src.domains.mri.data import INTENSITY_SCALING
+from src.env_check import resolve_device
 from src.errors import ConfigError
-from src.geometry import Geometry, Reorientation, calibration_reference, match
+from src.domains.mri.geometry import Geometry, Reorientation, calibration_reference, match
 from src.inverse.sampler import sample_posterior
 
-from .masks import center_region
+from .masks import center_region, centre_hann_window
 from .measurement import Measurement, as_measurement, robust_max, zero_filled
 
 
@@ -80,17 +82,7 @@ def calibration_window(mask: torch.Tensor) -> torch.Tensor:
     lo, hi = center_region(columns)
     if hi - lo < 2:
         return mask.float()
-    window = torch.zeros(mask.shape[-1], device=mask.device)
-    window[lo:hi] = torch.hann_window(hi - lo + 2, periodic=False, device=mask.device)[1:-1]
-    return window
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is available here; use --device cpu.")
-    return torch.device(device)
+    return centre_hann_window(columns)
 
 
 def check_model(module, run_config: dict | None, name: str) -> None:
@@ -120,11 +112,6 @@ def check_model(module, run_config: dict | None, name: str) -> None:
                               "convention of the mri domain (docs/mri.md).")
 
 
-def downsampling_factor(module) -> int:
-    blocks = getattr(getattr(module.backbone, "net", None), "down_blocks", None)
-    return 2 ** (len(blocks) - 1) if blocks is not None else 8
-
-
 class Reconstructor:
     """Posterior sampling with a trained diffusion prior and k-space data consistency at every step.
 
@@ -151,7 +138,7 @@ class Reconstructor:
         self.data_config = dict((run_config or {}).get("datamodule") or {})
         self.percentile = float(intensity_percentile if intensity_percentile is not None else trained)
         self.channels = int(module.data_shape[0])
-        self.factor = downsampling_factor(module)
+        self.factor = size_multiple(module.backbone)
         if self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}.")
         if not 0.0 <= self.eta <= 1.0:

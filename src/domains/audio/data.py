@@ -21,11 +21,12 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.base import DataError, DiffusionDataModule, FileItems, Subset, probe_folder, split_indices
 from src.env_check import import_torchaudio
 from src.errors import fraction, positive_int
 
-from .audio_synth import SyntheticAudio
-from .base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
+from .mel import LogMel
+from .synth import SyntheticAudio
 
 torchaudio = import_torchaudio()
 log = logging.getLogger(__name__)
@@ -139,46 +140,23 @@ class ClipTransform:
         return normalize(x, self.mode, self.sample_rate, self.peak_level, self.target_lufs)
 
 
-class AudioFolder(Dataset):
+class AudioFolder(FileItems):
     """Fixed-length clips from probed files; an unreadable file is skipped for the next one."""
+
+    what, unreadable = "audio file", (sf.LibsndfileError, RuntimeError, OSError, ValueError)
 
     def __init__(self, files: list[AudioFile], sample_rate: int, length: int, channels: int,
                  random_crop: bool, transform: ClipTransform):
-        self.files, self.sample_rate, self.length, self.channels = files, sample_rate, length, channels
+        super().__init__(files)
+        self.sample_rate, self.length, self.channels = sample_rate, length, channels
         self.random_crop, self.transform = random_crop, transform
-        self._warned: set[int] = set()
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def path(self, i: int) -> Path:
+        return self.files[i].path
 
     def load(self, i: int) -> torch.Tensor:
         with sf.SoundFile(str(self.files[i].path)) as snd:
             return self.transform(read_clip(snd, self.sample_rate, self.length, self.channels, self.random_crop))
-
-    def __getitem__(self, i: int) -> dict:
-        failures = []
-        for k in range(len(self.files)):
-            j = (i + k) % len(self.files)
-            try:
-                return {"x": self.load(j)}
-            except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-                failures.append(f"{self.files[j].path} ({e or type(e).__name__})")
-                if j not in self._warned:
-                    self._warned.add(j)
-                    log.warning("Skipping unreadable audio file %s: %s", self.files[j].path, e)
-        raise DataError(f"None of the {len(self.files)} audio files in the dataset could be decoded, e.g. "
-                        f"{'; '.join(failures[:3])}; fix or remove them.")
-
-
-class LogMel:
-    """The log-mel ``(n_mels, frames)`` of a clip's mono mix: the ``cond`` of vocoder training."""
-
-    def __init__(self, sample_rate: int, n_mels: int, n_fft: int = 1024, hop_length: int = 256):
-        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop_length,
-                                                        n_mels=n_mels)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log(self.mel(x.mean(0)).clamp_min(1e-5))
 
 
 class WithLogMel(Dataset):
@@ -186,7 +164,7 @@ class WithLogMel(Dataset):
 
     def __init__(self, base: Dataset, sample_rate: int, n_mels: int, n_fft: int = 1024,
                  hop_length: int = 256):
-        self.base, self.log_mel = base, LogMel(sample_rate, n_mels, n_fft, hop_length)
+        self.base, self.log_mel = base, LogMel(sample_rate, n_mels, n_fft, hop_length, mono=True)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -231,7 +209,7 @@ def mel_from_file(path: str | Path, sample_rate: int, channels: int, normalize_m
     if rate != sample_rate:
         x = torchaudio.functional.resample(x, rate, sample_rate)
     x = normalize(x, normalize_mode, sample_rate, peak_level, target_lufs)
-    return LogMel(sample_rate, n_mels, hop_length=hop_length)(x), x.shape[-1]
+    return LogMel(sample_rate, n_mels, hop_length=hop_length, mono=True)(x), x.shape[-1]
 
 
 def decode_sample(sample: dict, sample_rate: int, length: int, channels: int, random_crop: bool,
@@ -296,7 +274,7 @@ class AudioDataModule(DiffusionDataModule):
         return good
 
     def shard_decoder(self, train: bool):
-        log_mel = LogMel(self.sample_rate, self.n_mels, hop_length=self.hop_length) \
+        log_mel = LogMel(self.sample_rate, self.n_mels, hop_length=self.hop_length, mono=True) \
             if self.mel_conditioning else None
         return functools.partial(decode_sample, sample_rate=self.sample_rate, length=self.length,
                                  channels=self.channels, random_crop=train, transform=self.transform,

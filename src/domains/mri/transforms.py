@@ -46,11 +46,19 @@ class VolumeError(Exception):
     """This volume cannot be used; the message says why."""
 
 
-def magnitude_fraction(x: torch.Tensor, complex_valued: bool) -> torch.Tensor:
-    """Scaled data -> signal magnitude as a fraction of the reference intensity, shape (1, *spatial)."""
+def magnitude_fraction(x: torch.Tensor, complex_valued: bool, dim: int = 0) -> torch.Tensor:
+    """Scaled data -> signal magnitude as a fraction of the reference intensity, with channel axis ``dim``
+    kept at size 1: ``|re + i im|`` for (real, imaginary) channels, ``(x + 1) / 2`` for magnitude data."""
     if complex_valued:
-        return torch.sqrt((x.float() ** 2).sum(0, keepdim=True))
-    return (x[:1].float() + 1) / 2
+        return torch.sqrt((x.float() ** 2).sum(dim, keepdim=True))
+    return (x.narrow(dim, 0, 1).float() + 1) / 2
+
+
+def sample_magnitude(samples: torch.Tensor) -> torch.Tensor:
+    """Samples ``(N, C, *spatial)`` in [-1, 1] (C=1 magnitude, C=2 real/imaginary) -> ``(N, 1, *spatial)``
+    magnitudes in [0, 1], on the CPU."""
+    x = samples.detach().float().cpu().clamp(-1, 1)
+    return magnitude_fraction(x, x.shape[1] == 2, dim=1).clamp(0, 1)
 
 
 class NiftiBytes:

@@ -138,7 +138,7 @@ def center_columns(width: int, center_fraction: float) -> tuple[int, int]:
 
 def calibration_reference(kspace: torch.Tensor, intensity: dict) -> float:
     """``s`` of the contract from k-space ``(S, H, W)`` or ``(S, C, H, W)`` (only its centre columns are used)."""
-    from src.mri.fft import ifft2c
+    from src.tools.reconstruction.fft import ifft2c
 
     k = torch.as_tensor(kspace)
     lo, hi = center_columns(k.shape[-1], float(intensity["center_fraction"]))
@@ -155,7 +155,7 @@ def calibration_reference(kspace: torch.Tensor, intensity: dict) -> float:
 
 def image_reference(volume: np.ndarray | torch.Tensor, intensity: dict) -> float:
     """``s`` for a magnitude volume ``(S, H, W)``: that of its (zero-phase) k-space."""
-    from src.mri.fft import fft2c
+    from src.tools.reconstruction.fft import fft2c
 
     x = torch.as_tensor(np.asarray(volume, dtype=np.float32)).to(torch.complex64)
     return calibration_reference(fft2c(x), intensity)

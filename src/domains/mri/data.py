@@ -3,13 +3,13 @@
 ``mode=volume`` yields ``{"x": (C, D0, D1, D2)}``, ``mode=slice`` yields ``{"x": (C, H, W)}`` slices along
 ``slice_axis`` of the RAS-oriented volume, near-empty slices skipped. ``C`` is 1
 (magnitude) or 2 (real and imaginary parts, ``channels=2``, for complex-valued data). Values follow the convention in
-``mri_transforms`` (zero-anchored percentile scaling to [-1, 1]).
+``transforms`` (zero-anchored percentile scaling to [-1, 1]).
 
 Every volume is read, checked and preprocessed once at setup and kept in a MONAI ``CacheDataset`` (memory)
 or ``PersistentDataset`` (``cache_dir``, on disk); unusable volumes are skipped, counted and named in the
 local log, and too many of them stop the run (``max_bad_fraction``). Nothing here logs header fields.
 ``path`` may also name webdataset shards of NIfTI files (``python -m datamodules.shards --domain mri``,
-decoded per sample by ``mri_shards``).
+decoded per sample by ``shards``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose
 from torch.utils.data import Dataset
 
+from datamodules.base import BadInputCounter, DataError, DiffusionDataModule, split_indices
 from src.errors import fraction, positive_int
 
-from .base import BadInputCounter, DataError, DiffusionDataModule, split_indices
-from .mri_io import check_headers, discover
-from .mri_shards import EXTENSIONS, MRIShardDecoder, list_items, pack_sample  # noqa: F401 - shard interface
-from .mri_transforms import (
+from .io import check_headers, discover
+from .shards import MRIShardDecoder
+from .transforms import (
     KEY,
     Prepare,
     augment_chain,
@@ -40,7 +40,7 @@ from .mri_transforms import (
 log = logging.getLogger(__name__)
 
 MODES = ("volume", "slice")
-# the name of the intensity convention (mri_transforms docstring), recorded in checkpoints' run_config
+# the name of the intensity convention (transforms docstring), recorded in checkpoints' run_config
 INTENSITY_SCALING = "zero_anchored_percentile"
 
 
@@ -96,11 +96,10 @@ class MRIDataModule(DiffusionDataModule):
         if mode not in MODES:
             raise DataError(f"datamodule.mode must be one of {', '.join(MODES)}, got '{mode}'.")
         want = 3 if mode == "volume" else 2
-        if len(shape) != want or min(shape) < 8 or any(int(n) % 8 for n in shape):
-            raise DataError(
-                f"datamodule.shape must be {want} multiples of 8 for mode={mode} (the U-Net halves "
-                f"the size at each level), got {list(shape)}."
-            )
+        # which sizes the network takes is the backbone's to say (src.train checks its size_multiple)
+        if len(shape) != want or any(int(n) != n or n < 1 for n in shape):
+            raise DataError(f"datamodule.shape must be {want} positive whole sizes for mode={mode}, got "
+                            f"{list(shape)}.")
         if channels not in (1, 2):
             raise DataError(
                 f"datamodule.channels must be 1 (magnitude) or 2 (real, imaginary), got {channels}."

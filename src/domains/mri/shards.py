@@ -1,4 +1,4 @@
-"""MRI in webdataset shards (the interface is in ``datamodules/shards.py``; ``datamodules.mri`` exports it).
+"""MRI in webdataset shards (the interface is in ``datamodules/shards.py``; ``src.domains.mri.data`` exports it).
 
 The writer packs each NIfTI file's own bytes (``KEY.nii`` or ``KEY.nii.gz``) after the folder path's header
 check, with metadata limited to the voxel grid (``shape``, ``spacing`` in mm): no header field that could
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from monai.transforms import Compose
 
-from .mri_io import NIFTI_SUFFIXES, HeaderError, nifti_header, scan_folder
-from .mri_transforms import KEY, NiftiBytes, Prepare, augment_item, slice_foreground
+from .io import NIFTI_SUFFIXES, HeaderError, nifti_header, nifti_suffix, scan_folder
+from .transforms import KEY, NiftiBytes, Prepare, augment_item, slice_foreground
 
 EXTENSIONS = set(NIFTI_SUFFIXES)  # what `python -m datamodules.shards --domain mri` packs
 MEMBERS = ("nii.gz", "nii")
@@ -44,7 +44,7 @@ def pack_sample(path: Path) -> tuple[dict[str, bytes], dict]:
         shape = [int(n) for n in nib.load(path).shape]
     except HeaderError as e:
         raise ValueError(str(e)) from None
-    member = "nii.gz" if path.name.lower().endswith(".nii.gz") else "nii"
+    member = nifti_suffix(path).lstrip(".")
     return {member: path.read_bytes()}, {"shape": shape, "spacing": [round(s, 6) for s in spacing]}
 
 

@@ -12,9 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from datamodules.base import DataError, DiffusionDataModule, FileItems, Subset, probe_folder, split_indices
 from src.errors import fraction, positive_int
-
-from .base import DataError, DiffusionDataModule, Subset, probe_folder, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -104,34 +103,18 @@ def decode_sample(sample: dict, resolution: int, channels: int, random_flip: boo
         return {"x": to_tensor(img, resolution, channels, flip)}
 
 
-class ImageFolder(Dataset):
-    def __init__(self, files: list[Path], resolution: int, channels: int, random_flip: bool, seed: int = 0):
-        self.files, self.resolution, self.channels = files, resolution, channels
-        self.random_flip, self.seed = random_flip, seed
-        self._warned: set[int] = set()
+class ImageFolder(FileItems):
+    what, unreadable = "image", UNREADABLE
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def __init__(self, files: list[Path], resolution: int, channels: int, random_flip: bool):
+        super().__init__(files)
+        self.resolution, self.channels, self.random_flip = resolution, channels, random_flip
 
-    def _load(self, i: int) -> torch.Tensor:
+    def load(self, i: int) -> torch.Tensor:
         with open_image(self.files[i]) as img:
             _check_size(img)
             flip = self.random_flip and bool(torch.randint(0, 2, (1,)).item())
             return to_tensor(img, self.resolution, self.channels, flip)
-
-    def __getitem__(self, i: int) -> dict:
-        failures = []
-        for k in range(len(self.files)):
-            j = (i + k) % len(self.files)
-            try:
-                return {"x": self._load(j)}
-            except UNREADABLE as e:
-                failures.append(f"{self.files[j]} ({e or type(e).__name__})")
-                if j not in self._warned:
-                    self._warned.add(j)
-                    log.warning("Skipping unreadable image %s: %s", self.files[j], e)
-        raise DataError(f"None of the {len(self.files)} images in the dataset could be decoded, e.g. "
-                        f"{'; '.join(failures[:3])}; fix or remove them.")
 
 
 class SyntheticShapes(Dataset):

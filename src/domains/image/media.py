@@ -1,0 +1,31 @@
+"""Image samples as PNG files and W&B image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from src.media import image_grid, to_uint8
+
+
+class ImageMedia:
+    extension = ".png"
+
+    def save(self, samples: torch.Tensor, out_dir: Path, prefix: str = "sample") -> list[Path]:
+        from PIL import Image
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, img in enumerate(to_uint8(samples)):
+            arr = img.permute(1, 2, 0).numpy()
+            arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3]
+            p = out_dir / f"{prefix}_{i:05d}.png"
+            Image.fromarray(arr).save(p)
+            paths.append(p)
+        return paths
+
+    def to_wandb(self, samples: torch.Tensor, key: str = "samples") -> dict:
+        import wandb
+
+        return {key: wandb.Image(image_grid(samples), caption=f"{len(samples)} EMA samples")}
