@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -27,7 +26,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, _fsync_dir, load_checkpoint, read_checkpoint_file
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint_file
+from .fileio import atomic_write
 from .ema import _local, _reshard
 from .errors import ConfigError, ProjectError
 
@@ -135,18 +135,7 @@ class PowerFunctionEMA(nn.Module):
 
 def atomic_save(obj, path: Path) -> None:
     """Temporary file, fsync, rename (as the checkpoints are written): a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class PHEMASnapshots(pl.Callback):

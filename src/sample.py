@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
@@ -142,8 +143,8 @@ def sample(cfg) -> list[Path]:
             x = module.sample(num, cond=cond, label=torch.full((num,), c), **kwargs)
             paths += media.save(x, out, prefix=f"{cfg.prefix}_c{c:03d}")
             rows.append(x)
-        if len(labels) > 1:
-            save_class_grid(torch.cat(rows), num, run_cfg["media"], out / f"{cfg.prefix}_grid.png")
+        if len(labels) > 1 and hasattr(media, "save_grid"):  # media that can show a row per class
+            media.save_grid(torch.cat(rows), num, out / f"{cfg.prefix}_grid.png")
         names = module.cond_cfg.get("classes") or []
         print("classes: " + ", ".join(f"{c}={names[c] if c < len(names) else c}" for c in labels))
     print(f"wrote {len(paths)} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s (seed={seed}; pass "
@@ -162,17 +163,6 @@ def class_labels(label, module, ckpt) -> list[int]:
     if label >= n:
         raise ConfigError(f"label={label} is not a class of {ckpt}, which has {n} (0..{n - 1}).")
     return [int(label)]
-
-
-def save_class_grid(x: torch.Tensor, per_row: int, media_cfg: dict, path: Path) -> None:
-    """Images: one picture with a row per class (other domains keep their per-class files only)."""
-    if media_cfg.get("kind") != "image":
-        return
-    from PIL import Image
-
-    from .media import image_grid
-
-    Image.fromarray(image_grid(x, nrow=per_row)).save(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -162,7 +162,7 @@ def test_train_log_has_losses_and_a_final_summary(compose_cfg, tmp_path, caplog)
     losses = [line for line in text.splitlines() if "  loss " in line]
     assert [line.split("step ")[1].split("/")[0] for line in losses] == ["2", "4", "6", "8"]
     assert "ETA: 2 steps left" in text  # timing starts after step 1; the ETA follows 5 steps later
-    assert f"Finished at step 8 (8 steps in" in text and f"checkpoints in {tmp_path / 'checkpoints'}" in text
+    assert "Finished at step 8 (8 steps in" in text and f"checkpoints in {tmp_path / 'checkpoints'}" in text
     assert result["summary"].startswith("Finished at step 8") and result["stop_signal"] is None
 
 

@@ -20,7 +20,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 class Domain:
     """One kind of data the engine trains on.
 
-    ``datamodule``: a ``DiffusionDataModule`` subclass (``datamodule.name`` in configs is the domain name).
+    ``datamodule``: a ``DiffusionDataModule`` subclass, or a function of the ``datamodule.*`` keys returning
+    one (``datamodule.name`` in configs is the domain name).
     ``media``: the writer class behind ``media.kind`` (``save(samples, out_dir, prefix) -> paths``, optional
     ``to_wandb(samples, key) -> dict``). ``metrics``: the class behind ``metrics.kind``,
     ``metrics(generated, real) -> dict[str, float]`` (None: no sample metrics). ``shard_codec``: the module

@@ -7,10 +7,11 @@ Every failure names the file and what to do.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from src.fileio import atomic_write
 
 from .domains import DataError
 
@@ -158,14 +159,7 @@ def write_json(data: dict, path: str | Path) -> Path:
 
 
 def _atomic(path: Path, write, suffix: str | None = None) -> Path:
-    """Write to a temporary name in the same folder and rename, so a failed write leaves no half file."""
-    path = path.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{suffix if suffix is not None else path.suffix}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """The project's atomic write (temporary file, fsync, rename); the temporary name ends in ``suffix``
+    (default the file's own), for writers that choose the format by it."""
+    return atomic_write(path.expanduser(), lambda tmp: write(str(tmp)),
+                        suffix=suffix if suffix is not None else path.suffix)

@@ -25,6 +25,13 @@ class ImageMedia:
             paths.append(p)
         return paths
 
+    def save_grid(self, samples: torch.Tensor, per_row: int, path: Path) -> Path:
+        """One picture with ``per_row`` samples per row (``src.sample label=all``: a row per class)."""
+        from PIL import Image
+
+        Image.fromarray(image_grid(samples, nrow=per_row)).save(path)
+        return path
+
     def to_wandb(self, samples: torch.Tensor, key: str = "samples") -> dict:
         import wandb
 

@@ -45,7 +45,7 @@ from src.domains.mri.geometry import (
     match,
 )
 
-from .base import BadInputCounter, DataError, DiffusionDataModule, split_indices
+from datamodules.base import BadInputCounter, DataError, DiffusionDataModule, split_indices
 
 log = logging.getLogger(__name__)
 
