@@ -108,12 +108,12 @@ def main() -> None:
         print(json.dumps(child(mode, size, preset, ae_preset)))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[64, 128], help="cube side lengths to measure")
     ap.add_argument("--preset", default="small", help="diffusion U-Net preset (the mri domain's default)")
     ap.add_argument("--ae-preset", default="small", help="autoencoder preset (factor 4 for small/base/large)")
     ap.add_argument("--max-gib", type=float, default=8.0, help="do not run points predicted above this peak")
-    ap.add_argument("--budget-gib", type=float, default=24.0)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--budget-gib", type=float, default=24.0, help="memory for which the largest trainable volume is extrapolated")
+    ap.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import machine, write_json
