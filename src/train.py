@@ -25,13 +25,15 @@ from .media import build_media
 from .metrics import MetricsCallback
 from .module import DiffusionModule
 from .preemption import LastCheckpoint, is_preempted, requeue
+from .runlog import MetricsFileLogger, RunEvents
 
 log = logging.getLogger("src.train")
 register_resolvers()
 
 
-def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
+def build_logger(cfg: dict, out: Path, privacy: dict | None = None, run_id: str | None = None):
     privacy = privacy or {}
+    run_id = cfg.get("id") or run_id or _wandb_id(out)
     name = cfg.get("name", "none")
     if name == "none":
         return False
@@ -53,11 +55,11 @@ def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
                                            host="redacted", username="redacted", program="src.train",
                                            x_disable_stats=True)
     # the folder's name may be a patient's: with patient data the run is named by its id
-    name = cfg.get("run_name") or (_wandb_id(out) if privacy.get("patient_data") else out.name)
+    name = cfg.get("run_name") or (run_id if privacy.get("patient_data") else out.name)
     return WandbLogger(project=cfg.get("project", "diffusion"), entity=cfg.get("entity"),
                        name=name, save_dir=str(out), offline=mode == "offline",
-                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out),
-                       **extra)
+                       mode=mode, tags=list(cfg.get("tags") or []), id=run_id,
+                       resume="allow", **extra)  # a resumed or requeued job continues the same run
 
 
 def drop_wandb_debug_logs(out: Path) -> None:
@@ -74,6 +76,18 @@ def _wandb_id(out: Path) -> str:
     import hashlib
 
     return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+
+
+def wandb_run_id(out: Path, ckpt_path: str | None) -> str:
+    """The W&B run id kept in ``RUN_DIR/wandb/run-id``: this folder's, else that of the run ``ckpt_path``
+    belongs to (resuming it continues its W&B run), else a new one from the folder's path."""
+    own, theirs = out / "wandb" / "run-id", Path(ckpt_path).parent.parent / "wandb" / "run-id" if ckpt_path else None
+    run_id = next((p.read_text().strip() for p in (own, theirs) if p is not None and p.is_file()), None)
+    run_id = run_id or _wandb_id(out)
+    if rank_zero_only.rank == 0 and not own.is_file():
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_text(run_id + "\n")
+    return run_id
 
 
 def own_checkpoint(out: Path) -> tuple[Path, int] | None:
@@ -187,18 +201,21 @@ def train(cfg: DictConfig) -> dict:
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
     privacy = to_plain(cfg.get("privacy"))
-    logger = build_logger(to_plain(cfg.logger), out, privacy)
-    callbacks = [cb for cb in build_callbacks(cfg, out, plain)
-                 if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
-    callbacks += [last, LambdaCallback(on_fit_start=log_distributed)]
-    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks,
+    ckpt_path = resume_checkpoint(cfg, out)
+    run_id = wandb_run_id(out, ckpt_path) if cfg.logger.get("name") == "wandb" else None
+    logger = build_logger(to_plain(cfg.logger), out, privacy, run_id)
+    metrics_file = MetricsFileLogger(out)  # RUN_DIR/metrics.jsonl, what `python -m src.report` reads
+    callbacks = build_callbacks(cfg, out, plain)
+    callbacks += [last, LambdaCallback(on_fit_start=log_distributed),
+                  RunEvents(metrics_file, ckpt_path, run_id if logger else None)]
+    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=[l for l in (logger, metrics_file) if l],
+                         callbacks=callbacks,
                          plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
         if logger:
             safe = redact(plain, data_path=not privacy.get("upload_data_paths", False))
             logger.log_hyperparams({"config": safe, "backbone_parameters": model.num_parameters()})
-    ckpt_path = resume_checkpoint(cfg, out)
     if ckpt_path and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
         raise CheckpointError(f"{ckpt_path} is a sharded (trainer=fsdp) checkpoint; resume it with "
                               "trainer=fsdp (any number of devices), or make it one file with "
@@ -207,6 +224,10 @@ def train(cfg: DictConfig) -> dict:
         check_resumable(ckpt_path, model)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     preempted = is_preempted(trainer)
+    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if logger and trainer.is_global_zero:  # the run's summary holds where it ended
+        logger.experiment.summary.update({**final, "trainer/global_step": trainer.global_step,
+                                          "preempted": preempted})
     if privacy.get("patient_data") and trainer.is_global_zero:
         drop_wandb_debug_logs(out)
     if preempted and trainer.is_global_zero:
@@ -215,7 +236,7 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish()  # the requeue ends this job: close the offline run before that
         requeue()  # last: everything is saved
     return {"output_dir": str(out), "global_step": trainer.global_step, "preempted": preempted,
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+            "metrics": final}
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
