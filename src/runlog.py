@@ -3,8 +3,8 @@ JSON object a line, so a report can be built from the run folder alone (no W&B s
 
 Lines are ``{"step": S, "time": T, "metrics": {...}}`` for logged values and ``{"event": E, "step": S,
 "time": T, ...}`` for events (``start``, ``resume``, ``preempted``, ``end``, ``error``). A resumed job
-appends to the same file; ``read_metrics`` drops the values a resume replays (those logged after the step it
-resumed from), so each step keeps the value of the job that carried on.
+appends to the same file; ``src.report.metrics_file.read_metrics`` drops the values a resume replays (those
+logged after the step it resumed from), so each step keeps the value of the job that carried on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 import os
 import time
 from argparse import Namespace
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -22,8 +21,7 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from .preemption import is_preempted
-
-FILENAME = "metrics.jsonl"
+from .report.metrics_file import FILENAME
 
 
 def _number(value) -> float | None:
@@ -88,41 +86,3 @@ class RunEvents(pl.Callback):
 
     def on_exception(self, trainer, module, exception):
         self.logger.event("error", trainer.global_step, error=type(exception).__name__)
-
-
-@dataclass
-class RunLog:
-    """What ``read_metrics`` returns: per-key ``(steps, values)`` series, the events, the final metrics."""
-
-    series: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
-    events: list[dict] = field(default_factory=list)
-    final: dict[str, float] = field(default_factory=dict)
-
-
-def read_metrics(path: str | Path) -> RunLog:
-    """Parse a metrics file; a torn last line (a job killed mid-write) is skipped."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    kept: list[dict] = []
-    for rec in records:
-        if rec.get("event") == "resume":  # the new job replays the steps after its checkpoint
-            kept = [r for r in kept if "event" in r or r["step"] <= rec["step"]]
-        kept.append(rec)
-    log = RunLog()
-    for rec in kept:
-        if "event" in rec:
-            log.events.append(rec)
-            if rec["event"] == "end":
-                log.final = {k: v for k, v in (rec.get("metrics") or {}).items() if v is not None}
-            continue
-        for key, value in rec["metrics"].items():
-            steps, values = log.series.setdefault(key, ([], []))
-            steps.append(rec["step"])
-            values.append(float("nan") if value is None else value)
-    if not log.final:  # preempted or killed: the last value of every key
-        log.final = {k: v[-1] for k, (_, v) in log.series.items() if v and math.isfinite(v[-1])}
-    return log
