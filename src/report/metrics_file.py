@@ -30,7 +30,8 @@ def read_metrics(path: str | Path) -> RunLog:
     kept: list[dict] = []
     for rec in records:
         if rec.get("event") == "resume":  # the new job replays the steps after its checkpoint
-            kept = [r for r in kept if "event" in r or r["step"] <= rec["step"]]
+            # values are logged at Lightning's step (optimizer steps done - 1); events at steps done
+            kept = [r for r in kept if "event" in r or r["step"] < rec["step"]]
         kept.append(rec)
     log = RunLog()
     for rec in kept:
