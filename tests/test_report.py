@@ -238,7 +238,7 @@ def test_mri_samples_are_three_slices(tmp_path):
     (run / "samples").mkdir(parents=True)
     (run / "config.yaml").write_text("domain: {name: mri}\nmedia: {kind: mri}\n")
     write_nifti(run / "samples" / "step0000010_00000.nii.gz", phantom((16, 20, 12)).astype(np.float32))
-    write_nifti(run / "samples" / "step0000010_00001.nii.gz", phantom((16, 20, 1)).astype(np.float32))
+    write_nifti(run / "samples" / "step0000010_00001.nii.gz", phantom((16, 20))[..., None].astype(np.float32))
     dom = Elements(build_html([load_run(run)]))
     assert len(dom.find("img", "mri-slices")) == 2
     three = Image.open(io.BytesIO(mri_slices(run / "samples" / "step0000010_00000.nii.gz")))
