@@ -19,7 +19,9 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.5em 0;font-size:.85em}td,th{border:1px solid #ddd;padding:.25em .5em;
 text-align:left;vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.baseline td{color:#666;font-style:italic}img.plot{max-width:100%;display:block;margin:.5em 0}
-img.sample-grid{image-rendering:pixelated;width:256px}figure{display:inline-block;margin:.3em .6em .3em 0;
+img.sample-grid{image-rendering:pixelated;width:200px}.plots{display:grid;grid-template-columns:1fr 1fr;gap:.4em}
+.plots img.plot{margin:0}.sample-row{display:flex;flex-wrap:wrap;gap:.2em 1em}.sample-step h4{margin:.3em 0}
+figure{display:inline-block;margin:.3em .6em .3em 0;
 vertical-align:top}figcaption{font-size:.75em;color:#555}pre{background:#f8f8f8;padding:.6em;font-size:.75em;
 max-height:24em;overflow:auto}.note{color:#666;font-size:.85em}audio{width:240px;display:block}
 """
@@ -95,7 +97,7 @@ def curves_section(runs: list[Run]) -> str:
                                   log_y=True))]
     figs += [(f"buckets-{i}", plots.buckets(r)) for i, r in enumerate(runs)]
     figs += [("lr", plots.curve(runs, ["lr-*"], "learning rate", "lr")),
-             ("grad_norm", plots.curve(runs, ["train/grad_norm"], "gradient norm (before clipping)", "norm",
+             ("grad_norm", plots.curve(runs, ["train/grad_norm"], "gradient norm", "norm",
                                        log_y=True)),
              ("throughput", plots.curve(runs, ["perf/samples_per_sec"], "throughput", "samples / s")),
              ("domain", plots.domain_metrics(runs, domain_metric_names(runs)))]
@@ -104,7 +106,7 @@ def curves_section(runs: list[Run]) -> str:
         return '<p class="note">No run has a metrics.jsonl with logged values.</p>'
     note = ('<p class="note">Vertical lines: green dashed = resumed from a checkpoint, red dotted = preempted '
             "(saved and stopped on a signal).</p>")
-    return note + "".join(drawn)
+    return note + '<div class="plots">' + "".join(drawn) + "</div>"
 
 
 def samples_section(runs: list[Run], max_steps: int, max_clips: int) -> str:
@@ -118,6 +120,7 @@ def samples_section(runs: list[Run], max_steps: int, max_clips: int) -> str:
         steps = media.pick_steps(list(r.samples), most)
         if len(steps) < len(r.samples):
             parts.append(f'<p class="note">{len(steps)} of {len(r.samples)} sample steps shown, evenly spread.</p>')
+        parts.append('<div class="sample-row">')
         for step in steps:
             files = r.samples[step]
             parts.append(f'<div class="sample-step" data-step="{step}"><h4>step {step}</h4>')
@@ -135,6 +138,7 @@ def samples_section(runs: list[Run], max_steps: int, max_clips: int) -> str:
                     parts.append(f"<figure>{_img(media.mri_slices(f), 'mri-slices', f'slices of {f.name}')}"
                                  f"<figcaption>{html.escape(f.name)}</figcaption></figure>")
             parts.append("</div>")
+        parts.append("</div>")
     return "".join(parts)
 
 
