@@ -78,13 +78,13 @@ def _wandb_id(out: Path) -> str:
     return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
 
 
-def wandb_run_id(out: Path, ckpt_path: str | None) -> str:
-    """The W&B run id kept in ``RUN_DIR/wandb/run-id``: this folder's, else that of the run ``ckpt_path``
-    belongs to (resuming it continues its W&B run), else a new one from the folder's path."""
+def wandb_run_id(out: Path, ckpt_path: str | None, given: str | None = None) -> str:
+    """The W&B run id kept in ``RUN_DIR/wandb/run-id``: ``logger.id`` when given, else this folder's, else that
+    of the run ``ckpt_path`` belongs to (resuming it continues its W&B run), else a new one from the path."""
     own, theirs = out / "wandb" / "run-id", Path(ckpt_path).parent.parent / "wandb" / "run-id" if ckpt_path else None
-    run_id = next((p.read_text().strip() for p in (own, theirs) if p is not None and p.is_file()), None)
+    run_id = given or next((p.read_text().strip() for p in (own, theirs) if p is not None and p.is_file()), None)
     run_id = run_id or _wandb_id(out)
-    if rank_zero_only.rank == 0 and not own.is_file():
+    if rank_zero_only.rank == 0 and (not own.is_file() or own.read_text().strip() != run_id):
         own.parent.mkdir(parents=True, exist_ok=True)
         own.write_text(run_id + "\n")
     return run_id
@@ -202,7 +202,8 @@ def train(cfg: DictConfig) -> dict:
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
     privacy = to_plain(cfg.get("privacy"))
     ckpt_path = resume_checkpoint(cfg, out)
-    run_id = wandb_run_id(out, ckpt_path) if cfg.logger.get("name") == "wandb" else None
+    wandb_on = cfg.logger.get("name") == "wandb"
+    run_id = wandb_run_id(out, ckpt_path, cfg.logger.get("id")) if wandb_on else None
     logger = build_logger(to_plain(cfg.logger), out, privacy, run_id)
     metrics_file = MetricsFileLogger(out)  # RUN_DIR/metrics.jsonl, what `python -m src.report` reads
     callbacks = build_callbacks(cfg, out, plain)

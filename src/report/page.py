@@ -66,7 +66,7 @@ def overview(runs: list[Run]) -> str:
     rows = []
     for r in runs:
         step = max((e["step"] for e in r.events), default=None)
-        rows.append([r.name, r.domain, str(r.path), step if step is not None else "-", _status(r),
+        rows.append([r.name, r.domain, r.shown, step if step is not None else "-", _status(r),
                      r.wandb_id or "-"])
     return _table(["run", "domain", "folder", "last step", "status", "W&B run id"], rows, cls="overview")
 

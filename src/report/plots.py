@@ -32,7 +32,10 @@ def _mark_events(ax, runs: list[Run]) -> None:
             if style is None:
                 continue
             colour, ls, label = style
-            ax.axvline(ev["step"], color=colour, ls=ls, lw=1.2, label=None if label in seen else label)
+            # a preemption and its resume share a step: the dotted line is drawn wider, on top
+            wide = ev["event"] == "preempted"
+            ax.axvline(ev["step"], color=colour, ls=ls, lw=2.4 if wide else 1.2, zorder=3 if wide else 2,
+                       label=None if label in seen else label)
             seen.add(label)
 
 

@@ -20,6 +20,7 @@ HINT = "pass the paths.output_dir of a training run (the folder holding config.y
 class Run:
     path: Path
     name: str
+    shown: str  # the folder as the user named it (the page shows no more of the machine's paths than that)
     config: dict
     log: RunLog | None
     samples: dict[int, list[Path]] = field(default_factory=dict)  # step -> files, in sample order
@@ -57,7 +58,7 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(config, dict):
         raise ReportError(f"{config_file} does not hold a run config (a mapping); {HINT}.")
     metrics = path / FILENAME
-    run = Run(path=path.resolve(), name=path.resolve().name, config=config,
+    run = Run(path=path.resolve(), name=path.resolve().name, shown=str(path), config=config,
               log=read_metrics(metrics) if metrics.is_file() else None)
     for f in sorted((path / "samples").glob("step*")):
         m = SAMPLE.match(f.name)
