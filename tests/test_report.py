@@ -294,3 +294,29 @@ def test_wandb_summary_holds_final_metrics(compose_cfg, tmp_path):
         assert summary["val/loss"] == pytest.approx(result["metrics"]["val/loss"])
     finally:
         wandb.finish()
+
+
+def test_wandb_run_id_is_kept_and_followed(tmp_path):
+    from src.train import wandb_run_id
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    made = wandb_run_id(first, None)
+    assert (first / "wandb" / "run-id").read_text().strip() == made
+    assert wandb_run_id(first, None) == made  # the same folder again (a requeued job): the same run
+    (first / "checkpoints").mkdir()
+    # resuming another folder's checkpoint with ckpt_path= continues that folder's W&B run
+    assert wandb_run_id(second, str(first / "checkpoints" / "last.ckpt")) == made
+    assert (second / "wandb" / "run-id").read_text().strip() == made
+    assert wandb_run_id(tmp_path / "third", None, given="chosen-id") == "chosen-id"
+
+
+def test_wandb_report_needs_run_ids(tmp_path, capsys):
+    run = tmp_path / "no-logger"
+    run.mkdir()
+    (run / "config.yaml").write_text("domain: {name: image}\nmedia: {kind: image}\n")
+    assert report_main([str(run), "--out", str(tmp_path / "r.html"), "--wandb", "team/project"]) == 2
+    err = capsys.readouterr().err
+    assert "has no W&B run id" in err and err.count("\n") == 1
+    assert (tmp_path / "r.html").is_file()  # the HTML page is written before the W&B step
+    assert report_main([str(run), "--out", str(tmp_path / "r.html"), "--wandb", "project-only"]) == 2
+    assert "must be ENTITY/PROJECT" in capsys.readouterr().err
