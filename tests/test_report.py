@@ -185,6 +185,8 @@ def test_report_of_two_domains_in_a_browser(runs, tmp_path):
     results = dom.find("tr", "baseline")
     assert len(results) == 1  # the zero-filled baseline next to the compressed-sensing reconstruction
     assert "zero_filled (baseline)" in page and "val/frechet_mel" in page
+    assert [(name, step) for name, step, _ in load_run(image).checkpoints] == [
+        ("last.ckpt", 10), ("step0000005.ckpt", 5), ("step0000010.ckpt", 10)]
 
 
 @pytest.mark.slow

@@ -189,8 +189,9 @@ def results_section(runs: list[Run]) -> str:
 
 
 def checkpoints_section(runs: list[Run]) -> str:
-    rows = [[r.name, name, round(size / 2**20, 2)] for r in runs for name, size in r.checkpoints]
-    return _table(["run", "checkpoint", "MiB"], rows, cls="checkpoints") if rows else \
+    rows = [[r.name, name, step if step >= 0 else "unreadable", round(size / 2**20, 2)]
+            for r in runs for name, step, size in r.checkpoints]
+    return _table(["run", "checkpoint", "step", "MiB"], rows, cls="checkpoints") if rows else \
         '<p class="note">No checkpoints.</p>'
 
 

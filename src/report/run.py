@@ -24,7 +24,7 @@ class Run:
     config: dict
     log: RunLog | None
     samples: dict[int, list[Path]] = field(default_factory=dict)  # step -> files, in sample order
-    checkpoints: list[tuple[str, int]] = field(default_factory=list)  # (file name, bytes)
+    checkpoints: list[tuple[str, int, int]] = field(default_factory=list)  # (name, step or -1, bytes)
     results: list[tuple[Path, dict]] = field(default_factory=list)  # *.metrics.json files and their content
     wandb_id: str | None = None
 
@@ -64,8 +64,7 @@ def load_run(path: str | Path) -> Run:
         m = SAMPLE.match(f.name)
         if m:
             run.samples.setdefault(int(m.group(1)), []).append(f)
-    run.checkpoints = [(c.name, c.stat().st_size) for c in sorted((path / "checkpoints").glob("*.ckpt"))
-                       if c.is_file()]
+    run.checkpoints = [checkpoint_info(c) for c in sorted((path / "checkpoints").glob("*.ckpt"))]
     for f in sorted(path.rglob("*.metrics.json")):
         if "wandb" in f.relative_to(path).parts:
             continue
@@ -77,6 +76,14 @@ def load_run(path: str | Path) -> Run:
     id_file = path / "wandb" / "run-id"
     run.wandb_id = id_file.read_text().strip() if id_file.is_file() else None
     return run
+
+
+def checkpoint_info(path: Path) -> tuple[str, int, int]:
+    """Name, stored ``global_step`` (-1 when unreadable) and size of a checkpoint file or sharded folder."""
+    from ..checkpoint import checkpoint_step  # reads the step with a weights-only, memory-mapped load
+
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return path.name, checkpoint_step(path), size
 
 
 def flatten(node, prefix: str = "") -> dict[str, object]:
