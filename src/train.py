@@ -23,9 +23,9 @@ from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
 from .media import build_media
 from .metrics import MetricsCallback
+from .metrics_log import MetricsFileLogger, RunEvents, wandb_run_id
 from .module import DiffusionModule
 from .preemption import LastCheckpoint, is_preempted, requeue
-from .runlog import MetricsFileLogger, RunEvents
 
 log = logging.getLogger("src.train")
 register_resolvers()
@@ -76,18 +76,6 @@ def _wandb_id(out: Path) -> str:
     import hashlib
 
     return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
-
-
-def wandb_run_id(out: Path, ckpt_path: str | None, given: str | None = None) -> str:
-    """The W&B run id kept in ``RUN_DIR/wandb/run-id``: ``logger.id`` when given, else this folder's, else that
-    of the run ``ckpt_path`` belongs to (resuming it continues its W&B run), else a new one from the path."""
-    own, theirs = out / "wandb" / "run-id", Path(ckpt_path).parent.parent / "wandb" / "run-id" if ckpt_path else None
-    run_id = given or next((p.read_text().strip() for p in (own, theirs) if p is not None and p.is_file()), None)
-    run_id = run_id or _wandb_id(out)
-    if rank_zero_only.rank == 0 and (not own.is_file() or own.read_text().strip() != run_id):
-        own.parent.mkdir(parents=True, exist_ok=True)
-        own.write_text(run_id + "\n")
-    return run_id
 
 
 def own_checkpoint(out: Path) -> tuple[Path, int] | None:
@@ -177,6 +165,7 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
         LearningRateMonitor(logging_interval="step"),
+        RunEvents(),  # start/resume, preemption and end in RUN_DIR/metrics.jsonl; final metrics in the W&B summary
         *extra,
     ]
     return callbacks
@@ -202,21 +191,19 @@ def train(cfg: DictConfig) -> dict:
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
     privacy = to_plain(cfg.get("privacy"))
     ckpt_path = resume_checkpoint(cfg, out)
-    wandb_on = cfg.logger.get("name") == "wandb"
-    run_id = wandb_run_id(out, ckpt_path, cfg.logger.get("id")) if wandb_on else None
-    logger = build_logger(to_plain(cfg.logger), out, privacy, run_id)
-    metrics_file = MetricsFileLogger(out)  # RUN_DIR/metrics.jsonl, what `python -m src.report` reads
-    callbacks = build_callbacks(cfg, out, plain)
-    callbacks += [last, LambdaCallback(on_fit_start=log_distributed),
-                  RunEvents(metrics_file, ckpt_path, run_id if logger else None)]
-    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=[l for l in (logger, metrics_file) if l],
-                         callbacks=callbacks,
+    run_id = wandb_run_id(out, ckpt_path, cfg.logger.get("id")) if cfg.logger.get("name") == "wandb" else None
+    wandb_logger = build_logger(to_plain(cfg.logger), out, privacy, run_id)
+    logger = [x for x in (wandb_logger, MetricsFileLogger(out)) if x]  # RUN_DIR/metrics.jsonl for src.report
+    callbacks = [cb for cb in build_callbacks(cfg, out, plain)
+                 if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
+    callbacks += [last, LambdaCallback(on_fit_start=log_distributed)]
+    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks,
                          plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
-        if logger:
+        if wandb_logger:
             safe = redact(plain, data_path=not privacy.get("upload_data_paths", False))
-            logger.log_hyperparams({"config": safe, "backbone_parameters": model.num_parameters()})
+            wandb_logger.log_hyperparams({"config": safe, "backbone_parameters": model.num_parameters()})
     if ckpt_path and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
         raise CheckpointError(f"{ckpt_path} is a sharded (trainer=fsdp) checkpoint; resume it with "
                               "trainer=fsdp (any number of devices), or make it one file with "
@@ -225,10 +212,6 @@ def train(cfg: DictConfig) -> dict:
         check_resumable(ckpt_path, model)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     preempted = is_preempted(trainer)
-    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if logger and trainer.is_global_zero:  # the run's summary holds where it ended
-        logger.experiment.summary.update({**final, "trainer/global_step": trainer.global_step,
-                                          "preempted": preempted})
     if privacy.get("patient_data") and trainer.is_global_zero:
         drop_wandb_debug_logs(out)
     if preempted and trainer.is_global_zero:
@@ -237,7 +220,7 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish()  # the requeue ends this job: close the offline run before that
         requeue()  # last: everything is saved
     return {"output_dir": str(out), "global_step": trainer.global_step, "preempted": preempted,
-            "metrics": final}
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

@@ -299,7 +299,7 @@ def test_wandb_summary_holds_final_metrics(compose_cfg, tmp_path):
 
 
 def test_wandb_run_id_is_kept_and_followed(tmp_path):
-    from src.train import wandb_run_id
+    from src.metrics_log import wandb_run_id
 
     first, second = tmp_path / "first", tmp_path / "second"
     made = wandb_run_id(first, None)

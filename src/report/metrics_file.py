@@ -1,4 +1,4 @@
-"""Reading ``RUN_DIR/metrics.jsonl`` (written by ``src.runlog`` during training) without importing Lightning."""
+"""Reading ``RUN_DIR/metrics.jsonl`` (written by ``src.metrics_log`` during training) without importing Lightning."""
 
 from __future__ import annotations
 

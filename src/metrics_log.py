@@ -9,6 +9,7 @@ logged after the step it resumed from), so each step keeps the value of the job 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -64,25 +66,51 @@ class MetricsFileLogger(Logger):
 
 
 class RunEvents(pl.Callback):
-    """Writes start/resume, preemption, end and error events of a job to the metrics file."""
+    """Writes the start (or resume), preemption, end and error events of a job to the metrics file, and
+    the final metrics into the W&B run's summary."""
 
-    def __init__(self, logger: MetricsFileLogger, ckpt_path: str | None = None, wandb_id: str | None = None):
-        self.logger, self.ckpt_path, self.wandb_id = logger, ckpt_path, wandb_id
+    @staticmethod
+    def _loggers(trainer):
+        files = [lg for lg in trainer.loggers if isinstance(lg, MetricsFileLogger)]
+        wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        return files, wandb
+
+    def _event(self, trainer, name: str, **info) -> None:
+        for lg in self._loggers(trainer)[0]:
+            lg.event(name, trainer.global_step, **info)
 
     def on_train_start(self, trainer, module):
+        wandb = self._loggers(trainer)[1]
         job = {"slurm_job": os.environ.get("SLURM_JOB_ID"), "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-               "wandb_id": self.wandb_id}
-        if self.ckpt_path:
-            self.logger.event("resume", trainer.global_step, checkpoint=Path(self.ckpt_path).name, **job)
+               "wandb_id": wandb[0].version if wandb else None}
+        if trainer.ckpt_path:  # what trainer.fit resumed from
+            self._event(trainer, "resume", checkpoint=Path(trainer.ckpt_path).name, **job)
         else:
-            self.logger.event("start", trainer.global_step, **job)
+            self._event(trainer, "start", **job)
 
     def on_train_end(self, trainer, module):
-        if is_preempted(trainer):
-            self.logger.event("preempted", trainer.global_step)
+        final = {k: _number(v) for k, v in trainer.callback_metrics.items()}
+        preempted = is_preempted(trainer)
+        if preempted:
+            self._event(trainer, "preempted")
         else:
-            final = {k: _number(v) for k, v in trainer.callback_metrics.items()}
-            self.logger.event("end", trainer.global_step, metrics=final)
+            self._event(trainer, "end", metrics=final)
+        for lg in self._loggers(trainer)[1]:
+            if trainer.is_global_zero:  # the run's summary holds where it ended
+                lg.experiment.summary.update({**{k: v for k, v in final.items() if v is not None},
+                                              "trainer/global_step": trainer.global_step, "preempted": preempted})
 
     def on_exception(self, trainer, module, exception):
-        self.logger.event("error", trainer.global_step, error=type(exception).__name__)
+        self._event(trainer, "error", error=type(exception).__name__)
+
+
+def wandb_run_id(out: Path, ckpt_path: str | None, given: str | None = None) -> str:
+    """The W&B run id kept in ``RUN_DIR/wandb/run-id``: ``logger.id`` when given, else this folder's, else that
+    of the run ``ckpt_path`` belongs to (resuming it continues its W&B run), else a new one from the path."""
+    own, theirs = out / "wandb" / "run-id", Path(ckpt_path).parent.parent / "wandb" / "run-id" if ckpt_path else None
+    run_id = given or next((p.read_text().strip() for p in (own, theirs) if p is not None and p.is_file()), None)
+    run_id = run_id or hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]  # as src.train names it
+    if rank_zero_only.rank == 0 and (not own.is_file() or own.read_text().strip() != run_id):
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_text(run_id + "\n")
+    return run_id
