@@ -160,12 +160,12 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
                         monitor="step", mode="max", save_last=True, enable_version_counter=False),
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
+        RunEvents(),  # start/resume, preemption and end in RUN_DIR/metrics.jsonl; final metrics in the W&B summary
         SampleCallback(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
         LearningRateMonitor(logging_interval="step"),
-        RunEvents(),  # start/resume, preemption and end in RUN_DIR/metrics.jsonl; final metrics in the W&B summary
         *extra,
     ]
     return callbacks
