@@ -33,13 +33,15 @@ from .phema import PHEMASnapshots
 from .preemption import LastCheckpoint, is_preempted, requeue, stop_signal
 from .runfolder import is_fresh, remove_failed_run
 from .runlog import RunLog
+from .metrics_log import MetricsFileLogger, RunEvents, wandb_run_id
 
 log = logging.getLogger("src.train")
 register_resolvers()
 
 
-def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
+def build_logger(cfg: dict, out: Path, privacy: dict | None = None, run_id: str | None = None):
     privacy = privacy or {}
+    run_id = cfg.get("id") or run_id or _wandb_id(out)
     name = cfg.get("name", "none")
     if name == "none":
         return False
@@ -59,11 +61,11 @@ def build_logger(cfg: dict, out: Path, privacy: dict | None = None):
                                            host="redacted", username="redacted", program="src.train",
                                            x_disable_stats=True)
     # the folder's name may be a patient's: with patient data the run is named by its id
-    name = cfg.get("run_name") or (_wandb_id(out) if privacy.get("patient_data") else out.name)
+    name = cfg.get("run_name") or (run_id if privacy.get("patient_data") else out.name)
     return WandbLogger(project=cfg.get("project", "diffusion"), entity=cfg.get("entity"),
                        name=name, save_dir=str(out), offline=mode == "offline",
-                       mode=mode, tags=list(cfg.get("tags") or []), id=cfg.get("id") or _wandb_id(out),
-                       **extra)
+                       mode=mode, tags=list(cfg.get("tags") or []), id=run_id,
+                       resume="allow", **extra)  # a resumed or requeued job continues the same run
 
 
 def drop_wandb_debug_logs(out: Path) -> None:
@@ -165,6 +167,7 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
                         every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
                         monitor="step", mode="max", save_last=True, enable_version_counter=False),
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
+        RunEvents(),  # start/resume, preemption and end in RUN_DIR/metrics.jsonl; final metrics in the W&B summary
         sample_preview(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
                        sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
@@ -213,7 +216,10 @@ def train(cfg: DictConfig) -> dict:
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
     privacy = to_plain(cfg.get("privacy"))
-    logger = build_logger(to_plain(cfg.logger), out, privacy)
+    ckpt_path = resume_checkpoint(cfg, out)
+    run_id = wandb_run_id(out, ckpt_path, cfg.logger.get("id")) if cfg.logger.get("name") == "wandb" else None
+    wandb_logger = build_logger(to_plain(cfg.logger), out, privacy, run_id)
+    logger = [x for x in (wandb_logger, MetricsFileLogger(out)) if x]  # RUN_DIR/metrics.jsonl for src.report
     callbacks = [cb for cb in build_callbacks(cfg, out, plain)
                  if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
     runlog = RunLog(out / "checkpoints", every_n_steps=cfg.trainer.get("log_every_n_steps", 10))
@@ -222,10 +228,9 @@ def train(cfg: DictConfig) -> dict:
                          plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
-        if logger:
+        if wandb_logger:
             safe = redact(plain, data_path=not privacy.get("upload_data_paths", False))
-            logger.log_hyperparams({"config": safe, "backbone_parameters": model.num_parameters()})
-    ckpt_path = resume_checkpoint(cfg, out)
+            wandb_logger.log_hyperparams({"config": safe, "backbone_parameters": model.num_parameters()})
     if ckpt_path and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
         raise CheckpointError(f"{ckpt_path} is a sharded (trainer=fsdp) checkpoint; resume it with "
                               "trainer=fsdp (any number of devices), or make it one file with "
