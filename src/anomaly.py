@@ -11,13 +11,13 @@ from the probability-flow ODE. Python: ``src.tools.anomaly.Detector``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, ProjectError
+from .cli import run_tool
+from .errors import ConfigError
 from .tools.anomaly import Detector
 from .tools.anomaly.inputs import check_output, load, to_input_layout, write_map
 from .tools.files import sibling, write_json
@@ -80,12 +80,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ProjectError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return run_tool(build_parser, run, argv)
 
 
 if __name__ == "__main__":

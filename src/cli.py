@@ -14,3 +14,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or "default" in text:
             return text
         return super()._get_help_string(action)
+
+
+def run_tool(build_parser, run, argv=None):
+    """``run(args)`` of a tool's parsed ``argv``; the project's own errors become one line and exit status 2
+    (anything else stays a traceback: it is a bug)."""
+    import sys
+
+    from .errors import ProjectError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ProjectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -19,7 +19,9 @@ import torch
 
 from datamodules.base import DataError
 
-from .errors import ProjectError, writable_folder
+from .cli import run_tool
+from .errors import writable_folder
+from .tools.reconstruction.checks import check_geometry, choose_method, tv_complex, volume_checks
 from .tools.reconstruction.fft import ifft2c, rss
 from .tools.reconstruction.io import (
     is_nifti,
@@ -40,7 +42,6 @@ from .tools.reconstruction.measurement import (
 )
 from .tools.reconstruction.recon_metrics import all_metrics
 from .tools.reconstruction.reconstructor import Reconstruction, Reconstructor
-from .tools.reconstruction.checks import check_geometry, choose_method, tv_complex, volume_checks
 
 __all__ = ["Reconstruction", "Reconstructor", "main"]
 
@@ -281,12 +282,7 @@ def metrics_against(reference: np.ndarray, image, zf, cs_image, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ProjectError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return run_tool(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, ProjectError
+from .cli import run_tool
+from .errors import ConfigError
 from .tools.files import kind_of, sibling, write_json
 from .tools.prior import Prior
 from .tools.restoration import TASKS, Restorer
@@ -113,12 +114,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ProjectError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return run_tool(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -167,32 +167,14 @@ def sample_dpmpp_2m(denoiser: Denoiser, x, sigmas, callback=None, **_):
     in the VE, VP or flow view, and it stays bounded however large sigma_max is (no 1/sigma_next factor).
     The first step and the step to sigma = 0 are first order (DDIM).
     """
-    sig = sigmas.double().cpu()
-    prev_den, h_prev = None, None
-    for i in range(len(sig) - 1):
-        s, s_next = sig[i].item(), sig[i + 1].item()
-        den = denoiser(x, _sig(sigmas[i], x))
-        if s_next == 0:
-            x = den
-        else:
-            h = math.log(s / s_next)
-            d = den
-            if prev_den is not None:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * prev_den
-            x = (s_next / s) * x - math.expm1(-h) * d
-            h_prev = h
-        prev_den = den
-        if callback is not None:
-            callback(i, x, den)
-    return x
+    return sample_dpmpp_2m_sde(denoiser, x, sigmas, eta=0.0, callback=callback)  # its noise-free case
 
 
 def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, eta: float = 1.0, s_noise: float = 1.0, generator=None,
                         callback=None):
     """DPM-Solver++(2M) SDE (Lu et al. 2022, the SDE solver; midpoint form of k-diffusion).
 
-    ``eta = 0`` is the ODE solver above; ``eta = 1`` follows the reverse SDE, injecting noise at every step.
+    ``eta = 0`` is the ODE solver above (the multistep correction ``(den - prev_den) / (2 r)`` of Algorithm 2); ``eta = 1`` follows the reverse SDE, injecting noise at every step.
     """
     sig = sigmas.double().cpu()
     prev_den, h_prev = None, None
