@@ -11,22 +11,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from src.backbones import size_multiple
 from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.env_check import resolve_device
 from src.errors import ConfigError
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is available here; use --device cpu.")
-    return torch.device(device)
-
-
-def downsampling_factor(module) -> int:
-    """Sizes a U-Net needs to be divisible by (1 for a fully convolutional waveform network)."""
-    blocks = getattr(getattr(module.backbone, "net", None), "down_blocks", None)
-    return 2 ** (len(blocks) - 1) if blocks is not None else 1
 
 
 @dataclass
@@ -85,7 +73,7 @@ class Prior:
         net = self.module.ema.module if self.use_ema else self.module.backbone
         den = self.module.objective.denoiser(net)
         clip = self.module.diffusion_cfg.get("clip_denoised") or (-1.0, 1.0)
-        f = downsampling_factor(self.module)
+        f = size_multiple(self.module.backbone)  # the backbone says which sizes it takes
 
         def d(x, sigma):
             pads = [(-n) % f for n in x.shape[2:]]
