@@ -237,7 +237,7 @@ def test_sigusr1_only_raises_a_flag(tmp_path, monkeypatch):
     assert requeue() is False  # outside SLURM there is nothing to requeue
 
 
-class _FakeStrategy:
+class _CountingStrategy:
     def __init__(self):
         self.calls = 0
 
@@ -246,10 +246,10 @@ class _FakeStrategy:
         return decision
 
 
-class _FakeTrainer:
+class _StepTrainer:
     def __init__(self, world_size):
         self.world_size, self.global_step, self.accumulate_grad_batches = world_size, 0, 1
-        self.strategy, self.is_global_zero, self.should_stop = _FakeStrategy(), True, False
+        self.strategy, self.is_global_zero, self.should_stop = _CountingStrategy(), True, False
         self.saved = []
 
     def save_checkpoint(self, path, weights_only=False):
@@ -259,7 +259,7 @@ class _FakeTrainer:
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_preemption_flag_is_agreed_only_every_few_steps(tmp_path, world_size):
     cb = LastCheckpoint(tmp_path / "last.ckpt", check_every_n_steps=5)
-    trainer = _FakeTrainer(world_size)
+    trainer = _StepTrainer(world_size)
     for step in range(1, 13):
         trainer.global_step = step
         if step == 6:
