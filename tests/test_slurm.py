@@ -23,7 +23,9 @@ import torch
 from .dist_helpers import REPO, TINY, clean_env
 
 SETUP = REPO / "scripts" / "local_slurm.sh"
-MAX_STEPS = 14
+# long enough that the signal, sent once step 4's checkpoint exists, lands well before the last step on a
+# quiet machine too (14 steps once finished first, and the test waited for a requeue that never came)
+MAX_STEPS = 120
 
 
 def _slurm_up() -> bool:
