@@ -248,3 +248,49 @@ def test_audio_cond_class_end_to_end_writes_clips_per_class(tmp_path):
     for p in clips:
         data, rate = sf.read(p)
         assert rate == 8000 and data.shape[0] == 1024 and np.isfinite(data).all()
+
+
+def mri_dm(path, **kw):
+    from src.domains.mri.data import MRIDataModule
+
+    return MRIDataModule(path=str(path), mode="volume", shape=(16, 16, 16), spacing=(3.0, 3.0, 3.0),
+                         num_workers=0, cache_workers=1, val_fraction=0.25, **kw)
+
+
+def test_mri_labels_from_subfolders_and_from_a_datalist_key(tmp_path):
+    from tests.mri_helpers import phantom, write_nifti
+
+    for i, cls in enumerate(["healthy", "healthy", "lesion", "lesion"]):
+        write_nifti(tmp_path / "scans" / cls / f"case{i}.nii.gz", phantom((16, 16, 16), seed=i))
+    d = mri_dm(tmp_path / "scans", labels="auto")
+    assert d.classes == ["healthy", "lesion"]
+    d.setup()
+    got = [d.train_set[i]["label"] for i in range(len(d.train_set))] + \
+        [d.val_set[i]["label"] for i in range(len(d.val_set))]
+    assert sorted(got) == [0, 0, 1, 1]
+
+    entries = [{"image": f"./scans/{c}/case{i}.nii.gz", "label": f"./seg{i}.nii.gz", "group": c}
+               for i, c in enumerate(["healthy", "healthy", "lesion", "lesion"])]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
+    with pytest.raises(DataError, match="a segmentation rather than a class"):
+        mri_dm(tmp_path / "dataset.json", labels="auto").classes
+    listed = mri_dm(tmp_path / "dataset.json", labels="auto", labels_column="group")
+    assert listed.classes == ["healthy", "lesion"]
+    listed.setup()
+    checked = 0
+    for ds in (listed.train_set, listed.val_set):
+        for i, (v, _) in enumerate(ds.index):
+            assert f"/{listed.classes[ds[i]['label']]}/" in listed_key(ds, v)
+            checked += 1
+    assert checked == 4
+    del entries[1]["group"]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
+    with pytest.raises(DataError, match="entry 1 of 'training' has no class under 'group'"):
+        mri_dm(tmp_path / "dataset.json", labels="auto", labels_column="group").classes
+
+
+def listed_key(ds, v):
+    """The image path of cached volume ``v``."""
+    from src.domains.mri.transforms import KEY
+
+    return str(ds.volumes.data[v][KEY])
