@@ -63,7 +63,7 @@ def csv_labels(csv_path: str | Path, files: Sequence[str | Path], root: str | Pa
                          f"fix their {file_column} paths (relative to {root}) or remove their rows.")
     names = []
     for f in files:
-        rel = Path(f).relative_to(root).as_posix() if Path(f).is_absolute() else Path(f).as_posix()
+        rel = (Path(f).relative_to(root) if Path(f).is_absolute() == root.is_absolute() else Path(f)).as_posix()
         if rel not in table or not table[rel]:
             raise LabelError(f"{csv_path} gives no {column} for {rel}; add a row for every file (or remove the file).")
         names.append(table[rel])

@@ -100,6 +100,20 @@ def test_labels_from_a_csv_column_through_the_audio_datamodule(tmp_path):
     assert sorted(set(seen)) == [0, 1] and len(seen) == len(truth)
 
 
+
+def test_csv_labels_with_a_relative_datamodule_path(tmp_path, monkeypatch):
+    truth = tone_folder(tmp_path / "data" / "clips")
+    (tmp_path / "l.csv").write_text("file,label\n" + "".join(f"{r},{n}\n" for r, n in truth.items()))
+    monkeypatch.chdir(tmp_path)
+    dm = AudioDataModule(path="data/clips", sample_rate=8000, clip_seconds=0.1, num_workers=0,
+                         labels="auto", labels_csv="l.csv")
+    assert dm.classes == ["high", "low"]
+    dm.setup()
+    for ds in (dm.train_set, dm.val_set):
+        for f, item in zip(ds.files, items(ds)):
+            assert dm.classes[item["label"]] == f.path.parent.name
+
+
 def test_bad_label_sources_are_one_sentence_errors(tmp_path):
     tone_folder(tmp_path / "flat", nested=False)
     flat = AudioDataModule(path=str(tmp_path / "flat"), sample_rate=8000, clip_seconds=0.1, num_workers=0,
