@@ -262,6 +262,13 @@ def test_audio_cond_class_end_to_end_writes_clips_per_class(tmp_path):
     for p in clips:
         data, rate = sf.read(p)
         assert rate == 8000 and data.shape[0] == 1024 and np.isfinite(data).all()
+    from src.domains.audio.media import spectrogram_image
+
+    tile = spectrogram_image(torch.from_numpy(sf.read(clips[0], dtype="float32")[0])[None], 8000)
+    grid = np.asarray(Image.open(tmp_path / "drawn" / "sample_grid.png"))
+    th, tw = tile.shape[:2]
+    assert grid.shape == (2 * (th + 2) + 2, 2 * (tw + 2) + 2, 3)  # spectrograms: two per row, a row per class
+    assert grid[2:2 + th, 2:2 + tw].std() > 0
 
 
 def mri_dm(path, **kw):
