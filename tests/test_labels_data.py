@@ -119,7 +119,7 @@ def test_bad_label_sources_are_one_sentence_errors(tmp_path):
     flat = AudioDataModule(path=str(tmp_path / "flat"), sample_rate=8000, clip_seconds=0.1, num_workers=0,
                            labels="auto")
     with pytest.raises(DataError, match="class subfolder"):
-        flat.classes
+        _ = flat.classes
     truth = tone_folder(tmp_path / "clips")
     table = tmp_path / "labels.csv"
     table.write_text("file,label\n" + "".join(f"{rel},{n}\n" for rel, n in truth.items()) + "gone/x.wav,low\n")
@@ -129,18 +129,18 @@ def test_bad_label_sources_are_one_sentence_errors(tmp_path):
                                num_workers=0, labels="csv", labels_csv=str(table), **kw)
 
     with pytest.raises(DataError, match=r"names 1 files that are not under .*gone/x\.wav"):
-        csv_dm().classes
+        _ = csv_dm().classes
     table.write_text("file,label\n" + "".join(f"{rel},{n}\n" for rel, n in truth.items()))
     assert csv_dm().classes == ["high", "low"]
     with pytest.raises(DataError, match="no column 'species'"):
-        csv_dm(labels_column="species").classes
+        _ = csv_dm(labels_column="species").classes
     with pytest.raises(ConfigError, match="needs datamodule.labels_csv"):
         AudioDataModule(path=str(tmp_path / "clips"), labels="csv")
     with pytest.raises(ConfigError, match="datamodule.labels must be one of"):
         AudioDataModule(path=str(tmp_path / "clips"), labels="subfolders")
     builtin = ImageDataModule(labels="auto", num_workers=0)
     with pytest.raises(DataError, match="built-in data has no classes"):
-        builtin.classes
+        _ = builtin.classes
     with pytest.raises(DataError, match="built-in data has no classes"):
         builtin.setup()
 
@@ -182,7 +182,7 @@ def test_shards_without_labels_or_with_a_label_out_of_range_are_refused(tmp_path
     digit_folder(tmp_path / "digits", per_class=3)
     write_shards("image", tmp_path / "digits", tmp_path / "plain", val_fraction=0.2)
     with pytest.raises(DataError, match="carry no class labels"):
-        image_dm(tmp_path / "plain", labels="auto").classes
+        _ = image_dm(tmp_path / "plain", labels="auto").classes
 
     write_shards("image", tmp_path / "digits", tmp_path / "bad", val_fraction=0.2, labels="folders")
     summary = json.loads((tmp_path / "bad" / "summary.json").read_text())
@@ -294,7 +294,7 @@ def test_mri_labels_from_subfolders_and_from_a_datalist_key(tmp_path):
                for i, c in enumerate(["healthy", "healthy", "lesion", "lesion"])]
     (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
     with pytest.raises(DataError, match="a segmentation rather than a class"):
-        mri_dm(tmp_path / "dataset.json", labels="auto").classes
+        _ = mri_dm(tmp_path / "dataset.json", labels="auto").classes
     listed = mri_dm(tmp_path / "dataset.json", labels="auto", labels_column="group")
     assert listed.classes == ["healthy", "lesion"]
     listed.setup()
@@ -307,7 +307,7 @@ def test_mri_labels_from_subfolders_and_from_a_datalist_key(tmp_path):
     del entries[1]["group"]
     (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
     with pytest.raises(DataError, match="entry 1 of 'training' has no class under 'group'"):
-        mri_dm(tmp_path / "dataset.json", labels="auto", labels_column="group").classes
+        _ = mri_dm(tmp_path / "dataset.json", labels="auto", labels_column="group").classes
 
 
 def listed_key(ds, v):
