@@ -314,8 +314,17 @@ class DiffusionDataModule(pl.LightningDataModule):
         if self.label_source == "none":
             return None
         if self.label_source == "csv":
-            return csv_labels(self.labels_csv, files, root, column=self.labels_column)
-        return folder_labels(root, files)
+            classes, labels = csv_labels(self.labels_csv, files, root, column=self.labels_column)
+        else:
+            classes, labels = folder_labels(root, files)
+        where = f"column {self.labels_column} of {self.labels_csv}" if self.label_source == "csv" else \
+            f"the subfolders of {root}"
+        if len(classes) == 1:
+            log.warning("All %d files have the one class '%s' (from %s); class conditioning needs two or more.",
+                        len(files), classes[0], where)
+        log.info("Class labels from %s: %d classes (%s%s).", where, len(classes), ", ".join(classes[:10]),
+                 ", ..." if len(classes) > 10 else "")
+        return classes, labels
 
     def no_builtin_labels(self) -> DataError:
         return DataError(f"datamodule.labels={self.label_source} needs a labelled datamodule.path (a folder "

@@ -315,3 +315,10 @@ def listed_key(ds, v):
     from src.domains.mri.transforms import KEY
 
     return str(ds.volumes.data[v][KEY])
+
+
+def test_a_single_class_folder_is_warned_about(tmp_path, caplog):
+    digit_folder(tmp_path / "digits", per_class=3, classes=(5,))
+    with caplog.at_level("WARNING", logger="datamodules.base"):
+        assert image_dm(tmp_path / "digits", labels="folders").classes == ["5"]
+    assert "one class '5'" in caplog.text
