@@ -322,3 +322,18 @@ def test_a_single_class_folder_is_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="datamodules.base"):
         assert image_dm(tmp_path / "digits", labels="folders").classes == ["5"]
     assert "one class '5'" in caplog.text
+
+
+def test_train_cond_class_on_a_folder_without_subfolders_stops_with_one_sentence(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(flat / f"x{i}.png")
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "src.train", "domain=image", f"datamodule.path={flat}",
+                           "cond=class", "logger=none", f"paths.output_dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "lies directly in datamodule.path" in error[0] and "class subfolder" in error[0]
+    assert "Traceback" not in proc.stderr
