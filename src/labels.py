@@ -36,7 +36,8 @@ def folder_labels(root: str | Path, files: Sequence[str | Path]) -> tuple[list[s
         rel = Path(f).relative_to(root) if Path(f).is_absolute() == root.is_absolute() else Path(f)
         if len(rel.parts) < 2:
             raise LabelError(f"{Path(root) / rel} lies directly in datamodule.path={root}; with cond=class every "
-                             "file must sit in a class subfolder (root/CLASS/file), or give a CSV of labels (datamodule.labels_csv).")
+                             "file must sit in a class subfolder (root/CLASS/file), or give a CSV of labels "
+                             "(datamodule.labels_csv).")
         names.append(rel.parts[0])
     classes = class_names(names)
     index = {c: i for i, c in enumerate(classes)}
