@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from src.errors import ProjectError, positive_int
+from src.errors import ConfigError, ProjectError, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +170,16 @@ class Subset(Dataset):
 
 
 class FileItems(Dataset):
-    """Items read from files, ``{"x": load(i)}``: an unreadable file is skipped for the next one (warned once),
-    and a DataError names a few files when none can be read. ``what`` names one file in messages."""
+    """Items read from files, ``{"x": load(i)}`` (and ``"label": labels[i]`` when the files have class labels):
+    an unreadable file is skipped for the next one (warned once), and a DataError names a few files when none
+    can be read. ``what`` names one file in messages."""
 
     what = "file"
     unreadable: tuple[type[BaseException], ...] = (OSError, ValueError)
 
-    def __init__(self, files: list):
+    def __init__(self, files: list, labels: Sequence[int] | None = None):
         self.files = files
+        self.labels = None if labels is None else list(labels)
         self._warned: set[int] = set()
 
     def __len__(self) -> int:
@@ -194,7 +196,8 @@ class FileItems(Dataset):
         for k in range(len(self.files)):
             j = (i + k) % len(self.files)
             try:
-                return {"x": self.load(j)}
+                x = self.load(j)
+                return {"x": x} if self.labels is None else {"x": x, "label": self.labels[j]}
             except self.unreadable as e:
                 failures.append(f"{self.path(j)} ({e or type(e).__name__})")
                 if j not in self._warned:
@@ -204,13 +207,63 @@ class FileItems(Dataset):
                         f"{'; '.join(failures[:3])}; fix or remove them.")
 
 
+LABEL_SOURCES = ("none", "auto", "folders", "csv")
+
+
+class ShardLabel:
+    """Wraps a domain's shard decoder: adds the sample's class ``label`` from its ``json`` member, checked
+    against the label map (picklable for workers). A missing or out-of-range label is a DataError."""
+
+    def __init__(self, decode, num_classes: int):
+        self.decode, self.num_classes = decode, num_classes
+
+    def __call__(self, sample: dict) -> dict:
+        import json
+
+        where = f"sample {sample.get('__key__')} of shard {sample.get('__url__')}"
+        try:
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+        except ValueError as e:
+            raise DataError(f"The json member of {where} is not JSON ({e}); repack the shards.") from None
+        label = meta.get("label")
+        if label is None:
+            raise DataError(f"{where} carries no class label in its json; pack labelled shards with "
+                            "`python -m datamodules.shards ... --labels folders` (or --labels csv).")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < self.num_classes:
+            raise DataError(f"{where} has label {label!r}, outside the {self.num_classes} classes "
+                            f"(0..{self.num_classes - 1}) of the shards' summary.json; repack the shards.")
+        item = dict(self.decode(sample))
+        item["label"] = label
+        return item
+
+
 class DiffusionDataModule(pl.LightningDataModule):
-    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup``, set ``data_shape``."""
+    """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup``, set ``data_shape``.
+
+    Class labels (``cond=class``, README "Class conditioning"): ``labels`` is ``none``, ``folders`` (the
+    first-level subfolder of each file), ``csv`` (``labels_column`` of ``labels_csv``, whose ``file`` column
+    names each file relative to ``datamodule.path``) or ``auto`` (csv when ``labels_csv`` is given, else
+    folders); shards carry the label in each sample's json and the class names in ``summary.json``.
+    ``classes`` is the label map (index = label), known before training so it is saved in the checkpoint.
+    A domain that reads labels from its folders implements ``folder_classes``.
+    """
 
     def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0,
-                 shards: dict | None = None):
+                 shards: dict | None = None, labels: str | None = "none", labels_csv: str | None = None,
+                 labels_column: str = "label"):
         super().__init__()
+        labels = "none" if labels is None else str(labels)
+        if labels not in LABEL_SOURCES:
+            raise ConfigError(f"datamodule.labels must be one of {', '.join(LABEL_SOURCES)}, got '{labels}'.")
+        if labels == "auto":
+            labels = "csv" if labels_csv else "folders"
+        if labels == "csv" and not labels_csv:
+            raise ConfigError("datamodule.labels=csv needs datamodule.labels_csv=FILE.csv (columns file,"
+                              f"{labels_column}).")
+        self.label_source, self.labels_column = labels, str(labels_column)
+        self.labels_csv = None if labels_csv is None else Path(str(labels_csv)).expanduser()
+        self._classes: list[str] | None = None
         batch_size = positive_int(batch_size, "datamodule.batch_size")
         num_workers = positive_int(num_workers, "datamodule.num_workers", minimum=0)
         if val_batch_size is not None:
@@ -238,6 +291,54 @@ class DiffusionDataModule(pl.LightningDataModule):
         workers = self.num_workers
         return dict(num_workers=workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
                     persistent_workers=self.persistent_workers and workers > 0)
+
+    # ---- class labels -----------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names (index = label), or None without labels; read once, before ``setup``."""
+        if self.label_source == "none":
+            return None
+        if self._classes is None:
+            self._classes = self.shard_classes() if self.is_streaming else self.folder_classes()
+        return self._classes
+
+    def folder_classes(self) -> list[str]:
+        """The label map of ``datamodule.path`` (a subclass also keeps each file's label for ``setup``)."""
+        raise DataError(f"{type(self).__name__} cannot read class labels from a folder yet; pack labelled "
+                        "shards (`python -m datamodules.shards ... --labels folders`) or use cond=none.")
+
+    def file_labels(self, root: Path, files: Sequence[Path]) -> tuple[list[str], list[int]] | None:
+        """(class names, label per file) for ``files`` under ``root`` as ``labels`` asks, or None."""
+        from src.labels import csv_labels, folder_labels
+
+        if self.label_source == "none":
+            return None
+        if self.label_source == "csv":
+            classes, labels = csv_labels(self.labels_csv, files, root, column=self.labels_column)
+        else:
+            classes, labels = folder_labels(root, files)
+        where = f"column {self.labels_column} of {self.labels_csv}" if self.label_source == "csv" else \
+            f"the subfolders of {root}"
+        if len(classes) == 1:
+            log.warning("All %d files have the one class '%s' (from %s); class conditioning needs two or more.",
+                        len(files), classes[0], where)
+        log.info("Class labels from %s: %d classes (%s%s).", where, len(classes), ", ".join(classes[:10]),
+                 ", ..." if len(classes) > 10 else "")
+        return classes, labels
+
+    def no_builtin_labels(self) -> DataError:
+        return DataError(f"datamodule.labels={self.label_source} needs a labelled datamodule.path (a folder "
+                         "with one subfolder per class, or a CSV of labels); the built-in data has no classes.")
+
+    def shard_classes(self) -> list[str]:
+        from .shards import summary_classes
+
+        return summary_classes(self._shard_stream().train_urls, self.path)
+
+    def item_decoder(self, train: bool):
+        """``shard_decoder`` plus the sample's class label when this datamodule reads labels."""
+        decode = self.shard_decoder(train)
+        return decode if self.label_source == "none" else ShardLabel(decode, len(self.classes))
 
     # ---- webdataset shards: a subclass stores datamodule.path in self.path and implements shard_decoder ----
     @property

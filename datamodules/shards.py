@@ -2,13 +2,16 @@
 
     python -m datamodules.shards --domain image --src ~/my_pngs --out ~/my_shards [--max-count 1000]
         [--max-size 256MB] [--val-fraction 0.05] [--seed 0] [--overwrite]
+        [--labels none|folders|csv] [--labels-csv FILE.csv] [--labels-column label]
 
 writes ``shard-000000.tar ...`` (training), ``val-000000.tar ...`` (validation: the same split, seed and
 skipped files as training from the folder with ``datamodule.val_fraction`` and ``seed``) and ``summary.json``
 (samples per shard, what was skipped and why). Each sample is the original encoded bytes of one file
 (``KEY.png``) plus ``KEY.json`` with its metadata (``path`` relative to ``--src``, and what the domain adds).
 Shards close at ``--max-count`` samples or before passing ``--max-size`` bytes. Training reads them with
-``datamodule.path=OUT`` (see ``datamodules/stream.py``).
+``datamodule.path=OUT`` (see ``datamodules/stream.py``). With ``--labels folders`` (the first-level subfolder
+of each file) or ``--labels csv`` every sample's json also holds its class ``label`` (index) and ``class``
+(name), and ``summary.json`` the label map ``classes``, which ``cond=class`` reads.
 
 What a domain provides for shards (its ``DOMAIN.shard_codec`` names the module behind ``--domain``):
 
@@ -167,8 +170,11 @@ def existing_outputs(out: Path) -> list[Path]:
 
 def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int = 1000,
                  max_size: int | str = "256MB", val_fraction: float = 0.05, seed: int = 0,
-                 overwrite: bool = False) -> dict:
-    """Pack every readable item under ``src`` into shards under ``out``; returns (and writes) the summary."""
+                 overwrite: bool = False, labels: str = "none", labels_csv: str | Path | None = None,
+                 labels_column: str = "label") -> dict:
+    """Pack every readable item under ``src`` into shards under ``out``; returns (and writes) the summary.
+
+    ``labels``: ``none``, ``folders`` or ``csv`` (``labels_column`` of ``labels_csv``) adds class labels."""
     mod = shard_domain(domain)
     src, out = Path(src).expanduser(), Path(out).expanduser()
     max_size = parse_size(max_size)
@@ -176,6 +182,10 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
         raise DataError("--max-count and --max-size must be positive.")
     if not src.is_dir():
         raise DataError(f"--src {src} is not a folder; pass the folder of {domain} files to pack.")
+    if labels not in ("none", "folders", "csv"):
+        raise DataError(f"--labels must be none, folders or csv, got '{labels}'.")
+    if labels == "csv" and not labels_csv:
+        raise DataError("--labels csv needs --labels-csv FILE.csv (columns file,label).")
     old = existing_outputs(out)
     if old and not overwrite:
         names = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
@@ -203,6 +213,12 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
         raise DataError(f"None of the {len(items)} files under {src} could be read, e.g. "
                         f"{skipped[0]['path']} ({skipped[0]['reason']}).")
     train_idx, val_idx = split_indices(len(good), val_fraction, seed)
+    classes = label_of = None
+    if labels != "none":
+        from src.labels import csv_labels, folder_labels
+
+        classes, label_of = (folder_labels(src, good) if labels == "folders" else
+                             csv_labels(Path(labels_csv).expanduser(), good, src, column=labels_column))
 
     out.mkdir(parents=True, exist_ok=True)
     for p in old:
@@ -217,6 +233,8 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
             members, meta = pack(path)
             key = sample_key(rel, matched_extension(path.name, extensions), taken)
             meta = {"path": rel, **meta}
+            if classes is not None:
+                meta["label"], meta["class"] = label_of[i], classes[label_of[i]]
             sink.write(key, {**members, "json": json.dumps(meta, sort_keys=True).encode()})
         sink.close()
         splits[split] = sink.shards
@@ -227,6 +245,8 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
         "shards": {name: {"split": split, **info} for split, v in splits.items() for name, info in v.items()},
         "skipped": skipped,
     }
+    if classes is not None:
+        summary["classes"] = classes
     (out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -308,7 +328,7 @@ def summary_source(url: str) -> str | None:
     return f"{folder or '.'}/{SUMMARY}"
 
 
-def _read_summary(source: str | None) -> dict:
+def _read_summary_file(source: str | None) -> dict:
     import webdataset as wds
 
     if source is None:
@@ -316,12 +336,28 @@ def _read_summary(source: str | None) -> dict:
     try:
         if is_url(source):
             with wds.gopen(source) as f:
-                return json.loads(f.read()).get("shards", {})
+                return json.loads(f.read())
         local = Path(source)
-        return json.loads(local.read_text()).get("shards", {}) if local.is_file() else {}
+        return json.loads(local.read_text()) if local.is_file() else {}
     except (OSError, ValueError) as e:
         log.info("No usable %s at %s (%s); counting samples instead.", SUMMARY, source, e)
         return {}
+
+
+def _read_summary(source: str | None) -> dict:
+    return _read_summary_file(source).get("shards", {})
+
+
+def summary_classes(urls: list[str], path) -> list[str]:
+    """The label map (``classes``) that the writer's ``summary.json`` beside the shards records."""
+    sources = sorted({s for s in map(summary_source, urls) if s is not None})
+    for source in sources:
+        classes = _read_summary_file(source).get("classes")
+        if classes:
+            return [str(c) for c in classes]
+    raise DataError(f"The shards of datamodule.path={path} carry no class labels (no classes in their "
+                    f"{SUMMARY}); repack them with `python -m datamodules.shards ... --labels folders` "
+                    "(or --labels csv), or train with cond=none.")
 
 
 def count_samples(url: str) -> int:
@@ -376,11 +412,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="share held out in val-*.tar; match datamodule.val_fraction (default 0.05)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the train/val split; match the run's seed")
     ap.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    ap.add_argument("--labels", default="none", choices=("none", "folders", "csv"),
+                    help="class labels in each sample's json: folders (first-level subfolder) or csv")
+    ap.add_argument("--labels-csv", default=None, help="with --labels csv: CSV with a file column (relative "
+                    "to --src) and a label column")
+    ap.add_argument("--labels-column", default="label", help="the CSV's label column (default label)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         s = write_shards(args.domain, args.src, args.out, args.max_count, args.max_size, args.val_fraction,
-                         args.seed, args.overwrite)
+                         args.seed, args.overwrite, args.labels, args.labels_csv, args.labels_column)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -390,8 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     if s["skipped"]:
         print(f"skipped {len(s['skipped'])} unreadable files, e.g. "
               + "; ".join(f"{x['path']} ({x['reason']})" for x in s["skipped"][:3]))
+    if s.get("classes"):
+        print(f"labels: {len(s['classes'])} classes ({', '.join(s['classes'][:10])}"
+              f"{', ...' if len(s['classes']) > 10 else ''})")
     print(f"summary: {Path(args.out) / SUMMARY}")
-    print(f"train with: python -m src.train domain={args.domain} datamodule.path={args.out}")
+    print(f"train with: python -m src.train domain={args.domain} datamodule.path={args.out}"
+          + (" cond=class" if s.get("classes") else ""))
     return 0
 
 

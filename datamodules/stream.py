@@ -142,6 +142,8 @@ def collate(pairs: list[tuple[str | None, dict | None]], good=None) -> dict:
 def decode_one(decode, raw: dict, seed: int, bad: BadInputCounter) -> dict | None:
     try:
         return call_seeded(seed, decode, raw)
+    except DataError:  # not a bad sample but data that cannot work as configured (e.g. a missing label)
+        raise
     except Exception as e:  # noqa: BLE001 - any failure to decode one sample means the same: skip and count it
         bad.add(f"{raw.get('__key__')} in {raw.get('__url__')}", f"{type(e).__name__}: {e}")
         return None
@@ -355,7 +357,7 @@ class ShardSource:
                                 if self.restored.get(k) != v)
             log.warning("Resuming with a different data stream (%s): training continues deterministically "
                         "but does not see exactly the samples the uninterrupted run would have.", changed)
-        return StreamLoader(TrainShardStream(cfg, self.dm.shard_decoder(True), first), batch_size=None,
+        return StreamLoader(TrainShardStream(cfg, self.dm.item_decoder(True), first), batch_size=None,
                             **self.dm._loader_kwargs())
 
     def val_loader(self):
@@ -366,7 +368,7 @@ class ShardSource:
         dm = self.dm
         rank, world = dm._rank_world()
         ds = ValShardStream(self.val_urls, self.val_counts, dm.val_batch_size, rank, world,
-                            dm.shard_decoder(False), dm.seed, float(getattr(dm, "max_bad_fraction", 0.01)))
+                            dm.item_decoder(False), dm.seed, float(getattr(dm, "max_bad_fraction", 0.01)))
         kwargs = dm._loader_kwargs()
         kwargs["num_workers"] = min(kwargs["num_workers"], ds.per_rank())
         kwargs["persistent_workers"] = kwargs["persistent_workers"] and kwargs["num_workers"] > 0

@@ -11,10 +11,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ProjectError
+from datamodules.base import DataError
 
 
-class LabelError(ProjectError, ValueError):
+class LabelError(DataError):
     """Labels that cannot be read from the data as asked."""
 
 
@@ -36,7 +36,8 @@ def folder_labels(root: str | Path, files: Sequence[str | Path]) -> tuple[list[s
         rel = Path(f).relative_to(root) if Path(f).is_absolute() == root.is_absolute() else Path(f)
         if len(rel.parts) < 2:
             raise LabelError(f"{Path(root) / rel} lies directly in datamodule.path={root}; with cond=class every "
-                             "file must sit in a class subfolder (root/CLASS/file), or give a CSV of labels.")
+                             "file must sit in a class subfolder (root/CLASS/file), or give a CSV of labels "
+                             "(datamodule.labels_csv).")
         names.append(rel.parts[0])
     classes = class_names(names)
     index = {c: i for i, c in enumerate(classes)}
@@ -56,10 +57,14 @@ def csv_labels(csv_path: str | Path, files: Sequence[str | Path], root: str | Pa
             if key not in header:
                 raise LabelError(f"{csv_path} has no column '{key}' (columns: {', '.join(header) or 'none'}); "
                                  "name the file and label columns.")
-        table = {Path(row[file_column]).as_posix(): row[column].strip() for row in reader}
+        table = {Path(row[file_column]).as_posix(): (row[column] or "").strip() for row in reader}
+    missing = [rel for rel in table if not (root / rel).exists()]
+    if missing:
+        raise LabelError(f"{csv_path} names {len(missing)} files that are not under {root}, e.g. {missing[0]}; "
+                         f"fix their {file_column} paths (relative to {root}) or remove their rows.")
     names = []
     for f in files:
-        rel = Path(f).relative_to(root).as_posix() if Path(f).is_absolute() else Path(f).as_posix()
+        rel = (Path(f).relative_to(root) if Path(f).is_absolute() == root.is_absolute() else Path(f)).as_posix()
         if rel not in table or not table[rel]:
             raise LabelError(f"{csv_path} gives no {column} for {rel}; add a row for every file (or remove the file).")
         names.append(table[rel])

@@ -7,8 +7,9 @@ Writes N files in the format of the checkpoint's domain (its media writer) under
 options of its own (``DOMAIN.sample_options``), e.g. the audio domain's ``mel_from=FILE.wav``, which makes
 a vocoder checkpoint resynthesise the whole file from its log-mel spectrogram.
 A class-conditional checkpoint (trained with cond=class) takes ``label=N`` (N samples of class N) or
-``label=all`` (N samples of every class, files ``PREFIX_cKKK_*``, and for images ``PREFIX_grid.png`` with
-one row per class); ``guidance=W`` is the classifier-free guidance weight (1: none, 0: unconditional).
+``label=all`` (N samples of every class, files ``PREFIX_cKKK_*``, and ``PREFIX_grid.png`` with one row per
+class: images, or spectrograms for audio); ``guidance=W`` is the classifier-free guidance weight (1: none,
+0: unconditional).
 """
 
 from __future__ import annotations

@@ -146,8 +146,8 @@ class AudioFolder(FileItems):
     what, unreadable = "audio file", (sf.LibsndfileError, RuntimeError, OSError, ValueError)
 
     def __init__(self, files: list[AudioFile], sample_rate: int, length: int, channels: int,
-                 random_crop: bool, transform: ClipTransform):
-        super().__init__(files)
+                 random_crop: bool, transform: ClipTransform, labels: list[int] | None = None):
+        super().__init__(files, labels)
         self.sample_rate, self.length, self.channels = sample_rate, length, channels
         self.random_crop, self.transform = random_crop, transform
 
@@ -253,6 +253,7 @@ class AudioDataModule(DiffusionDataModule):
         self.val_fraction, self.max_bad_fraction = val_fraction, max_bad_fraction
         self.builtin_size = builtin_size
         self.num_bad = self.num_padded = 0
+        self._listing: tuple[list[AudioFile], list[int] | None] | None = None
 
     @property
     def data_shape(self) -> list[int]:
@@ -273,6 +274,23 @@ class AudioDataModule(DiffusionDataModule):
             log.info("%d of %d audio files are resampled to %d Hz.", resampled, len(good), self.sample_rate)
         return good
 
+    def _labelled_files(self) -> tuple[list[AudioFile], list[int] | None]:
+        """The readable clips of ``datamodule.path`` and their class labels (None without labels); once."""
+        if self._listing is None:
+            root = Path(self.path).expanduser()
+            files = self._scan(root)
+            found = self.file_labels(root, [f.path for f in files])
+            if found is not None:
+                self._classes = found[0]
+            self._listing = (files, None if found is None else found[1])
+        return self._listing
+
+    def folder_classes(self) -> list[str]:
+        if not self.path:
+            raise self.no_builtin_labels()
+        self._labelled_files()
+        return self._classes
+
     def shard_decoder(self, train: bool):
         log_mel = LogMel(self.sample_rate, self.n_mels, hop_length=self.hop_length, mono=True) \
             if self.mel_conditioning else None
@@ -284,12 +302,20 @@ class AudioDataModule(DiffusionDataModule):
         if self.train_set is not None or self.is_streaming:
             return
         if self.path:
-            files = self._scan(Path(self.path).expanduser())
+            files, labels = self._labelled_files()
             train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
             args = (self.sample_rate, self.length, self.channels)
-            self.train_set = AudioFolder([files[i] for i in train_idx], *args, True, self.transform)
-            self.val_set = AudioFolder([files[i] for i in val_idx], *args, False, self.transform)
+
+            def pick(idx):
+                return None if labels is None else [labels[i] for i in idx]
+
+            self.train_set = AudioFolder([files[i] for i in train_idx], *args, True, self.transform,
+                                         labels=pick(train_idx))
+            self.val_set = AudioFolder([files[i] for i in val_idx], *args, False, self.transform,
+                                       labels=pick(val_idx))
         else:
+            if self.label_source != "none":
+                raise self.no_builtin_labels()
             full = SyntheticAudio(self.builtin_size, self.length, self.sample_rate, self.channels, self.seed,
                                   self.transform)
             train_idx, val_idx = split_indices(len(full), self.val_fraction, self.seed)

@@ -74,6 +74,21 @@ class AudioMedia:
             paths.append(p)
         return paths
 
+    def save_grid(self, samples: torch.Tensor, per_row: int, path: Path, pad: int = 2) -> Path:
+        """One PNG of log-mel spectrograms, ``per_row`` samples per row (``src.sample label=all``: a row per
+        class), low frequencies at the bottom of each tile."""
+        from PIL import Image
+
+        tiles = [spectrogram_image(w, self.sample_rate, self.n_mels) for w in to_waveforms(samples)]
+        h, w = tiles[0].shape[:2]
+        rows = -(-len(tiles) // per_row)
+        grid = np.zeros((rows * (h + pad) + pad, per_row * (w + pad) + pad, 3), dtype=np.uint8)
+        for i, tile in enumerate(tiles):
+            r, c = divmod(i, per_row)
+            grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = tile
+        Image.fromarray(grid).save(path)
+        return path
+
     def to_wandb(self, samples: torch.Tensor, key: str = "samples") -> dict:
         import wandb
 

@@ -106,8 +106,9 @@ def decode_sample(sample: dict, resolution: int, channels: int, random_flip: boo
 class ImageFolder(FileItems):
     what, unreadable = "image", UNREADABLE
 
-    def __init__(self, files: list[Path], resolution: int, channels: int, random_flip: bool):
-        super().__init__(files)
+    def __init__(self, files: list[Path], resolution: int, channels: int, random_flip: bool,
+                 labels: list[int] | None = None):
+        super().__init__(files, labels)
         self.resolution, self.channels, self.random_flip = resolution, channels, random_flip
 
     def load(self, i: int) -> torch.Tensor:
@@ -177,6 +178,7 @@ class ImageDataModule(DiffusionDataModule):
         self.path, self.resolution, self.channels = path, resolution, channels
         self.random_flip, self.val_fraction = random_flip, val_fraction
         self.max_bad_fraction, self.builtin_size = max_bad_fraction, builtin_size
+        self._listing: tuple[list[Path], list[int] | None] | None = None
 
     @property
     def data_shape(self) -> list[int]:
@@ -187,6 +189,23 @@ class ImageDataModule(DiffusionDataModule):
                             UNREADABLE, self.max_bad_fraction,
                             "built-in data")[0]
 
+    def _labelled_files(self) -> tuple[list[Path], list[int] | None]:
+        """The readable images of ``datamodule.path`` and their class labels (None without labels); once."""
+        if self._listing is None:
+            root = Path(self.path).expanduser()
+            files = self._scan(root)
+            found = self.file_labels(root, files)
+            if found is not None:
+                self._classes = found[0]
+            self._listing = (files, None if found is None else found[1])
+        return self._listing
+
+    def folder_classes(self) -> list[str]:
+        if not self.path:
+            raise self.no_builtin_labels()
+        self._labelled_files()
+        return self._classes
+
     def shard_decoder(self, train: bool):
         return functools.partial(decode_sample, resolution=self.resolution, channels=self.channels,
                                  random_flip=self.random_flip and train)
@@ -195,12 +214,19 @@ class ImageDataModule(DiffusionDataModule):
         if self.train_set is not None or self.is_streaming:
             return
         if self.path:
-            files = self._scan(Path(self.path).expanduser())
+            files, labels = self._labelled_files()
             train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
+
+            def pick(idx):
+                return None if labels is None else [labels[i] for i in idx]
+
             self.train_set = ImageFolder([files[i] for i in train_idx], self.resolution, self.channels,
-                                         self.random_flip)
-            self.val_set = ImageFolder([files[i] for i in val_idx], self.resolution, self.channels, False)
+                                         self.random_flip, labels=pick(train_idx))
+            self.val_set = ImageFolder([files[i] for i in val_idx], self.resolution, self.channels, False,
+                                       labels=pick(val_idx))
         else:
+            if self.label_source != "none":
+                raise self.no_builtin_labels()
             full = SyntheticShapes(self.builtin_size, self.resolution, self.channels, seed=self.seed)
             train_idx, val_idx = split_indices(len(full), self.val_fraction, self.seed)
             self.train_set = Subset(SyntheticShapes(self.builtin_size, self.resolution, self.channels,

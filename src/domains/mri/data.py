@@ -14,8 +14,10 @@ decoded per sample by ``shards``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from monai.data import CacheDataset, PersistentDataset
@@ -53,16 +55,21 @@ class CachedItems(Dataset):
     """
 
     def __init__(
-        self, volumes: Dataset, index: Sequence[tuple[int, int | None]], axis: int, augment: Compose
+        self, volumes: Dataset, index: Sequence[tuple[int, int | None]], axis: int, augment: Compose,
+        labels: Sequence[int] | None = None,
     ):
         self.volumes, self.index, self.axis, self.augment = volumes, list(index), axis, augment
+        self.labels = None if labels is None else list(labels)  # class label per volume (cond=class)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
         v, s = self.index[i]
-        return augment_item(self.volumes[v][KEY], s, self.axis, self.augment)
+        item = augment_item(self.volumes[v][KEY], s, self.axis, self.augment)
+        if self.labels is not None:
+            item["label"] = self.labels[v]
+        return item
 
 
 class MRIDataModule(DiffusionDataModule):
@@ -160,6 +167,54 @@ class MRIDataModule(DiffusionDataModule):
             return None
         return 0
 
+    # ---- class labels (cond=class) -----------------------------------------------------------------
+    def folder_classes(self) -> list[str]:
+        """Classes from the first-level subfolders (or a CSV) of a folder path, or for a datalist .json from
+        each entry's ``datamodule.labels_column`` key (or a CSV); remembered per volume for ``setup``."""
+        if not self.path:
+            raise self.no_builtin_labels()
+        if getattr(self, "_label_of", None) is None:
+            root = Path(self.path).expanduser()
+            if root.is_file() and root.suffix.lower() == ".json" and self.label_source != "csv":
+                self._classes, self._label_of = self._datalist_labels(root)
+            else:
+                items = discover(self.path, self.datalist_key, self.datalist_val_key)
+                items = items[0] + (items[1] or [])
+                folder = root.parent if root.is_file() else root
+                paths = [Path(it[KEY]) for it in items]
+                classes, labels = self.file_labels(folder, paths)
+                self._classes, self._label_of = classes, {it[KEY]: lab for it, lab in zip(items, labels)}
+        return self._classes
+
+    def _datalist_labels(self, root: Path) -> tuple[list[str], dict[str, int]]:
+        from src.labels import class_names
+
+        from .io import NIFTI_SUFFIXES, load_datalist
+
+        try:
+            content = json.loads(root.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"Datalist {root} could not be read as JSON ({e}); fix the file.") from None
+        names: dict[str, str] = {}
+        for key in (self.datalist_key, self.datalist_val_key):
+            if key not in content:
+                continue
+            entries = content[key]
+            for i, (entry, it) in enumerate(zip(entries, load_datalist(root, key))):
+                value = entry.get(self.labels_column)
+                if value is None or isinstance(value, (list, dict)):
+                    raise DataError(f"Datalist {root} entry {i} of '{key}' has no class under "
+                                    f"'{self.labels_column}'; add one to every entry or set "
+                                    "datamodule.labels_column to the key that holds the class.")
+                if isinstance(value, str) and value.lower().endswith(tuple(NIFTI_SUFFIXES)):
+                    raise DataError(f"Datalist {root} entry {i} of '{key}' holds a file ({value}) under "
+                                    f"'{self.labels_column}', a segmentation rather than a class; set "
+                                    "datamodule.labels_column to the key that holds the class.")
+                names[it[KEY]] = str(value)
+        classes = class_names(names.values())
+        index = {c: i for i, c in enumerate(classes)}
+        return classes, {k: index[v] for k, v in names.items()}
+
     # ---- setup ------------------------------------------------------------------------------------
     def _items(self, counter: BadInputCounter) -> tuple[list[dict], list[dict] | None, int]:
         if not self.path:
@@ -242,6 +297,8 @@ class MRIDataModule(DiffusionDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None or self.is_streaming:
             return
+        if self.label_source != "none" and not self.path:
+            raise self.no_builtin_labels()
         counter = BadInputCounter("volume", self.max_bad_fraction)
         train_items, val_items, total = self._items(counter)
         if val_items is None:
@@ -276,10 +333,14 @@ class MRIDataModule(DiffusionDataModule):
                 f"datamodule.min_slice_foreground={self.min_slice_fg} foreground; lower it."
             )
         axis = self.slice_axis
+        labels = None
+        if self.label_source != "none":
+            self.folder_classes()
+            labels = [self._label_of[it[KEY]] for it in items]
         self.train_set = CachedItems(
-            volumes, train_index, axis, augment_chain(self.shape, True, self._flip_axis())
+            volumes, train_index, axis, augment_chain(self.shape, True, self._flip_axis()), labels
         )
-        self.val_set = CachedItems(volumes, val_index, axis, augment_chain(self.shape, False, None))
+        self.val_set = CachedItems(volumes, val_index, axis, augment_chain(self.shape, False, None), labels)
         self.num_volumes = {"train": len(train_ids), "val": len(val_ids)}
         what = "volumes" if self.mode == "volume" else f"slices (axis {axis})"
         log.info(
