@@ -223,7 +223,7 @@ def run_loop(cfg, args) -> dict:
     def build(device):
         backbone = build_backbone(to_plain(cfg.backbone)).to(device)
         objective = build_objective(to_plain(cfg.diffusion))
-        ema = EMA(backbone, **to_plain(cfg.ema))
+        ema = EMA(backbone, **{k: v for k, v in to_plain(cfg.ema).items() if k != "phema"})  # one plain EMA
         opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                 weight_decay=cfg.optim.weight_decay)
 

@@ -163,9 +163,12 @@ class DiffusionModule(pl.LightningModule):
         loss = self.objective.loss(with_label(self.backbone, label), x, u, noise, cond).mean()
         finite = torch.isfinite(loss.detach())  # a tensor, no host sync per micro-batch
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
-        # the all-reduce (and its host sync) only where the value is written: on the logger's steps
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0],
-                 sync_dist=self._on_logging_step())
+        # the all-reduce (and its host sync) only where the value is written: on the logger's steps (Lightning's
+        # sync_dist must not change between calls, so the mean over ranks is taken here)
+        logged = loss.detach()
+        if self._trainer is not None and self.trainer.world_size > 1 and self._on_logging_step():
+            logged = self.trainer.strategy.reduce(logged, reduce_op="mean")
+        self.log("train/loss", logged, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
 
     def _on_logging_step(self) -> bool:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 HYDRA_ENTRIES = {".hydra", "train.log"}
-RUN_ENTRIES = HYDRA_ENTRIES | {"config.yaml", "checkpoints", "samples", "wandb"}
+RUN_ENTRIES = HYDRA_ENTRIES | {"config.yaml", "checkpoints", "samples", "wandb", "metrics.jsonl"}
 
 
 def _is_run_log(name: str) -> bool:  # train.log and the DDP ranks' train_ddp_process_N.log
