@@ -126,7 +126,7 @@ def test_preempted_job_requeues_and_resumes(local_slurm, tmp_path):
     assert ckpt["global_step"] == MAX_STEPS
     assert int(ckpt["state_dict"]["ema.num_updates"]) == MAX_STEPS  # no update lost or repeated
     assert sorted(p.name for p in runs.iterdir()) == [f"slurm-{job}"]  # one run folder across the requeue
-    assert len(list((run / "samples").glob("*.png"))) == 2
+    assert len(list((run / "samples").glob(f"step{MAX_STEPS:07d}_*.png"))) == 2  # sampling.num at the last step
     # W&B offline, from rank 0 only: one offline run per job start, sharing the run's id
     offline = sorted((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and len({p.name.rsplit("-", 1)[1] for p in offline}) == 1, offline
