@@ -307,6 +307,30 @@ class DiffusionDataModule(pl.LightningDataModule):
         raise DataError(f"{type(self).__name__} cannot read class labels from a folder yet; pack labelled "
                         "shards (`python -m datamodules.shards ... --labels folders`) or use cond=none.")
 
+    @staticmethod
+    def item_path(item) -> Path:
+        """The file of one item ``_scan`` lists (the item itself, unless a subclass lists richer records)."""
+        return item
+
+    def labelled_files(self) -> tuple[list, list[int] | None]:
+        """The readable items of ``datamodule.path`` (the subclass's ``_scan``) and their class labels (None
+        without labels), listed once. Sets the label map on the way."""
+        if getattr(self, "_listing", None) is None:
+            root = Path(self.path).expanduser()
+            items = self._scan(root)
+            found = self.file_labels(root, [self.item_path(item) for item in items])
+            if found is not None:
+                self._classes = found[0]
+            self._listing = (items, None if found is None else found[1])
+        return self._listing
+
+    def labelled_folder_classes(self) -> list[str]:
+        """``folder_classes`` of a datamodule that lists its items with ``labelled_files``."""
+        if not self.path:
+            raise self.no_builtin_labels()
+        self.labelled_files()
+        return self._classes
+
     def file_labels(self, root: Path, files: Sequence[Path]) -> tuple[list[str], list[int]] | None:
         """(class names, label per file) for ``files`` under ``root`` as ``labels`` asks, or None."""
         from src.labels import csv_labels, folder_labels

@@ -274,22 +274,12 @@ class AudioDataModule(DiffusionDataModule):
             log.info("%d of %d audio files are resampled to %d Hz.", resampled, len(good), self.sample_rate)
         return good
 
-    def _labelled_files(self) -> tuple[list[AudioFile], list[int] | None]:
-        """The readable clips of ``datamodule.path`` and their class labels (None without labels); once."""
-        if self._listing is None:
-            root = Path(self.path).expanduser()
-            files = self._scan(root)
-            found = self.file_labels(root, [f.path for f in files])
-            if found is not None:
-                self._classes = found[0]
-            self._listing = (files, None if found is None else found[1])
-        return self._listing
+    @staticmethod
+    def item_path(item) -> Path:
+        return item.path
 
     def folder_classes(self) -> list[str]:
-        if not self.path:
-            raise self.no_builtin_labels()
-        self._labelled_files()
-        return self._classes
+        return self.labelled_folder_classes()
 
     def shard_decoder(self, train: bool):
         log_mel = LogMel(self.sample_rate, self.n_mels, hop_length=self.hop_length, mono=True) \
@@ -302,7 +292,7 @@ class AudioDataModule(DiffusionDataModule):
         if self.train_set is not None or self.is_streaming:
             return
         if self.path:
-            files, labels = self._labelled_files()
+            files, labels = self.labelled_files()
             train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
             args = (self.sample_rate, self.length, self.channels)
 

@@ -189,22 +189,8 @@ class ImageDataModule(DiffusionDataModule):
                             UNREADABLE, self.max_bad_fraction,
                             "built-in data")[0]
 
-    def _labelled_files(self) -> tuple[list[Path], list[int] | None]:
-        """The readable images of ``datamodule.path`` and their class labels (None without labels); once."""
-        if self._listing is None:
-            root = Path(self.path).expanduser()
-            files = self._scan(root)
-            found = self.file_labels(root, files)
-            if found is not None:
-                self._classes = found[0]
-            self._listing = (files, None if found is None else found[1])
-        return self._listing
-
     def folder_classes(self) -> list[str]:
-        if not self.path:
-            raise self.no_builtin_labels()
-        self._labelled_files()
-        return self._classes
+        return self.labelled_folder_classes()
 
     def shard_decoder(self, train: bool):
         return functools.partial(decode_sample, resolution=self.resolution, channels=self.channels,
@@ -214,7 +200,7 @@ class ImageDataModule(DiffusionDataModule):
         if self.train_set is not None or self.is_streaming:
             return
         if self.path:
-            files, labels = self._labelled_files()
+            files, labels = self.labelled_files()
             train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
 
             def pick(idx):
