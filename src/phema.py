@@ -158,6 +158,8 @@ class PHEMASnapshots(pl.Callback):
 
 # ---- reconstruction ------------------------------------------------------------------------------------------
 def list_snapshots(run_dir: Path) -> list[Path]:
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a folder; pass the paths.output_dir of a training run.")
     folder = run_dir / "checkpoints" / SNAPSHOT_DIR
     snaps = sorted(p for p in folder.glob("phema-*.pt") if SNAPSHOT_RE.match(p.name)) if folder.is_dir() else []
     if not snaps:
