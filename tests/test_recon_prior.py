@@ -134,6 +134,16 @@ def test_geometry_match_reorients_or_refuses():
         match(model, Geometry((64, 48), (2.0, 2.5), ("P", "R")))
     with pytest.raises(GeometryError):  # an oblique axis (S) cannot be reached by a transpose or flip
         match(model, Geometry((32, 24), (4.0, 5.0), ("S", "R")))
+    # reconstruction accepts another matrix on the same pixel size and axes (a wider or narrower field of
+    # view), never another pixel size
+    wider = Geometry((32, 28), (4.0, 5.0), ("P", "R"))
+    with pytest.raises(GeometryError):
+        match(model, wider)
+    assert match(model, wider, same_matrix=False).identity
+    assert match(model, Geometry((28, 40), (5.0, 4.0), ("R", "A")), same_matrix=False) == Reorientation(
+        transpose=True, flip_rows=True, flip_cols=False)
+    with pytest.raises(GeometryError, match="another pixel size is not"):
+        match(model, Geometry((64, 48), (2.0, 2.5), ("P", "R")), same_matrix=False)
 
 
 @pytest.mark.slow
@@ -177,6 +187,25 @@ def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path
         main(["--checkpoint", str(ckpt), "--input", str(r), "--simulate", "--output", str(tmp_path / "r.nii.gz")])
     err = capsys.readouterr().err
     assert "32x24 slices of 4 x 5 mm" in err and "64x48 slices of 2 x 2.5 mm" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_kspace_of_another_matrix_on_the_same_pixels_is_reconstructed(trained, tmp_path, capsys):
+    """fastMRI files of one protocol vary in width (368 or 372 columns): the prior runs on the input's matrix."""
+    _, ckpt = trained
+    wide = 28  # four more columns of the same 5 mm pixels than the training matrix (24)
+    vol = phantom((H, wide, 4), seed=11).transpose(2, 0, 1).astype(np.float32)
+    truth = vol.astype(np.complex64)
+    mask = undersampling_mask("equispaced", wide, 4, 0.125, 0).numpy()
+    test = write_h5(tmp_path / "wide.h5", truth, mask=mask)
+    out = tmp_path / "wide.nii.gz"
+    summary = main(["--checkpoint", str(ckpt), "--input", str(test), "--output", str(out), "--steps", "2",
+                    "--quiet"])
+    err = capsys.readouterr().err
+    assert "differs from the training matrix" in err and f"{H}x{wide}" in err
+    assert summary["geometry"]["matrix"].startswith(f"the input's matrix {H}x{wide}")
+    assert summary["checks"]["data_residual"] < 1e-3
+    assert nib.load(out).shape == (H, wide, 4)
 
 
 @pytest.mark.slow

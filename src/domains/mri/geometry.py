@@ -108,8 +108,12 @@ def _same_size(a: float, b: float) -> bool:
     return abs(a - b) <= PIXEL_TOLERANCE * max(a, b)
 
 
-def match(trained: Geometry, found: Geometry, what: str = "the input") -> Reorientation:
-    """The transpose/flips taking ``found`` onto ``trained``, or a GeometryError naming both geometries."""
+def match(trained: Geometry, found: Geometry, what: str = "the input", same_matrix: bool = True) -> Reorientation:
+    """The transpose/flips taking ``found`` onto ``trained``, or a GeometryError naming both geometries.
+
+    ``same_matrix=False`` (reconstruction) accepts another matrix on the same pixel size and axes: a field of
+    view cropped or extended by whole pixels, which a convolutional prior runs on unchanged (fastMRI knee
+    k-space is 368 or 372 columns wide, for one)."""
     known = "?" not in trained.axes and "?" not in found.axes
     options = [False, True] if known else [False]
     for transpose in options:
@@ -118,13 +122,15 @@ def match(trained: Geometry, found: Geometry, what: str = "the input") -> Reorie
         pixel = found.pixel_mm[::-1] if transpose else found.pixel_mm
         if known and any(a not in (t, OPPOSITE.get(t)) for a, t in zip(axes, trained.axes)):
             continue
-        if tuple(matrix) != tuple(trained.matrix) or not all(map(_same_size, pixel, trained.pixel_mm)):
+        if (same_matrix and tuple(matrix) != tuple(trained.matrix)) or not all(
+                map(_same_size, pixel, trained.pixel_mm)):
             break
         flips = [known and a != t for a, t in zip(axes, trained.axes)]
         return Reorientation(transpose, *flips)
     raise GeometryError(
         f"The model was trained on {trained.describe()} but {what} has {found.describe()}; these differ by "
-        "more than a transpose or flip, so reconstruct a scan acquired on the model's grid or train a prior "
+        f"more than a transpose or flip{'' if same_matrix else ' (another matrix is fine, another pixel size is not)'}"
+        ", so reconstruct a scan acquired on the model's grid or train a prior "
         "on scans like this one (python -m src.train domain=mri experiment=recon_prior datamodule.path=DIR).")
 
 

@@ -128,8 +128,11 @@ def check_geometry(reconstructor, meas, affine, args):
         print(f"note: the input ({found.describe()}) is reoriented onto the model's grid "
               f"({reconstructor.geometry.describe()}): {turn.describe()}; the output keeps the input's grid",
               file=sys.stderr)
+    note = reconstructor.matrix_note(meas.shape)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return reconstructor, {"model": reconstructor.geometry.describe(), "input": found.describe(),
-                           "reorientation": turn.describe()}
+                           "reorientation": turn.describe(), "matrix": note or "as trained"}
 
 
 def choose_method(reconstructor, meas, args) -> tuple[str, dict]:

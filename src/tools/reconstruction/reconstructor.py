@@ -128,6 +128,7 @@ class Reconstructor:
         # the grid and intensity contract of a recon_prior checkpoint (src/geometry.py); None for older ones
         self.geometry = Geometry.from_dict(geometry) if geometry else None
         self.reorientation = Reorientation()
+        self.grid_checked = False  # orient() accepted the input's grid: its matrix may differ from training's
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
         self.name = name
@@ -195,8 +196,18 @@ class Reconstructor:
         or a GeometryError naming both grids. Models without a contract only get the size check."""
         if self.geometry is not None:
             found = Geometry(found.matrix, found.pixel_mm, found.axes, self.geometry.intensity)
-            self.reorientation = match(self.geometry, found, what)
+            self.reorientation = match(self.geometry, found, what, same_matrix=False)
+            self.grid_checked = True
         return self.reorientation
+
+    def matrix_note(self, shape: tuple[int, int]) -> str | None:
+        """A sentence when an accepted input's matrix differs from the training matrix (same pixel size)."""
+        trained = tuple(int(v) for v in self.module.data_shape[1:])
+        found = tuple(shape)[::-1] if self.reorientation.transpose else tuple(shape)
+        if not self.grid_checked or found == trained:
+            return None
+        return (f"the input's matrix {found[0]}x{found[1]} differs from the training matrix {trained[0]}x{trained[1]} "
+                "on the same pixel size: the convolutional prior runs on the input's field of view as it is")
 
     def intensity_scale(self, meas: Measurement, zf: np.ndarray) -> float:
         """``s`` of the checkpoint's intensity contract: from the measured k-space centre (recon_prior models)
@@ -209,7 +220,7 @@ class Reconstructor:
         trained = tuple(int(v) for v in self.module.data_shape[1:])
         if self.reorientation.transpose:
             shape = tuple(shape)[::-1]
-        if tuple(shape) != trained and not self.allow_resolution_mismatch:
+        if tuple(shape) != trained and not (self.allow_resolution_mismatch or self.grid_checked):
             spacing, axis = self.data_config.get("spacing"), int(self.data_config.get("slice_axis", 2))
             in_plane = [s for a, s in enumerate(spacing or []) if a != axis]
             known = len(in_plane) == 2 and None not in in_plane
