@@ -78,3 +78,25 @@ def test_class_names_leave_the_machine_only_without_patient_data(tmp_path, priva
         for name in NAMES:
             assert name.encode() in blobs and name in page
         assert f"one row per class: 0 ({NAMES[0]}), 1 ({NAMES[1]})".encode() in blobs
+
+
+def test_wandb_captions_name_classes_only_when_allowed():
+    from types import SimpleNamespace
+
+    from src.callbacks import SampleCallback
+
+    module = SimpleNamespace(cond_cfg={"classes": NAMES})
+    label = torch.tensor([0, 0, 1, 1])
+    media = {"kind": "image"}
+    shown = SampleCallback("unused", media, class_names=True)._class_captions(module, label)
+    assert shown == [f"0 ({NAMES[0]})"] * 2 + [f"1 ({NAMES[1]})"] * 2
+    assert SampleCallback("unused", media, class_names=False)._class_captions(module, label) == ["0", "0", "1", "1"]
+
+
+def test_image_grid_on_wandb_has_one_row_per_class():
+    from src.domains.image.media import ImageMedia
+
+    samples = torch.rand(6, 1, 8, 8) * 2 - 1
+    img = ImageMedia().to_wandb(samples, key="k", classes=["0", "0", "1", "1", "2", "2"])["k"]
+    assert img.image.size == (2 * (8 + 2) + 2, 3 * (8 + 2) + 2)  # two per row, three rows
+    assert img._caption == "6 EMA samples, one row per class: 0, 1, 2"
