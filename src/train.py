@@ -233,7 +233,7 @@ def train(cfg: DictConfig) -> dict:
         if wandb_logger:
             private = {"data_path": not privacy.get("upload_data_paths", False),
                        "class_names": bool(privacy.get("patient_data"))}
-            # the model's own hyper-parameters (Lightning would log them unredacted at fit start; see below)
+            # the model's own hyper-parameters, redacted like the config (Lightning's unredacted logging is off)
             hparams = redact(to_plain(dict(model.hparams_initial)), **private)
             wandb_logger.log_hyperparams({**hparams, "config": redact(plain, **private),
                                           "backbone_parameters": model.num_parameters()})

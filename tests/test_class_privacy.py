@@ -100,3 +100,13 @@ def test_image_grid_on_wandb_has_one_row_per_class():
     img = ImageMedia().to_wandb(samples, key="k", classes=["0", "0", "1", "1", "2", "2"])["k"]
     assert img.image.size == (2 * (8 + 2) + 2, 3 * (8 + 2) + 2)  # two per row, three rows
     assert img._caption == "6 EMA samples, one row per class: 0, 1, 2"
+
+
+def test_audio_captions_carry_each_clips_class():
+    from src.domains.audio.media import AudioMedia
+
+    clips = torch.sin(torch.arange(1024.0) / 3).repeat(2, 1, 1) * 0.5
+    logged = AudioMedia(8000).to_wandb(clips, key="k", classes=["0", "1 (dog)"])
+    assert [a._caption for a in logged["k/audio"]] == ["EMA sample 0, class 0", "EMA sample 1, class 1 (dog)"]
+    assert logged["k/spectrogram"][1]._caption == "EMA sample 1, class 1 (dog): log-mel spectrogram"
+    assert AudioMedia(8000).to_wandb(clips, key="k")["k/audio"][0]._caption == "EMA sample 0"
