@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -22,8 +23,10 @@ class SampleCallback(pl.Callback):
 
     def __init__(self, out_dir: str | Path, media: dict, every_n_steps: int = 1000, num: int = 16,
                  sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, class_names: bool = True):
         self.out_dir = Path(out_dir)
+        # captions name the classes of a class-conditional model; with patient data only their indices
+        self.class_names = class_names
         self.media = build_media(media)
         if steps is not None:  # 0 would fall back to diffusion.steps without a word
             positive_int(steps, "sampling.steps")
@@ -47,9 +50,17 @@ class SampleCallback(pl.Callback):
         if trainer.is_global_zero:
             self.media.save(samples, self.out_dir, prefix=f"step{step:07d}")
             media_log = getattr(self.media, "to_wandb", None)
+            extra = {}
+            if label is not None and media_log is not None and "classes" in inspect.signature(media_log).parameters:
+                extra["classes"] = self._class_captions(module, label)
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger) and media_log is not None:
-                    logger.log_metrics(media_log(samples, key="samples/ema"), step=step)
+                    logger.log_metrics(media_log(samples, key="samples/ema", **extra), step=step)
+
+    def _class_captions(self, module, label: torch.Tensor) -> list[str]:
+        """Each sample's class as W&B shows it: ``3 (cat)``, or only ``3`` when names must not leave the machine."""
+        names = (getattr(module, "cond_cfg", None) or {}).get("classes") or []
+        return [f"{c} ({names[c]})" if self.class_names and c < len(names) else str(c) for c in label.tolist()]
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step

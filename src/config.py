@@ -48,15 +48,19 @@ def _looks_like_path(value) -> bool:
                                        or value.startswith("pipe:"))
 
 
-def redact(plain: dict, data_path: bool) -> dict:
+def redact(plain: dict, data_path: bool, class_names: bool = False) -> dict:
     """A copy of a plain config without what must not leave the machine.
 
     With ``data_path``: every path-like entry, at any depth (``datamodule.path``, ``shards.val_path``,
     ``cache_dir``, ``ckpt_path``, ``paths.*``, URLs), since folder and file names may carry a patient's name.
+    With ``class_names``: the class names of a class-conditional model (``cond.classes``, the label map read
+    from folder names or a CSV column, which may name patients or sites); the class count stays.
     """
 
     def walk(node, key=""):
         if isinstance(node, dict):
+            if class_names and key == "cond" and node.get("classes") is not None:
+                node = {**node, "classes": REDACTED}
             return {k: walk(v, str(k)) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v, key) for v in node]

@@ -169,7 +169,8 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
         ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
         RunEvents(),  # start/resume, preemption and end in RUN_DIR/metrics.jsonl; final metrics in the W&B summary
         sample_preview(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
-                       sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size),
+                       sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size,
+                       class_names=not privacy.get("patient_data")),
         RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
         LearningRateMonitor(logging_interval="step"),
@@ -212,6 +213,7 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg, dm.data_shape, cond=module_cond(to_plain(cfg.get("cond")), dm))
     if hasattr(model, "backbone"):  # the backbone says which sizes it takes (latent runs: the latent's)
         check_data_shape(model.data_shape, model.backbone)
+    model._log_hyperparams = False  # its hparams (cond.classes, paths) reach W&B redacted, logged below
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
@@ -229,8 +231,12 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
         if wandb_logger:
-            safe = redact(plain, data_path=not privacy.get("upload_data_paths", False))
-            wandb_logger.log_hyperparams({"config": safe, "backbone_parameters": model.num_parameters()})
+            private = {"data_path": not privacy.get("upload_data_paths", False),
+                       "class_names": bool(privacy.get("patient_data"))}
+            # the model's own hyper-parameters, redacted like the config (Lightning's unredacted logging is off)
+            hparams = redact(to_plain(dict(model.hparams_initial)), **private)
+            wandb_logger.log_hyperparams({**hparams, "config": redact(plain, **private),
+                                          "backbone_parameters": model.num_parameters()})
     if ckpt_path and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
         raise CheckpointError(f"{ckpt_path} is a sharded (trainer=fsdp) checkpoint; resume it with "
                               "trainer=fsdp (any number of devices), or make it one file with "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import redact
 from . import ReportError
 from .metrics_file import FILENAME, RunLog, read_metrics
 
@@ -57,6 +58,9 @@ def load_run(path: str | Path) -> Run:
                           "config a training run wrote, so pass an untouched run folder.") from None
     if not isinstance(config, dict):
         raise ReportError(f"{config_file} does not hold a run config (a mapping); {HINT}.")
+    if (config.get("privacy") or {}).get("patient_data"):
+        # the page is made to be shared: as in the W&B config, no path and no class name (both may name patients)
+        config = redact(config, data_path=True, class_names=True)
     metrics = path / FILENAME
     run = Run(path=path.resolve(), name=path.resolve().name, shown=str(path), config=config,
               log=read_metrics(metrics) if metrics.is_file() else None)

@@ -89,14 +89,16 @@ class AudioMedia:
         Image.fromarray(grid).save(path)
         return path
 
-    def to_wandb(self, samples: torch.Tensor, key: str = "samples") -> dict:
+    def to_wandb(self, samples: torch.Tensor, key: str = "samples", classes: list[str] | None = None) -> dict:
+        """A player and a spectrogram per clip; ``classes`` (each clip's class caption) joins their captions."""
         import wandb
 
         waves = for_listening(to_waveforms(samples))
         audio, spectrograms = [], []
         for i, wave in enumerate(waves):
             data = wave[0].numpy() if wave.shape[0] == 1 else wave.T.numpy()
-            audio.append(wandb.Audio(data, sample_rate=self.sample_rate, caption=f"EMA sample {i}"))
+            name = f"EMA sample {i}" + (f", class {classes[i]}" if classes else "")
+            audio.append(wandb.Audio(data, sample_rate=self.sample_rate, caption=name))
             spectrograms.append(wandb.Image(spectrogram_image(wave, self.sample_rate, self.n_mels),
-                                            caption=f"EMA sample {i}: log-mel spectrogram"))
+                                            caption=f"{name}: log-mel spectrogram"))
         return {f"{key}/audio": audio, f"{key}/spectrogram": spectrograms}
