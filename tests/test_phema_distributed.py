@@ -50,7 +50,8 @@ def _max_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+# FSDP2 only: DDP keeps whole tensors on every rank, and its profiles are covered by the resume test
+@pytest.mark.parametrize("strategy", ["fsdp"])
 def test_snapshots_of_a_two_process_run_are_whole_and_follow_the_power_profiles(tmp_path, strategy):
     run = tmp_path / "run"
     run_train([*TINY, f"trainer={strategy}", "trainer.accelerator=cpu", "trainer.devices=2",
