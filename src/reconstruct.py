@@ -80,15 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "(fastMRI .h5 references are always centre-cropped, as fastMRI does)")
     out.add_argument("--allow-reference-mismatch", action="store_true",
                      help="score against a reference that does not look like the reconstructed region")
-    out.add_argument("--num-samples", type=int, default=1,
-                     help="posterior samples; >1 writes their mean and OUT.std.nii.gz (per-voxel std)")
+    out.add_argument("--num-samples", type=int, default=None,
+                     help="posterior samples; >1 writes their mean and OUT.std.nii.gz (per-voxel std); default: "
+                          "the checkpoint's reconstruction.num_samples (experiment=recon_prior tunes it), else 1")
     out.add_argument("--compare-cs", action="store_true", help="also run compressed sensing: OUT.cs.nii.gz "
                                                                "and its metrics")
     out.add_argument("--save-zero-filled", action="store_true", help="also write OUT.zero_filled.nii.gz")
     samp = p.add_argument_group("diffusion sampler")
     samp.add_argument("--steps", type=int, default=None,
                       help="sampler steps (default: the model's diffusion.steps)")
-    samp.add_argument("--eta", type=float, default=0.85, help="DDIM noise (0 = deterministic)")
+    samp.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic); default: the "
+                                                              "checkpoint's reconstruction.eta, else 0.85")
     samp.add_argument("--cg-iters", type=int, default=5, help="conjugate-gradient iterations per data step "
                                                               "(multi-coil)")
     samp.add_argument("--batch-size", type=int, default=8, help="slices per network call")
@@ -210,7 +212,8 @@ def run(args) -> dict:
     if auto is not None:
         summary["auto"] = auto
     if method == "diffusion":
-        summary.update(steps=reconstructor.steps, eta=reconstructor.eta, num_samples=args.num_samples,
+        summary.update(steps=reconstructor.steps, eta=reconstructor.eta,
+                       num_samples=reconstructor.num_samples if args.num_samples is None else args.num_samples,
                        seed=args.seed, checkpoint=str(args.checkpoint))
     if reference is not None:
         summary["metrics"] = metrics_against(reference, image, zf, cs_image, args)

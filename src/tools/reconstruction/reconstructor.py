@@ -121,7 +121,7 @@ class Reconstructor:
     """
 
     def __init__(self, module, run_config: dict | None = None, device: str | torch.device = "cpu",
-                 steps: int | None = None, eta: float = 0.85, cg_iters: int = 5, batch_size: int = 8,
+                 steps: int | None = None, eta: float | None = None, cg_iters: int = 5, batch_size: int = 8,
                  use_ema: bool = True, allow_resolution_mismatch: bool = False,
                  intensity_percentile: float | None = None, name: str = "model", geometry: dict | None = None):
         check_model(module, run_config, name)
@@ -133,7 +133,11 @@ class Reconstructor:
         self.module = module.to(self.device).eval()
         self.name = name
         self.steps = int(steps or module.diffusion_cfg.get("steps") or 50)
-        self.eta, self.cg_iters, self.batch_size = float(eta), int(cg_iters), int(batch_size)
+        # the defaults the training config chose for this prior (experiment=recon_prior: docs/reconstruction.md)
+        tuned = dict((run_config or {}).get("reconstruction") or {})
+        self.eta = float(eta if eta is not None else tuned.get("eta", 0.85))
+        self.num_samples = int(tuned.get("num_samples", 1))
+        self.cg_iters, self.batch_size = int(cg_iters), int(batch_size)
         self.use_ema, self.allow_resolution_mismatch = use_ema, allow_resolution_mismatch
         trained = ((run_config or {}).get("datamodule") or {}).get("intensity_percentile", 99.5)
         self.data_config = dict((run_config or {}).get("datamodule") or {})
@@ -155,15 +159,18 @@ class Reconstructor:
                    geometry=ckpt.get("geometry"), **options)
 
     # ---- public API -----------------------------------------------------------------------------------
-    def reconstruct(self, kspace, mask=None, num_samples: int = 1, seed: int = 0) -> np.ndarray:
+    def reconstruct(self, kspace, mask=None, num_samples: int | None = None, seed: int = 0) -> np.ndarray:
         """Magnitude image ``(S, H, W)`` (or ``(H, W)`` for a 2D k-space); see ``run`` for everything else."""
         image = self.run(kspace, mask, num_samples=num_samples, seed=seed).image
         return image[0] if len(kspace.shape) == 2 and not isinstance(kspace, Measurement) else image
 
-    def run(self, kspace, mask=None, num_samples: int = 1, seed: int = 0,
+    def run(self, kspace, mask=None, num_samples: int | None = None, seed: int = 0,
             progress: bool = False) -> Reconstruction:
+        """``num_samples`` posterior samples (default: the checkpoint's ``reconstruction.num_samples``, else 1)
+        whose mean is ``image``."""
         meas = kspace if isinstance(kspace, Measurement) else as_measurement(kspace, mask)
         self.check_resolution(meas.shape)
+        num_samples = self.num_samples if num_samples is None else num_samples
         if num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {num_samples}.")
         t0 = time.perf_counter()
