@@ -1,7 +1,7 @@
 """Reconstruction study: zero-filled vs compressed sensing vs diffusion prior on held-out MRI slices.
 
     python benchmarks/recon_study.py --out outputs/recon_study [--train-steps 600] [--test-slices 16]
-    python benchmarks/recon_study.py --data real --out outputs/recon_study_real [--train-minutes 8]
+    python benchmarks/recon_study.py --data real --out outputs/recon_study_real [--train-minutes 10]
 
 ``--data real`` (benchmarks/recon_study_real.py): a real human head scan that an installed package ships
 (nibabel's ``tests/data/example4d.nii.gz``, 128x96 axial EPI slices of 2 mm), a prior trained with
@@ -105,7 +105,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=["phantoms", "real"], default="phantoms",
                     help="built-in head phantoms, or a real head scan shipped with nibabel")
-    ap.add_argument("--train-minutes", type=float, default=8.0, help="--data real: training time limit")
+    ap.add_argument("--train-minutes", type=float, default=10.0,
+                    help="--data real: training budget in CPU minutes of one thread (setup included)")
+    ap.add_argument("--train-override", nargs="*", default=[],
+                    help="--data real: extra src.train overrides for the prior, e.g. optim.lr=2e-3")
     ap.add_argument("--out", default="outputs/recon_study", help="folder for the training run, reconstructions and results")
     ap.add_argument("--train-steps", type=int, default=600, help="training steps of the slice model")
     ap.add_argument("--test-slices", type=int, default=16, help="held-out slices reconstructed per mask")
@@ -116,7 +119,7 @@ def main() -> None:
     if args.data == "real":
         from benchmarks.recon_study_real import run_real
 
-        return run_real(Path(args.out).resolve(), args.train_minutes, args.seed)
+        return run_real(Path(args.out).resolve(), args.train_minutes, args.seed, args.train_override)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ckpt, train_seconds = train(out, args.train_steps)
