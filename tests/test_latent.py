@@ -224,13 +224,83 @@ def test_autoencoder_nonfinite_step_stops_the_run_with_finite_checkpoints(tmp_pa
             assert not v.is_floating_point() or torch.isfinite(v).all(), f"{path.name}: {k}"
 
 
-def test_perceptual_loss_needs_a_local_weights_file(tmp_path):
+class _Features(torch.nn.Module):
+    """A tiny random conv net returning two feature maps: stands in for a pretrained perceptual network."""
+
+    def __init__(self, dims: int, channels: int = 1):
+        super().__init__()
+        conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+        self.a, self.b = conv(channels, 4, 3, padding=1), conv(4, 6, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        return [a, torch.relu(self.b(a))]
+
+
+def _scripted(tmp_path: Path, dims: int, channels: int = 1) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / f"features{dims}d_{channels}ch.pt"
+    torch.jit.save(torch.jit.script(_Features(dims, channels)), str(path))
+    return path
+
+
+@pytest.mark.parametrize("dims,net_dims,slices", [(2, 2, False), (3, 3, False), (3, 2, True)])
+def test_perceptual_distance_of_a_scripted_network(tmp_path, dims, net_dims, slices):
     from src.latent.networks import build_perceptual
 
+    shape = [1, *([8] * dims)]
+    distance = build_perceptual(str(_scripted(tmp_path, net_dims)), shape, slices=slices)
+    torch.manual_seed(1)
+    x = torch.rand(2, *shape) * 2 - 1
+    assert float(distance(x, x.clone())) == 0.0
+    y = x + 0.3 * torch.randn_like(x)
+    d = distance(y, x)
+    assert float(d) > 0
+    # LPIPS with unit layer weights: channel-normalised maps, squared difference summed over channels, averaged
+    fx, fy = distance.features(x), distance.features(y)
+    assert len(fx) == 2 and fx[0].shape[0] == (2 * 8 if slices else 2)  # slices: every depth slice is an item
+    manual = sum((b / b.norm(dim=1, keepdim=True).add(1e-10) - a / a.norm(dim=1, keepdim=True).add(1e-10))
+                 .square().sum(1).mean() for a, b in zip(fx, fy))
+    torch.testing.assert_close(d, manual)
+
+
+def test_perceptual_loss_trains_the_autoencoder_and_stays_out_of_checkpoints(tmp_path):
+    from src.latent.autoencoder import AutoencoderModule
+
+    weights = _scripted(tmp_path, 2)
+    loss = {"perceptual_weight": 1.0, "perceptual_weights": str(weights)}
+    module = AutoencoderModule(autoencoder={"preset": "tiny"}, data_shape=[1, 16, 16], loss=loss)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    recon, _, _ = module.autoencoder(x)
+    module.perceptual_distance(x.device)(recon, x).backward()
+    grads = [p.grad for p in module.autoencoder.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0  # the gradient reaches the autoencoder
+    assert all(p.grad is None for p in module.perceptual_distance(x.device).net.parameters())  # frozen
+    out = tmp_path / "ae"  # the built-in images are RGB: a 3-channel network
+    res = train(compose(TINY + AE + [f"paths.output_dir={out}", "trainer.max_steps=2", "loss.perceptual_weight=0.5",
+                                     f"loss.perceptual_weights={_scripted(tmp_path, 2, channels=3)}"]))
+    assert res["metrics"]["train/perceptual"] > 0
+    ckpt = _load(out / "checkpoints" / "last.ckpt")
+    assert not any("perceptual" in k or k.startswith(("a.", "b.")) for k in ckpt["state_dict"])
+
+
+def test_perceptual_loss_bad_weights_path_is_one_clear_error(tmp_path):
+    from src.latent.networks import build_perceptual
+
+    shape = [1, 16, 16]
     with pytest.raises(ConfigError, match="needs loss.perceptual_weights=PATH"):
-        build_perceptual(2, None)
-    with pytest.raises(ConfigError, match="is not a file"):
-        build_perceptual(2, str(tmp_path / "resnet50.pth"))
+        build_perceptual(None, shape)
+    with pytest.raises(ConfigError, match=r"loss.perceptual_weights=\S*missing.pt is not a file"):
+        build_perceptual(str(tmp_path / "missing.pt"), shape)
+    junk = tmp_path / "junk.pt"
+    torch.save({"w": torch.zeros(2)}, junk)  # a state dict, not a TorchScript network
+    with pytest.raises(ConfigError, match=r"loss.perceptual_weights=\S*junk.pt cannot be loaded as a TorchScript"):
+        build_perceptual(str(junk), shape)
+    with pytest.raises(ConfigError, match=r"fails on a batch of the data's shape \[1, 1, 16, 16\]"):
+        build_perceptual(str(_scripted(tmp_path, 2, channels=3)), shape)  # a 3-channel network, 1-channel data
+    with pytest.raises(ConfigError, match="perceptual_weights=.*is not a file"):
+        train(compose(TINY + AE + [f"paths.output_dir={tmp_path / 'run'}", "loss.perceptual_weight=0.1",
+                                   f"loss.perceptual_weights={tmp_path / 'missing.pt'}"]))
 
 
 @pytest.mark.slow

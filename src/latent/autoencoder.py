@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 LOSS_DEFAULTS = {"l1_weight": 1.0, "kl_weight": 1e-6, "adversarial_weight": 0.0, "adversarial_warmup_steps": 1000,
-                 "perceptual_weight": 0.0, "perceptual_weights": None}
+                 "perceptual_weight": 0.0, "perceptual_weights": None, "perceptual_slices": False}
 
 
 class AutoencoderModule(pl.LightningModule):
@@ -66,9 +66,11 @@ class AutoencoderModule(pl.LightningModule):
             self.discriminator = build_discriminator(dims, data_shape[0], **(discriminator or {}))
             self.adversarial = PatchAdversarialLoss(criterion="least_squares")
         self.disc_cfg = dict(discriminator or {})
-        self.perceptual = None
+        # held outside the module tree: the frozen feature network is no part of checkpoints, DDP or FSDP
+        self._perceptual: list = []
         if float(self.loss_cfg["perceptual_weight"]) > 0:
-            self.perceptual = build_perceptual(dims, self.loss_cfg["perceptual_weights"])
+            self._perceptual.append(build_perceptual(self.loss_cfg["perceptual_weights"], self.data_shape,
+                                                     slices=bool(self.loss_cfg["perceptual_slices"])))
         self._consecutive_skips = 0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -105,8 +107,8 @@ class AutoencoderModule(pl.LightningModule):
         kl = kl_divergence(z_mu.float(), z_sigma.float())
         loss = c["l1_weight"] * l1 + c["kl_weight"] * kl
         logs = {"train/l1": l1, "train/kl": kl}
-        if self.perceptual is not None:
-            p = self.perceptual((recon.float() + 1) / 2, (x.float() + 1) / 2)
+        if self._perceptual:
+            p = self.perceptual_distance(x.device)(recon.float(), x.float())
             loss = loss + c["perceptual_weight"] * p
             logs["train/perceptual"] = p
         adversarial = self._adversarial_on()
@@ -147,6 +149,13 @@ class AutoencoderModule(pl.LightningModule):
         self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=bs,
                       sync_dist=True)
         return loss.detach()
+
+    def perceptual_distance(self, device: torch.device):
+        """The perceptual distance (loss.perceptual_weights), moved to ``device`` on first use."""
+        distance = self._perceptual[0]
+        if next(iter(distance.net.parameters()), torch.empty(0, device=device)).device != device:
+            distance.to(device)
+        return distance
 
     def _clip(self, opt) -> None:
         clip = self.optim_cfg.get("grad_clip")
