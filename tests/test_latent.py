@@ -392,3 +392,65 @@ def test_class_conditional_latent_diffusion_samples_a_grid_per_class(tmp_path):
     assert Image.open(tmp_path / "drawn" / "sample_c000_00000.png").size == (16, 16)
     grid = Image.open(tmp_path / "drawn" / "sample_grid.png")
     assert grid.size == (2 * (16 + 2) + 2, 2 * (16 + 2) + 2)  # two per row, one row per class, data-sized tiles
+
+
+def _stage1_state(path: Path) -> dict:
+    """Weights, EMA, both optimizers' moments, schedules and step of a stage-1 checkpoint file or sharded folder."""
+    if not path.is_dir():
+        ckpt = _load(path)
+        return {"state_dict": ckpt["state_dict"], "global_step": ckpt["global_step"],
+                "lr_schedulers": ckpt["lr_schedulers"],
+                "optimizers": [o["state"] for o in ckpt["optimizer_states"]]}
+    from src.consolidate import load_shards
+
+    meta = _load(path / "meta.pt")
+    shards = load_shards(path, {"state_dict", "optimizer_0", "optimizer_1"})
+    optimizers = []
+    for i in range(2):
+        opt = shards.get(f"optimizer_{i}")
+        assert opt is not None, f"{path}: no optimizer_{i} in the shards"
+        names = [n for g in opt["param_groups"] for n in g["params"]]  # keyed by name; files key by position
+        optimizers.append({j: opt["state"][n] for j, n in enumerate(names)})
+    return {"state_dict": shards["state_dict"], "global_step": meta["global_step"],
+            "lr_schedulers": meta["lr_schedulers"], "optimizers": optimizers}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_rank_fsdp_autoencoder_with_discriminator_resumes_exactly(tmp_path):
+    """trainer=fsdp (FSDP2, gloo, 2 CPU ranks) for stage 1 with the discriminator: sharded checkpoints with both
+    optimizers; 4 steps + resume to 8 equals 8 straight steps; stage 2 then reads the sharded autoencoder."""
+    from .dist_helpers import TINY as DIST, max_abs_diff, run_train
+
+    n = 8
+    common = [*DIST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "stage=autoencoder",
+              "loss.kl_weight=1e-3", "loss.adversarial_weight=0.1", "loss.adversarial_warmup_steps=3",
+              "discriminator.num_layers=1", f"optim.total_steps={n}", f"checkpoint.every_n_steps={n // 2}",
+              "sampling.num=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train([*common, f"trainer.max_steps={n}", f"paths.output_dir={straight}"], timeout=300)
+    run_train([*common, f"trainer.max_steps={n // 2}", f"paths.output_dir={resumed}"], timeout=300)
+    half = _stage1_state(resumed / "checkpoints" / "last.ckpt")
+    assert half["global_step"] == n // 2
+    second = run_train([*common, f"trainer.max_steps={n}", f"paths.output_dir={resumed}"], timeout=300)
+    assert f"at step {n // 2}" in second.stderr + second.stdout, "the second run did not resume"
+    assert (straight / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # sharded: a folder of shards
+    a = _stage1_state(straight / "checkpoints" / "last.ckpt")
+    b = _stage1_state(resumed / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == n and int(a["state_dict"]["ema.num_updates"]) == n
+    assert any(k.startswith("discriminator.") for k in a["state_dict"])
+    assert all(len(o) > 0 for o in a["optimizers"])  # the discriminator's optimizer stepped (after warm-up)
+    assert max_abs_diff(half["state_dict"], b["state_dict"]) > 1e-4  # the resumed half trained
+    for part in ("state_dict", "optimizers", "lr_schedulers"):
+        diff = max_abs_diff(a[part], b[part], part)
+        assert diff <= 1e-6, f"{part} differs by {diff:.3g} between straight and resumed runs"
+    # previews of the sharded EMA autoencoder (every rank joins the gathered forward)
+    assert len(list((straight / "samples").glob(f"step{n:07d}_recon_*.png"))) == 2
+    # stage 2 reads the sharded stage-1 checkpoint (consolidated in memory)
+    ld = tmp_path / "ld"
+    train(compose(TINY + [f"paths.output_dir={ld}", "trainer.max_steps=1",
+                          f"latent.autoencoder={straight / 'checkpoints' / 'last.ckpt'}"]))
+    ckpt = _load(ld / "checkpoints" / "last.ckpt")
+    assert ckpt["hyper_parameters"]["latent"]["source"]["sha256"] == file_sha256(straight / "checkpoints" / "last.ckpt")
+    torch.testing.assert_close(ckpt["state_dict"]["latent.autoencoder.decoder.blocks.0.conv.weight"],
+                               a["state_dict"]["ema.module.decoder.blocks.0.conv.weight"])
