@@ -394,6 +394,35 @@ def test_class_conditional_latent_diffusion_samples_a_grid_per_class(tmp_path):
     assert grid.size == (2 * (16 + 2) + 2, 2 * (16 + 2) + 2)  # two per row, one row per class, data-sized tiles
 
 
+def test_stage1_reduces_training_values_over_ranks_on_logging_steps_only():
+    """One all-reduce of all training values, on the logger's steps only; sync_dist never set (Lightning
+    refuses a change between calls, and sync_dist=True would all-reduce every value on every step)."""
+    from types import SimpleNamespace
+
+    from src.latent.autoencoder import AutoencoderModule
+
+    module = AutoencoderModule(autoencoder={"preset": "tiny"}, data_shape=[1, 16, 16])
+    reduced, logged = [], {}
+
+    def reduce(t, reduce_op):
+        assert reduce_op == "mean"
+        reduced.append(t.clone())
+        return t / 2  # what a mean with a zero-valued second rank gives
+
+    connector = SimpleNamespace(should_update_logs=False)
+    module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce),
+                                      _logger_connector=connector)
+    module.log = lambda name, value, **kw: logged.__setitem__(name, (float(value), kw))
+    values = {"train/loss": torch.tensor(1.0), "train/l1": torch.tensor(4.0, requires_grad=True)}
+    module._log_train(values, batch_size=4)
+    assert reduced == [] and logged["train/l1"][0] == 4.0  # not a logging step: no collective
+    connector.should_update_logs = True
+    module._log_train(values, batch_size=4)
+    assert len(reduced) == 1 and reduced[0].tolist() == [1.0, 4.0]  # one collective for all values
+    assert logged["train/loss"][0] == 0.5 and logged["train/l1"][0] == 2.0
+    assert all(not kw.get("sync_dist", False) for _, kw in logged.values())
+
+
 def _stage1_state(path: Path) -> dict:
     """Weights, EMA, both optimizers' moments, schedules and step of a stage-1 checkpoint file or sharded folder."""
     if not path.is_dir():
