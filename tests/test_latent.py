@@ -448,7 +448,8 @@ def _stage1_state(path: Path) -> dict:
 @pytest.mark.timeout(600)
 def test_two_rank_fsdp_autoencoder_with_discriminator_resumes_exactly(tmp_path):
     """trainer=fsdp (FSDP2, gloo, 2 CPU ranks) for stage 1 with the discriminator: sharded checkpoints with both
-    optimizers; 4 steps + resume to 8 equals 8 straight steps; stage 2 then reads the sharded autoencoder."""
+    optimizers; 4 steps + resume to 8 equals 8 straight steps; stage 2 (under FSDP2 too) then reads the sharded
+    autoencoder."""
     from .dist_helpers import TINY as DIST, max_abs_diff, run_train
 
     n = 8
@@ -475,11 +476,15 @@ def test_two_rank_fsdp_autoencoder_with_discriminator_resumes_exactly(tmp_path):
         assert diff <= 1e-6, f"{part} differs by {diff:.3g} between straight and resumed runs"
     # previews of the sharded EMA autoencoder (every rank joins the gathered forward)
     assert len(list((straight / "samples").glob(f"step{n:07d}_recon_*.png"))) == 2
-    # stage 2 reads the sharded stage-1 checkpoint (consolidated in memory)
+    # stage 2, also under trainer=fsdp, reads the sharded stage-1 checkpoint (consolidated in memory)
+    from src.checkpoint import load_checkpoint
+
     ld = tmp_path / "ld"
-    train(compose(TINY + [f"paths.output_dir={ld}", "trainer.max_steps=1",
-                          f"latent.autoencoder={straight / 'checkpoints' / 'last.ckpt'}"]))
-    ckpt = _load(ld / "checkpoints" / "last.ckpt")
+    run_train([*DIST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+               "checkpoint.every_n_steps=2", f"latent.autoencoder={straight / 'checkpoints' / 'last.ckpt'}",
+               f"paths.output_dir={ld}"], timeout=300)
+    ckpt = load_checkpoint(ld / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2 and float(ckpt["state_dict"]["latent.scale_factor"]) > 0
     assert ckpt["hyper_parameters"]["latent"]["source"]["sha256"] == file_sha256(straight / "checkpoints" / "last.ckpt")
     torch.testing.assert_close(ckpt["state_dict"]["latent.autoencoder.decoder.blocks.0.conv.weight"],
                                a["state_dict"]["ema.module.decoder.blocks.0.conv.weight"])
