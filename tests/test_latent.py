@@ -224,13 +224,83 @@ def test_autoencoder_nonfinite_step_stops_the_run_with_finite_checkpoints(tmp_pa
             assert not v.is_floating_point() or torch.isfinite(v).all(), f"{path.name}: {k}"
 
 
-def test_perceptual_loss_needs_a_local_weights_file(tmp_path):
+class _Features(torch.nn.Module):
+    """A tiny random conv net returning two feature maps: stands in for a pretrained perceptual network."""
+
+    def __init__(self, dims: int, channels: int = 1):
+        super().__init__()
+        conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+        self.a, self.b = conv(channels, 4, 3, padding=1), conv(4, 6, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        return [a, torch.relu(self.b(a))]
+
+
+def _scripted(tmp_path: Path, dims: int, channels: int = 1) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / f"features{dims}d_{channels}ch.pt"
+    torch.jit.save(torch.jit.script(_Features(dims, channels)), str(path))
+    return path
+
+
+@pytest.mark.parametrize("dims,net_dims,slices", [(2, 2, False), (3, 3, False), (3, 2, True)])
+def test_perceptual_distance_of_a_scripted_network(tmp_path, dims, net_dims, slices):
     from src.latent.networks import build_perceptual
 
+    shape = [1, *([8] * dims)]
+    distance = build_perceptual(str(_scripted(tmp_path, net_dims)), shape, slices=slices)
+    torch.manual_seed(1)
+    x = torch.rand(2, *shape) * 2 - 1
+    assert float(distance(x, x.clone())) == 0.0
+    y = x + 0.3 * torch.randn_like(x)
+    d = distance(y, x)
+    assert float(d) > 0
+    # LPIPS with unit layer weights: channel-normalised maps, squared difference summed over channels, averaged
+    fx, fy = distance.features(x), distance.features(y)
+    assert len(fx) == 2 and fx[0].shape[0] == (2 * 8 if slices else 2)  # slices: every depth slice is an item
+    manual = sum((b / b.norm(dim=1, keepdim=True).add(1e-10) - a / a.norm(dim=1, keepdim=True).add(1e-10))
+                 .square().sum(1).mean() for a, b in zip(fx, fy))
+    torch.testing.assert_close(d, manual)
+
+
+def test_perceptual_loss_trains_the_autoencoder_and_stays_out_of_checkpoints(tmp_path):
+    from src.latent.autoencoder import AutoencoderModule
+
+    weights = _scripted(tmp_path, 2)
+    loss = {"perceptual_weight": 1.0, "perceptual_weights": str(weights)}
+    module = AutoencoderModule(autoencoder={"preset": "tiny"}, data_shape=[1, 16, 16], loss=loss)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    recon, _, _ = module.autoencoder(x)
+    module.perceptual_distance(x.device)(recon, x).backward()
+    grads = [p.grad for p in module.autoencoder.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0  # the gradient reaches the autoencoder
+    assert all(p.grad is None for p in module.perceptual_distance(x.device).net.parameters())  # frozen
+    out = tmp_path / "ae"  # the built-in images are RGB: a 3-channel network
+    res = train(compose(TINY + AE + [f"paths.output_dir={out}", "trainer.max_steps=2", "loss.perceptual_weight=0.5",
+                                     f"loss.perceptual_weights={_scripted(tmp_path, 2, channels=3)}"]))
+    assert res["metrics"]["train/perceptual"] > 0
+    ckpt = _load(out / "checkpoints" / "last.ckpt")
+    assert not any("perceptual" in k or k.startswith(("a.", "b.")) for k in ckpt["state_dict"])
+
+
+def test_perceptual_loss_bad_weights_path_is_one_clear_error(tmp_path):
+    from src.latent.networks import build_perceptual
+
+    shape = [1, 16, 16]
     with pytest.raises(ConfigError, match="needs loss.perceptual_weights=PATH"):
-        build_perceptual(2, None)
-    with pytest.raises(ConfigError, match="is not a file"):
-        build_perceptual(2, str(tmp_path / "resnet50.pth"))
+        build_perceptual(None, shape)
+    with pytest.raises(ConfigError, match=r"loss.perceptual_weights=\S*missing.pt is not a file"):
+        build_perceptual(str(tmp_path / "missing.pt"), shape)
+    junk = tmp_path / "junk.pt"
+    torch.save({"w": torch.zeros(2)}, junk)  # a state dict, not a TorchScript network
+    with pytest.raises(ConfigError, match=r"loss.perceptual_weights=\S*junk.pt cannot be loaded as a TorchScript"):
+        build_perceptual(str(junk), shape)
+    with pytest.raises(ConfigError, match=r"fails on a batch of the data's shape \[1, 1, 16, 16\]"):
+        build_perceptual(str(_scripted(tmp_path, 2, channels=3)), shape)  # a 3-channel network, 1-channel data
+    with pytest.raises(ConfigError, match="perceptual_weights=.*is not a file"):
+        train(compose(TINY + AE + [f"paths.output_dir={tmp_path / 'run'}", "loss.perceptual_weight=0.1",
+                                   f"loss.perceptual_weights={tmp_path / 'missing.pt'}"]))
 
 
 @pytest.mark.slow
@@ -281,3 +351,140 @@ def test_two_rank_ddp_autoencoder_with_discriminator_then_latent(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(list((ld / "samples").glob("step0000004_*.png"))) == 2
     assert float(_load(ld / "checkpoints" / "last.ckpt")["state_dict"]["latent.scale_factor"]) > 0
+
+
+def _two_class_folder(root: Path, per_class: int = 4) -> None:
+    """16x16 grey PNGs in two class subfolders: dark noise and bright noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, lo in (("dark", 0), ("bright", 160)):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(lo, lo + 96, (16, 16), dtype=np.uint8)).save(root / name / f"{k}.png")
+
+
+def test_class_conditional_latent_diffusion_samples_a_grid_per_class(tmp_path):
+    """cond=class in latent space: labels reach the latent backbone, src.sample label=all decodes a grid."""
+    from PIL import Image
+
+    from src.sample import main
+
+    _two_class_folder(tmp_path / "data")
+    data = ["domain=image", f"datamodule.path={tmp_path / 'data'}", "datamodule.channels=1", "cond=class"]
+    ae, ld = tmp_path / "ae", tmp_path / "ld"
+    train(compose(TINY + data + AE + [f"paths.output_dir={ae}", "trainer.max_steps=2"]))
+    train(compose(TINY + data + [f"paths.output_dir={ld}", "trainer.max_steps=2",
+                                 f"latent.autoencoder={ae / 'checkpoints' / 'last.ckpt'}"]))
+    ckpt = ld / "checkpoints" / "last.ckpt"
+    hp = _load(ckpt)["hyper_parameters"]
+    assert hp["cond"]["classes"] == ["bright", "dark"] and hp["latent"]["arch"]["in_channels"] == 1
+    module, _ = module_from_checkpoint(ckpt)
+    assert isinstance(module, LatentDiffusionModule) and module.num_classes == 2
+    # the label changes the sample (same seed, same noise): the class embedding is used in latent space
+    a, b = (module.sample(1, steps=2, seed=0, label=torch.tensor([c]), guidance=2.0) for c in (0, 1))
+    assert a.shape == (1, 1, 16, 16) and not torch.allclose(a, b)
+    main([f"ckpt={ckpt}", "label=all", "guidance=2", "num_samples=2", "steps=2", "seed=0", "device=cpu",
+          f"out={tmp_path / 'drawn'}"])
+    names = sorted(p.name for p in (tmp_path / "drawn").glob("sample_c*.png"))
+    assert names == [f"sample_c{c:03d}_{k:05d}.png" for c in range(2) for k in range(2)]
+    assert Image.open(tmp_path / "drawn" / "sample_c000_00000.png").size == (16, 16)
+    grid = Image.open(tmp_path / "drawn" / "sample_grid.png")
+    assert grid.size == (2 * (16 + 2) + 2, 2 * (16 + 2) + 2)  # two per row, one row per class, data-sized tiles
+
+
+def test_stage1_reduces_training_values_over_ranks_on_logging_steps_only():
+    """One all-reduce of all training values, on the logger's steps only; sync_dist never set (Lightning
+    refuses a change between calls, and sync_dist=True would all-reduce every value on every step)."""
+    from types import SimpleNamespace
+
+    from src.latent.autoencoder import AutoencoderModule
+
+    module = AutoencoderModule(autoencoder={"preset": "tiny"}, data_shape=[1, 16, 16])
+    reduced, logged = [], {}
+
+    def reduce(t, reduce_op):
+        assert reduce_op == "mean"
+        reduced.append(t.clone())
+        return t / 2  # what a mean with a zero-valued second rank gives
+
+    connector = SimpleNamespace(should_update_logs=False)
+    module._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(reduce=reduce),
+                                      _logger_connector=connector)
+    module.log = lambda name, value, **kw: logged.__setitem__(name, (float(value), kw))
+    values = {"train/loss": torch.tensor(1.0), "train/l1": torch.tensor(4.0, requires_grad=True)}
+    module._log_train(values, batch_size=4)
+    assert reduced == [] and logged["train/l1"][0] == 4.0  # not a logging step: no collective
+    connector.should_update_logs = True
+    module._log_train(values, batch_size=4)
+    assert len(reduced) == 1 and reduced[0].tolist() == [1.0, 4.0]  # one collective for all values
+    assert logged["train/loss"][0] == 0.5 and logged["train/l1"][0] == 2.0
+    assert all(not kw.get("sync_dist", False) for _, kw in logged.values())
+
+
+def _stage1_state(path: Path) -> dict:
+    """Weights, EMA, both optimizers' moments, schedules and step of a stage-1 checkpoint file or sharded folder."""
+    if not path.is_dir():
+        ckpt = _load(path)
+        return {"state_dict": ckpt["state_dict"], "global_step": ckpt["global_step"],
+                "lr_schedulers": ckpt["lr_schedulers"],
+                "optimizers": [o["state"] for o in ckpt["optimizer_states"]]}
+    from src.consolidate import load_shards
+
+    meta = _load(path / "meta.pt")
+    shards = load_shards(path, {"state_dict", "optimizer_0", "optimizer_1"})
+    optimizers = []
+    for i in range(2):
+        opt = shards.get(f"optimizer_{i}")
+        assert opt is not None, f"{path}: no optimizer_{i} in the shards"
+        names = [n for g in opt["param_groups"] for n in g["params"]]  # keyed by name; files key by position
+        optimizers.append({j: opt["state"][n] for j, n in enumerate(names)})
+    return {"state_dict": shards["state_dict"], "global_step": meta["global_step"],
+            "lr_schedulers": meta["lr_schedulers"], "optimizers": optimizers}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_rank_fsdp_autoencoder_with_discriminator_resumes_exactly(tmp_path):
+    """trainer=fsdp (FSDP2, gloo, 2 CPU ranks) for stage 1 with the discriminator: sharded checkpoints with both
+    optimizers; 4 steps + resume to 8 equals 8 straight steps; stage 2 (under FSDP2 too) then reads the sharded
+    autoencoder."""
+    from .dist_helpers import TINY as DIST, max_abs_diff, run_train
+
+    n = 8
+    common = [*DIST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "stage=autoencoder",
+              "loss.kl_weight=1e-3", "loss.adversarial_weight=0.1", "loss.adversarial_warmup_steps=3",
+              "discriminator.num_layers=1", f"optim.total_steps={n}", f"checkpoint.every_n_steps={n // 2}",
+              "sampling.num=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train([*common, f"trainer.max_steps={n}", f"paths.output_dir={straight}"], timeout=300)
+    run_train([*common, f"trainer.max_steps={n // 2}", f"paths.output_dir={resumed}"], timeout=300)
+    half = _stage1_state(resumed / "checkpoints" / "last.ckpt")
+    assert half["global_step"] == n // 2
+    second = run_train([*common, f"trainer.max_steps={n}", f"paths.output_dir={resumed}"], timeout=300)
+    assert f"at step {n // 2}" in second.stderr + second.stdout, "the second run did not resume"
+    assert (straight / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # sharded: a folder of shards
+    a = _stage1_state(straight / "checkpoints" / "last.ckpt")
+    b = _stage1_state(resumed / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == n and int(a["state_dict"]["ema.num_updates"]) == n
+    assert any(k.startswith("discriminator.") for k in a["state_dict"])
+    assert all(len(o) > 0 for o in a["optimizers"])  # the discriminator's optimizer stepped (after warm-up)
+    assert max_abs_diff(half["state_dict"], b["state_dict"]) > 1e-4  # the resumed half trained
+    for part in ("state_dict", "optimizers", "lr_schedulers"):
+        diff = max_abs_diff(a[part], b[part], part)
+        assert diff <= 1e-6, f"{part} differs by {diff:.3g} between straight and resumed runs"
+    # previews of the sharded EMA autoencoder (every rank joins the gathered forward)
+    assert len(list((straight / "samples").glob(f"step{n:07d}_recon_*.png"))) == 2
+    # stage 2, also under trainer=fsdp, reads the sharded stage-1 checkpoint (consolidated in memory)
+    from src.checkpoint import load_checkpoint
+
+    ld = tmp_path / "ld"
+    run_train([*DIST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+               "checkpoint.every_n_steps=2", f"latent.autoencoder={straight / 'checkpoints' / 'last.ckpt'}",
+               f"paths.output_dir={ld}"], timeout=300)
+    ckpt = load_checkpoint(ld / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2 and float(ckpt["state_dict"]["latent.scale_factor"]) > 0
+    assert ckpt["hyper_parameters"]["latent"]["source"]["sha256"] == file_sha256(straight / "checkpoints" / "last.ckpt")
+    torch.testing.assert_close(ckpt["state_dict"]["latent.autoencoder.decoder.blocks.0.conv.weight"],
+                               a["state_dict"]["ema.module.decoder.blocks.0.conv.weight"])

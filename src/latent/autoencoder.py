@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 LOSS_DEFAULTS = {"l1_weight": 1.0, "kl_weight": 1e-6, "adversarial_weight": 0.0, "adversarial_warmup_steps": 1000,
-                 "perceptual_weight": 0.0, "perceptual_weights": None}
+                 "perceptual_weight": 0.0, "perceptual_weights": None, "perceptual_slices": False}
 
 
 class AutoencoderModule(pl.LightningModule):
@@ -66,9 +66,11 @@ class AutoencoderModule(pl.LightningModule):
             self.discriminator = build_discriminator(dims, data_shape[0], **(discriminator or {}))
             self.adversarial = PatchAdversarialLoss(criterion="least_squares")
         self.disc_cfg = dict(discriminator or {})
-        self.perceptual = None
+        # held outside the module tree: the frozen feature network is no part of checkpoints, DDP or FSDP
+        self._perceptual: list = []
         if float(self.loss_cfg["perceptual_weight"]) > 0:
-            self.perceptual = build_perceptual(dims, self.loss_cfg["perceptual_weights"])
+            self._perceptual.append(build_perceptual(self.loss_cfg["perceptual_weights"], self.data_shape,
+                                                     slices=bool(self.loss_cfg["perceptual_slices"])))
         self._consecutive_skips = 0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -84,9 +86,21 @@ class AutoencoderModule(pl.LightningModule):
             strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
 
     def configure_model(self):
-        if getattr(self._trainer.strategy if self._trainer is not None else None, "shard_module", None):
-            raise ConfigError("stage=autoencoder does not support trainer=fsdp; autoencoders are small, use "
-                              "trainer=ddp or a single device.")
+        # trainer=fsdp (FSDP2): the autoencoder and its EMA copy are cut into the same units (the encoder's and
+        # decoder's blocks), so each rank's EMA shard lines up with its weight shard; the discriminator is
+        # sharded on its own (one unit). Other strategies have no shard_module.
+        shard_module = getattr(self._trainer.strategy if self._trainer is not None else None, "shard_module", None)
+        if shard_module is None:
+            return
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        shard_module(self.autoencoder, trainable=True)
+        shard_module(self.ema.module, trainable=False)
+        for net in (self.autoencoder, self.ema.module):
+            # validation and previews call reconstruct(), not forward(): FSDP2 must gather for it too
+            register_fsdp_forward_method(net, "reconstruct")
+        if self.discriminator is not None:
+            shard_module(self.discriminator, trainable=True)
 
     def _adversarial_on(self) -> bool:
         return self.discriminator is not None and self.global_step >= int(self.loss_cfg["adversarial_warmup_steps"])
@@ -105,8 +119,8 @@ class AutoencoderModule(pl.LightningModule):
         kl = kl_divergence(z_mu.float(), z_sigma.float())
         loss = c["l1_weight"] * l1 + c["kl_weight"] * kl
         logs = {"train/l1": l1, "train/kl": kl}
-        if self.perceptual is not None:
-            p = self.perceptual((recon.float() + 1) / 2, (x.float() + 1) / 2)
+        if self._perceptual:
+            p = self.perceptual_distance(x.device)(recon.float(), x.float())
             loss = loss + c["perceptual_weight"] * p
             logs["train/perceptual"] = p
         adversarial = self._adversarial_on()
@@ -142,11 +156,30 @@ class AutoencoderModule(pl.LightningModule):
         for s in scheds:
             s.step()
         self._after_step(ok)
-        bs = x.shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs, sync_dist=True)
-        self.log_dict({k: v.detach() for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=bs,
-                      sync_dist=True)
+        self._log_train({"train/loss": loss, **logs}, x.shape[0])
         return loss.detach()
+
+    def _log_train(self, logs: dict, batch_size: int) -> None:
+        """The training values, as the mean over ranks on the logger's steps only: one all-reduce of them all
+        there, none on the other steps (sync_dist stays False: Lightning refuses a change between calls)."""
+        names = list(logs)
+        values = torch.stack([logs[k].detach().float() for k in names])
+        if self._trainer is not None and self.trainer.world_size > 1 and self._on_logging_step():
+            values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        for name, value in zip(names, values):
+            self.log(name, value, prog_bar=name == "train/loss", on_step=True, on_epoch=False,
+                     batch_size=batch_size)
+
+    def _on_logging_step(self) -> bool:
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return connector is None or connector.should_update_logs
+
+    def perceptual_distance(self, device: torch.device):
+        """The perceptual distance (loss.perceptual_weights), moved to ``device`` on first use."""
+        distance = self._perceptual[0]
+        if next(iter(distance.net.parameters()), torch.empty(0, device=device)).device != device:
+            distance.to(device)
+        return distance
 
     def _clip(self, opt) -> None:
         clip = self.optim_cfg.get("grad_clip")
@@ -155,7 +188,8 @@ class AutoencoderModule(pl.LightningModule):
 
     def _finite(self, loss: torch.Tensor, params) -> bool:
         """Loss and gradients finite on every rank (ranks agree, so all skip or stop together)."""
-        grads = [p.grad for p in params if p.grad is not None]
+        # sharded (FSDP2) gradients: this rank's shard; the ranks' decisions are combined below
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
         finite = torch.isfinite(loss.detach()).all()
         if grads:
             finite = finite & torch.stack([torch.isfinite(g).all() for g in grads]).all()

@@ -1,4 +1,4 @@
-"""MONAI's AutoencoderKL (2D or 3D) and PatchDiscriminator with size presets, and the perceptual loss.
+"""MONAI's AutoencoderKL (2D or 3D) and PatchDiscriminator with size presets, and the perceptual distance.
 
 Presets give the channels per level; the autoencoder halves every spatial side once per level after the
 first, so ``len(channels) - 1`` levels make a downsampling factor of ``2 ** (len(channels) - 1)``.
@@ -6,9 +6,11 @@ first, so ``len(channels) - 1`` levels make a downsampling factor of ``2 ** (len
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 
 from src.errors import ConfigError
@@ -86,25 +88,73 @@ def build_discriminator(spatial_dims: int, in_channels: int, channels: int = 32,
                               num_layers_d=int(num_layers), out_channels=1)
 
 
-def build_perceptual(spatial_dims: int, weights: str | None):
-    """MONAI's perceptual loss on a torchvision ResNet-50 read from a local file (no model hub download)."""
+class PerceptualDistance(nn.Module):
+    """An LPIPS-style distance on the features of a local TorchScript network (no download, no learned weights).
+
+    The network takes data-shaped batches ``(B, C, *spatial)`` in the data range [-1, 1] and returns one feature
+    map ``(B, K, ...)`` or a list / tuple / dict of them. Each map is normalised to unit length over its
+    channels; the distance is the squared difference summed over channels, averaged over positions and the
+    batch, summed over the maps (LPIPS with unit layer weights). ``slices``: for 3D data, a 2D network applied to
+    every slice along the first spatial axis (depth); otherwise the network gets the volume itself.
+    """
+
+    def __init__(self, net: torch.jit.ScriptModule, slices: bool = False):
+        super().__init__()
+        self.net = net.eval()
+        for p in self.net.parameters():  # ScriptModules have no requires_grad_()
+            p.requires_grad_(False)
+        self.slices = bool(slices)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen feature network: always in inference mode
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.slices and x.ndim == 5:  # (B, C, D, H, W) -> (B * D, C, H, W)
+            x = x.movedim(2, 1).reshape(-1, x.shape[1], *x.shape[3:])
+        out = self.net(x)
+        if isinstance(out, dict):
+            out = list(out.values())
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        total = x.new_zeros(())
+        for fx, fy in zip(self.features(x), self.features(y)):
+            fx = fx / (fx.square().sum(1, keepdim=True).sqrt() + 1e-10)
+            fy = fy / (fy.square().sum(1, keepdim=True).sqrt() + 1e-10)
+            total = total + (fx - fy).square().sum(1).mean()
+        return total
+
+
+def build_perceptual(weights: str | None, data_shape: list[int], slices: bool = False) -> PerceptualDistance:
+    """The perceptual distance on the TorchScript feature network at ``weights`` (loss.perceptual_weights),
+    checked on one zero batch of ``data_shape``; a missing, unreadable or unfitting file is a ConfigError."""
+    key = "loss.perceptual_weights"
     if not weights:
-        raise ConfigError("loss.perceptual_weight > 0 needs loss.perceptual_weights=PATH, a local torchvision "
-                          "ResNet-50 state dict (nothing is downloaded); or set loss.perceptual_weight=0.")
+        raise ConfigError(f"loss.perceptual_weight > 0 needs {key}=PATH, a local TorchScript feature network "
+                          "(torch.jit.save; nothing is downloaded); or set loss.perceptual_weight=0.")
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ConfigError(f"loss.perceptual_weights={path} is not a file; pass a local torchvision ResNet-50 "
-                          "state dict.")
+        raise ConfigError(f"{key}={path} is not a file; pass a TorchScript feature network saved with "
+                          "torch.jit.save.")
     try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        raise ConfigError("loss.perceptual_weight > 0 needs torchvision, which is not installed; install it or set "
-                          "loss.perceptual_weight=0.") from None
-    from monai.losses import PerceptualLoss
-
-    loss = PerceptualLoss(spatial_dims=spatial_dims, network_type="resnet50", is_fake_3d=spatial_dims == 3,
-                          pretrained=True, pretrained_path=str(path))
-    return loss.requires_grad_(False)
+        with warnings.catch_warnings():  # torch 2.9+ marks TorchScript deprecated; it still loads
+            warnings.filterwarnings("ignore", message=r"`torch.jit.load` is deprecated", category=FutureWarning)
+            net = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{key}={path} cannot be loaded as a TorchScript network ({str(e).splitlines()[0]}); "
+                          "save it with torch.jit.save(torch.jit.script(net), PATH).") from None
+    distance = PerceptualDistance(net, slices=slices)
+    probe = torch.zeros(1, *data_shape)
+    try:
+        with torch.no_grad():
+            maps = distance.features(probe)
+    except RuntimeError as e:  # the user's network does not take this data (channels, dimensions)
+        raise ConfigError(f"{key}={path} fails on a batch of the data's shape {[1, *data_shape]}"
+                          f"{' (as 2D slices)' if slices and len(data_shape) == 4 else ''}: "
+                          f"{str(e).strip().splitlines()[-1]}; it must take (B, C, *spatial) in [-1, 1].") from None
+    if not maps or any(not isinstance(m, torch.Tensor) or m.ndim < 2 for m in maps):
+        raise ConfigError(f"{key}={path} must return a feature map (B, K, ...) or a list of them.")
+    return distance
 
 
 def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:

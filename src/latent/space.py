@@ -80,10 +80,17 @@ class LatentSpace(nn.Module):
 
 
 def file_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file, or of a sharded (trainer=fsdp) checkpoint folder: its files' relative
+    names and contents in sorted order."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -107,6 +114,6 @@ def read_autoencoder(path: str | Path, use_ema: bool = True) -> tuple[dict, dict
     if not weights:
         raise CheckpointError(f"latent.autoencoder={path} holds no {prefix.rstrip('.')} weights; pass the last.ckpt "
                               "of a python -m src.train stage=autoencoder run.")
-    source = {"sha256": file_sha256(path) if path.is_file() else None, "step": int(ckpt.get("global_step", -1)),
+    source = {"sha256": file_sha256(path), "step": int(ckpt.get("global_step", -1)),
               "file": path.name, "use_ema": bool(use_ema), "data_shape": list(hp["data_shape"])}
     return arch, weights, source
