@@ -268,7 +268,7 @@ def test_perceptual_loss_trains_the_autoencoder_and_stays_out_of_checkpoints(tmp
     from src.latent.autoencoder import AutoencoderModule
 
     weights = _scripted(tmp_path, 2)
-    loss = {"perceptual_weight": 1.0, "perceptual_weights": str(weights)}
+    loss = {"perceptual_weight": 1.0, "perceptual_network": str(weights)}
     module = AutoencoderModule(autoencoder={"preset": "tiny"}, data_shape=[1, 16, 16], loss=loss)
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     recon, _, _ = module.autoencoder(x)
@@ -278,7 +278,7 @@ def test_perceptual_loss_trains_the_autoencoder_and_stays_out_of_checkpoints(tmp
     assert all(p.grad is None for p in module.perceptual_distance(x.device).net.parameters())  # frozen
     out = tmp_path / "ae"  # the built-in images are RGB: a 3-channel network
     res = train(compose(TINY + AE + [f"paths.output_dir={out}", "trainer.max_steps=2", "loss.perceptual_weight=0.5",
-                                     f"loss.perceptual_weights={_scripted(tmp_path, 2, channels=3)}"]))
+                                     f"loss.perceptual_network={_scripted(tmp_path, 2, channels=3)}"]))
     assert res["metrics"]["train/perceptual"] > 0
     ckpt = _load(out / "checkpoints" / "last.ckpt")
     assert not any("perceptual" in k or k.startswith(("a.", "b.")) for k in ckpt["state_dict"])
@@ -288,19 +288,19 @@ def test_perceptual_loss_bad_weights_path_is_one_clear_error(tmp_path):
     from src.latent.networks import build_perceptual
 
     shape = [1, 16, 16]
-    with pytest.raises(ConfigError, match="needs loss.perceptual_weights=PATH"):
+    with pytest.raises(ConfigError, match="needs loss.perceptual_network=PATH"):
         build_perceptual(None, shape)
-    with pytest.raises(ConfigError, match=r"loss.perceptual_weights=\S*missing.pt is not a file"):
+    with pytest.raises(ConfigError, match=r"loss.perceptual_network=\S*missing.pt is not a file"):
         build_perceptual(str(tmp_path / "missing.pt"), shape)
     junk = tmp_path / "junk.pt"
     torch.save({"w": torch.zeros(2)}, junk)  # a state dict, not a TorchScript network
-    with pytest.raises(ConfigError, match=r"loss.perceptual_weights=\S*junk.pt cannot be loaded as a TorchScript"):
+    with pytest.raises(ConfigError, match=r"loss.perceptual_network=\S*junk.pt cannot be loaded as a TorchScript"):
         build_perceptual(str(junk), shape)
     with pytest.raises(ConfigError, match=r"fails on a batch of the data's shape \[1, 1, 16, 16\]"):
         build_perceptual(str(_scripted(tmp_path, 2, channels=3)), shape)  # a 3-channel network, 1-channel data
-    with pytest.raises(ConfigError, match="perceptual_weights=.*is not a file"):
+    with pytest.raises(ConfigError, match="perceptual_network=.*is not a file"):
         train(compose(TINY + AE + [f"paths.output_dir={tmp_path / 'run'}", "loss.perceptual_weight=0.1",
-                                   f"loss.perceptual_weights={tmp_path / 'missing.pt'}"]))
+                                   f"loss.perceptual_network={tmp_path / 'missing.pt'}"]))
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 LOSS_DEFAULTS = {"l1_weight": 1.0, "kl_weight": 1e-6, "adversarial_weight": 0.0, "adversarial_warmup_steps": 1000,
-                 "perceptual_weight": 0.0, "perceptual_weights": None, "perceptual_slices": False}
+                 "perceptual_weight": 0.0, "perceptual_network": None, "perceptual_slices": False}
 
 
 class AutoencoderModule(pl.LightningModule):
@@ -69,7 +69,7 @@ class AutoencoderModule(pl.LightningModule):
         # held outside the module tree: the frozen feature network is no part of checkpoints, DDP or FSDP
         self._perceptual: list = []
         if float(self.loss_cfg["perceptual_weight"]) > 0:
-            self._perceptual.append(build_perceptual(self.loss_cfg["perceptual_weights"], self.data_shape,
+            self._perceptual.append(build_perceptual(self.loss_cfg["perceptual_network"], self.data_shape,
                                                      slices=bool(self.loss_cfg["perceptual_slices"])))
         self._consecutive_skips = 0
 
@@ -175,7 +175,7 @@ class AutoencoderModule(pl.LightningModule):
         return connector is None or connector.should_update_logs
 
     def perceptual_distance(self, device: torch.device):
-        """The perceptual distance (loss.perceptual_weights), moved to ``device`` on first use."""
+        """The perceptual distance (loss.perceptual_network), moved to ``device`` on first use."""
         distance = self._perceptual[0]
         if next(iter(distance.net.parameters()), torch.empty(0, device=device)).device != device:
             distance.to(device)

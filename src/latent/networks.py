@@ -126,9 +126,9 @@ class PerceptualDistance(nn.Module):
 
 
 def build_perceptual(weights: str | None, data_shape: list[int], slices: bool = False) -> PerceptualDistance:
-    """The perceptual distance on the TorchScript feature network at ``weights`` (loss.perceptual_weights),
+    """The perceptual distance on the TorchScript feature network at ``weights`` (loss.perceptual_network),
     checked on one zero batch of ``data_shape``; a missing, unreadable or unfitting file is a ConfigError."""
-    key = "loss.perceptual_weights"
+    key = "loss.perceptual_network"
     if not weights:
         raise ConfigError(f"loss.perceptual_weight > 0 needs {key}=PATH, a local TorchScript feature network "
                           "(torch.jit.save; nothing is downloaded); or set loss.perceptual_weight=0.")
