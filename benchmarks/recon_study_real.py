@@ -84,7 +84,7 @@ def run_with_cpu_budget(cmd: list[str], cpu_seconds_budget: float, env: dict | N
             proc.send_signal(signal.SIGTERM)
             stopped = True
         time.sleep(0.5)
-    if proc.wait() != 0:
+    if proc.wait() != 0 and not (stopped and proc.returncode == 128 + signal.SIGTERM):  # 143: stopped as asked
         raise subprocess.CalledProcessError(proc.returncode, cmd)
     return {"cpu_seconds": round(used), "wall_seconds": round(time.perf_counter() - t0), "stopped_by_budget": stopped}
 

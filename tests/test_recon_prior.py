@@ -230,3 +230,34 @@ def test_python_api_uses_the_contract(trained):
     mask = undersampling_mask("equispaced", W, 4, 0.125, 0).numpy()
     image = rec.reconstruct(fft2c(torch.from_numpy(truth)).numpy() * mask, mask)
     assert image.shape == (4, H, W) and np.isfinite(image).all()
+
+
+def test_random_flip_adds_left_right_mirrored_copies(tmp_path):
+    """datamodule.random_flip: every training slice also appears mirrored along the axis that runs L-R (the
+    columns of fastMRI's display convention), as a fixed list, so the resumed data position needs no RNG."""
+    from src.domains.mri.recon_prior import ReconSlices, Volume, left_right_dim
+
+    assert left_right_dim(("P", "R")) == -1 and left_right_dim(("L", "A")) == -2
+    assert left_right_dim(("A", "S")) is None and left_right_dim(("?", "?")) is None
+    data = np.random.default_rng(0).random((3, H, W)).astype(np.float32)
+    vol = Volume(tmp_path / "v.nii.gz", "nifti", None, Geometry((H, W), PIXEL, ("P", "R")), 3, data=data)
+    plain = ReconSlices([vol], [(0, 0), (0, 2)], (H, W))
+    both = ReconSlices([vol], [(0, 0), (0, 2)], (H, W), mirror_dim=-1)
+    assert len(plain) == 2 and len(both) == 4
+    for i in range(2):
+        assert torch.equal(both[i]["x"], plain[i]["x"])
+        assert torch.equal(both[i + 2]["x"], plain[i]["x"].flip(-1))
+        assert not torch.equal(both[i + 2]["x"], plain[i]["x"])
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for i in range(3):
+        write_h5(train / f"file{i}.h5", slices(seed=i))
+    sizes = {}
+    for flip in (False, True):
+        dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(train), "batch_size": 2,
+                               "num_workers": 0, "random_flip": flip, "val_fraction": 0.34})
+        dm.setup()
+        sizes[flip] = len(dm.train_set)
+        assert len(dm.val_set) > 0
+    assert sizes[True] == 2 * sizes[False] > 0

@@ -161,22 +161,39 @@ def h5_slices(vol: Volume, index) -> torch.Tensor:
 
 
 class ReconSlices(Dataset):
-    """``(volume, slice)`` pairs -> ``{"x": (1, H, W)}`` in [-1, 1] on the model grid."""
+    """``(volume, slice)`` pairs -> ``{"x": (1, H, W)}`` in [-1, 1] on the model grid.
 
-    def __init__(self, volumes: list[Volume], index: list[tuple[int, int]], matrix: Sequence[int]):
-        self.volumes, self.index, self.matrix = volumes, index, list(matrix)
+    ``mirror_dim`` (-2 rows, -1 columns, None): the set holds every slice twice, as is and mirrored along
+    that axis (the left-right one); a fixed list rather than a random flip, so the data position of a
+    resumed run needs no random state."""
+
+    def __init__(self, volumes: list[Volume], index: list[tuple[int, int]], matrix: Sequence[int],
+                 mirror_dim: int | None = None):
+        self.volumes, self.matrix, self.mirror_dim = volumes, list(matrix), mirror_dim
+        self.index = [(v, s, False) for v, s in index] + (
+            [(v, s, True) for v, s in index] if mirror_dim is not None else [])
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        v, s = self.index[i]
+        v, s, mirrored = self.index[i]
         vol = self.volumes[v]
         if vol.data is not None:
             m = torch.from_numpy(vol.data[s])
         else:
             m = crop_or_pad(vol.reorient.to_model(h5_slices(vol, slice(s, s + 1))), self.matrix)[0]
+        if mirrored:
+            m = m.flip(self.mirror_dim)
         return {"x": (2 * m / vol.scale - 1).clamp(-1.0, 1.0)[None].float()}
+
+
+def left_right_dim(axes: Sequence[str]) -> int | None:
+    """The model-grid axis (-2 rows, -1 columns) that runs left-right, or None (unknown, or not in plane)."""
+    for dim, letter in zip((-2, -1), axes):
+        if letter in ("L", "R"):
+            return dim
+    return None
 
 
 class ReconPriorDataModule(DiffusionDataModule):
@@ -185,7 +202,7 @@ class ReconPriorDataModule(DiffusionDataModule):
     def __init__(self, path: str | None = None, shape: Sequence[int] | None = None, channels: int = 1,
                  mode: str = "slice", min_slice_foreground: float = 0.05, foreground_threshold: float = 0.1,
                  val_fraction: float = 0.1, max_bad_fraction: float = 0.05, intensity: dict | None = None,
-                 **kw):
+                 random_flip: bool = False, **kw):
         super().__init__(**kw)
         if not path:
             raise DataError("experiment=recon_prior needs datamodule.path: a folder of fastMRI .h5 files, "
@@ -202,6 +219,7 @@ class ReconPriorDataModule(DiffusionDataModule):
         self.val_fraction = fraction(val_fraction, "datamodule.val_fraction")
         self.max_bad_fraction = fraction(max_bad_fraction, "datamodule.max_bad_fraction")
         self.intensity = {**default_intensity(), **(intensity or {})}
+        self.random_flip = bool(random_flip)  # train on left-right mirrored copies too (ReconSlices)
         self._volumes: list[Volume] | None = None
         self.geometry: Geometry | None = None
 
@@ -314,10 +332,15 @@ class ReconPriorDataModule(DiffusionDataModule):
         if not train:
             raise DataError(f"No slice has more than datamodule.min_slice_foreground={self.min_fg} foreground; "
                             "lower it.")
-        self.train_set = ReconSlices(volumes, train, self.geometry.matrix)
+        mirror = left_right_dim(self.geometry.axes) if self.random_flip else None
+        if self.random_flip and mirror is None:
+            log.info("datamodule.random_flip: no left-right axis in the slice plane (%s), so no mirrored copies.",
+                     self.geometry.describe())
+        self.train_set = ReconSlices(volumes, train, self.geometry.matrix, mirror)
         self.val_set = ReconSlices(volumes, val or train[: max(1, len(train) // 10)], self.geometry.matrix)
-        log.info("Reconstruction prior data: %d train and %d validation slices from %d files on %s.",
-                 len(train), len(self.val_set), len(volumes), self.geometry.describe())
+        log.info("Reconstruction prior data: %d train items (%d slices%s) and %d validation slices from %d files "
+                 "on %s.", len(self.train_set), len(train), ", and mirrored left-right" if mirror is not None else "",
+                 len(self.val_set), len(volumes), self.geometry.describe())
 
 
 def _transposed(found: Geometry, target: Geometry) -> bool:
