@@ -123,7 +123,12 @@ def reference_rows(scorer: Scorer, seed: int = 0) -> dict:
     # the real row's Frechet distance: 300 train digits against the held-out ones (against itself it is 0)
     real = scorer.score(scorer.x_test)
     real["frechet_pca"] = scorer.frechet(scorer.x_train[rng.choice(len(scorer.x_train), n, replace=False)])
-    return {"held_out_real": real,
+    # how much the scores move between two draws of 300 real digits: the resolution of a 300-sample score
+    draws = [scorer.score(scorer.x_train[np.random.default_rng(k + 10).choice(len(scorer.x_train), n,
+                                                                             replace=False)]) for k in range(5)]
+    spread = {key: [min(d[key] for d in draws), max(d[key] for d in draws)]
+              for key in ("max_prob", "class_entropy", "frechet_pca")}
+    return {"held_out_real": real, "real_train_draws_range": spread,
             "held_out_real_labels": scorer.score(scorer.x_test, scorer.y_test)["label_accuracy"],
             "uniform_noise": scorer.score(rng.uniform(0, 1, (n, scorer.x_test.shape[1]))),
             "classifier_test_accuracy": scorer.test_accuracy}
@@ -236,7 +241,8 @@ def update_json(path: Path, key: str, value) -> None:
 
 # first the EMA lengths at one sampler, then the samplers at the best EMA (sampling is cheap next to training)
 EMA_CHOICES = ["ema", "raw"] + [f"phema-{s:.3f}" for s in SIGMA_RELS]
-SAMPLERS = [("dpmpp_2m", 8), ("dpmpp_2m", 16), ("dpmpp_2m", 32), ("euler", 32), ("heun", 16), ("dpmpp_2m_sde", 32)]
+SAMPLERS = [("dpmpp_2m", 8), ("dpmpp_2m", 16), ("dpmpp_2m", 32), ("euler", 32), ("heun", 16), ("dpmpp_2m_sde", 16),
+            ("dpmpp_2m_sde", 32), ("euler_a", 32)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,8 +257,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sampler", default="dpmpp_2m")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--out", type=Path)
-    ap.add_argument("overrides", nargs="*")
-    a = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)  # after --: Hydra overrides for src.train
+    a = ap.parse_args(argv[:cut])
+    a.overrides = argv[cut + 1:]
     os.environ["OMP_NUM_THREADS"] = "1"
     if a.what == "data":
         print(write_pngs(a.root))
