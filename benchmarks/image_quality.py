@@ -233,7 +233,9 @@ def update_json(path: Path, key: str, value) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     if isinstance(value, list):
         data.setdefault(key, [])
-        data[key] = [r for r in data[key] if r["run"] not in {v["run"] for v in value}] + value
+        ident = ("run", "weights", "sampler", "steps", "guidance")
+        new = {tuple(v[k] for k in ident) for v in value}
+        data[key] = [r for r in data[key] if tuple(r[k] for k in ident) not in new] + value
     else:
         data[key] = value
     atomic_write_text(path, json.dumps(data, indent=1))
@@ -245,15 +247,34 @@ SAMPLERS = [("dpmpp_2m", 8), ("dpmpp_2m", 16), ("dpmpp_2m", 32), ("euler", 32), 
             ("dpmpp_2m_sde", 32), ("euler_a", 32)]
 
 
+def markdown_table(data: dict) -> str:
+    """The scores of ``data`` (the --json file) as a markdown table, reference rows first."""
+    ref = data["reference"]
+    lines = ["| run | weights | sampler | steps | guidance | max-prob | class entropy | label acc. | Frechet (PCA) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    r, nz = ref["held_out_real"], ref["uniform_noise"]
+    lines.append(f"| held-out real digits | | | | | {r['max_prob']:.3f} | {r['class_entropy']:.3f} | "
+                 f"{ref['held_out_real_labels']:.3f} | {r['frechet_pca']:.3f} |")
+    lines.append(f"| uniform noise | | | | | {nz['max_prob']:.3f} | {nz['class_entropy']:.3f} | | "
+                 f"{nz['frechet_pca']:.3f} |")
+    for row in data.get("scores", []):
+        acc = f"{row['label_accuracy']:.3f}" if "label_accuracy" in row else ""
+        g = "" if row["guidance"] is None else f"{row['guidance']:g}"
+        lines.append(f"| {row['run']} | {row['weights']} | {row['sampler']} | {row['steps']} | {g} | "
+                     f"{row['max_prob']:.3f} | {row['class_entropy']:.3f} | {acc} | {row['frechet_pca']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.image_quality", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["data", "train", "eval", "reference", "grid"])
+    ap.add_argument("what", choices=["data", "train", "eval", "reference", "grid", "table"])
     ap.add_argument("--root", type=Path, required=True)
     ap.add_argument("--name")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--weights", default=None, help="eval: only these weights (comma list) for the sampler sweep")
     ap.add_argument("--guidance", default="none", help="eval: none (unconditional run) or weights, e.g. 1,2,3")
+    ap.add_argument("--samplers", default=None, help="eval: only these sampler:steps pairs, comma-separated")
     ap.add_argument("--sampler", default="dpmpp_2m")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--out", type=Path)
@@ -279,7 +300,11 @@ def main(argv: list[str] | None = None) -> None:
             update_json(a.json, "reference", ref)
     elif a.what == "eval":
         s = Scorer()
-        if a.guidance == "none":  # unconditional run: EMA lengths, then samplers at the best one
+        if a.samplers:  # only these samplers, e.g. dpmpp_2m_sde:16,euler_a:32, at --weights
+            pairs = [(p.split(":")[0], int(p.split(":")[1])) for p in a.samplers.split(",")]
+            ws = [None] if a.guidance == "none" else [float(g) for g in a.guidance.split(",")]
+            rows = evaluate(a.root, a.name, s, [(a.weights or "ema", smp, k, w) for smp, k in pairs for w in ws])
+        elif a.guidance == "none":  # unconditional run: EMA lengths, then samplers at the best one
             rows = evaluate(a.root, a.name, s, [(e, "dpmpp_2m", 16, None) for e in EMA_CHOICES])
             best = a.weights or min(rows, key=lambda r: r["frechet_pca"])["weights"]
             rest = [(best, smp, k, None) for smp, k in SAMPLERS if (smp, k) != ("dpmpp_2m", 16)]
@@ -290,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
             rows = evaluate(a.root, a.name, s, [(e, a.sampler, a.steps, w) for e in emas for w in ws])
         if a.json:
             update_json(a.json, "scores", rows)
+    elif a.what == "table":
+        print(markdown_table(json.loads(a.json.read_text())))
     elif a.what == "grid":
         save_grid(a.root, a.name, a.weights or "ema", a.sampler, a.steps, a.out,
                   None if a.guidance == "none" else float(a.guidance))
