@@ -173,20 +173,22 @@ def to_flat(x) -> np.ndarray:
     return u8.reshape(len(u8), -1).numpy().astype(np.float64) / 255.0
 
 
-def evaluate(root: Path, name: str, scorer: Scorer, grid: list[tuple], n: int = N_SAMPLES, seed: int = 1) -> list[dict]:
+def evaluate(root: Path, name: str, scorer: Scorer, grid: list[tuple], n: int = N_SAMPLES, seed: int = 1,
+             step: int | None = None) -> list[dict]:
     """Score each (weights, sampler, steps, guidance) of ``grid``; weights is ema | raw | phema-S.SSS (post-hoc
-    EMA width), guidance None draws unconditionally, a number draws n // 10 of every digit at that weight."""
+    EMA width), guidance None draws unconditionally, a number draws n // 10 of every digit at that weight;
+    ``step``: post-hoc EMA as of that training step (a shorter run's weights, to compare runs at equal steps)."""
     import torch
 
     from src.checkpoint import module_from_checkpoint
 
     torch.set_num_threads(1)
     run = root / "runs" / name
-    phema_dir = run / "phema"
+    phema_dir = run / ("phema" if step is None else f"phema-at-{step}")
     if not phema_dir.is_dir():
         subprocess.run([sys.executable, "-m", "src.phema", str(run), "--sigma-rel",
-                        ",".join(f"{s}" for s in SIGMA_RELS), "--out", str(phema_dir)], env=one_thread_env(),
-                       check=True)
+                        ",".join(f"{s}" for s in SIGMA_RELS), "--out", str(phema_dir),
+                        *([] if step is None else ["--step", str(step)])], env=one_thread_env(), check=True)
     modules = {}
     rows = []
     for weights, sampler, steps, w in grid:
@@ -201,7 +203,8 @@ def evaluate(root: Path, name: str, scorer: Scorer, grid: list[tuple], n: int = 
         else:
             labels = np.arange(n) % 10
             s = scorer.score(to_flat(m.sample(n, label=torch.as_tensor(labels), guidance=w, **kw)), labels)
-        row = {"run": name, "weights": weights, "sampler": sampler, "steps": steps, "guidance": w,
+        row = {"run": name if step is None else f"{name}@{step}", "weights": weights, "sampler": sampler,
+               "steps": steps, "guidance": w,
                **s, "sample_s": round(time.time() - t0, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", default=None, help="eval: only these weights (comma list) for the sampler sweep")
     ap.add_argument("--guidance", default="none", help="eval: none (unconditional run) or weights, e.g. 1,2,3")
     ap.add_argument("--samplers", default=None, help="eval: only these sampler:steps pairs, comma-separated")
+    ap.add_argument("--step", type=int, default=None, help="eval --samplers: post-hoc EMA as of this step")
     ap.add_argument("--sampler", default="dpmpp_2m")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--out", type=Path)
@@ -303,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         if a.samplers:  # only these samplers, e.g. dpmpp_2m_sde:16,euler_a:32, at --weights
             pairs = [(p.split(":")[0], int(p.split(":")[1])) for p in a.samplers.split(",")]
             ws = [None] if a.guidance == "none" else [float(g) for g in a.guidance.split(",")]
-            rows = evaluate(a.root, a.name, s, [(a.weights or "ema", smp, k, w) for smp, k in pairs for w in ws])
+            rows = evaluate(a.root, a.name, s, [(a.weights or "ema", smp, k, w) for smp, k in pairs for w in ws],
+                            step=a.step)
         elif a.guidance == "none":  # unconditional run: EMA lengths, then samplers at the best one
             rows = evaluate(a.root, a.name, s, [(e, "dpmpp_2m", 16, None) for e in EMA_CHOICES])
             best = a.weights or min(rows, key=lambda r: r["frechet_pca"])["weights"]
