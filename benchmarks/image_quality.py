@@ -1,7 +1,7 @@
 """Image quality in a fixed CPU budget on real handwritten digits (docs/image_quality.md).
 
     python -m benchmarks.image_quality data --root /tmp/iq                     # digits as PNG class folders
-    python -m benchmarks.image_quality train --root /tmp/iq --name flow_lr1e-3 --minutes 10 -- diffusion=flow
+    python -m benchmarks.image_quality train --root /tmp/iq --name flow_lr1e-3 --minutes 10 --overrides diffusion=flow
     python -m benchmarks.image_quality eval --root /tmp/iq --name flow_lr1e-3 --json docs/image_quality.json
     python -m benchmarks.image_quality reference --root /tmp/iq --json docs/image_quality.json
 
@@ -282,10 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sampler", default="dpmpp_2m")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--out", type=Path)
-    argv = sys.argv[1:] if argv is None else argv
-    cut = argv.index("--") if "--" in argv else len(argv)  # after --: Hydra overrides for src.train
-    a = ap.parse_args(argv[:cut])
-    a.overrides = argv[cut + 1:]
+    ap.add_argument("--overrides", nargs="*", default=[],
+                    help="train: Hydra overrides for src.train (last on the line), e.g. diffusion=edm")
+    a = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = "1"
     if a.what == "data":
         print(write_pngs(a.root))
