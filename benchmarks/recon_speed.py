@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="sampler steps (the DDPM config's default is 50)")
     ap.add_argument("--slices", type=int, default=4, help="slices in the timed volume")
     ap.add_argument("--batch-size", type=int, default=4, help="slices per network call")
+    ap.add_argument("--family", default="ddpm", help="diffusion family of the slice model (experiment=recon_prior: edm)")
+    ap.add_argument("--num-samples", type=int, default=1, help="posterior samples per slice (recon_prior: 4)")
     ap.add_argument("--coils", type=int, default=1, help="simulated receive coils (1: single-coil)")
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
@@ -57,7 +59,7 @@ def main() -> None:
     size = args.size
     module = DiffusionModule(backbone=dict(name="unet", spatial_dims=2, in_channels=1, preset=args.preset,
                                            use_flash_attention=True),  # as the mri domain configures it
-                             diffusion=dict(family="ddpm", steps=args.steps), data_shape=[1, size, size])
+                             diffusion=dict(family=args.family, steps=args.steps), data_shape=[1, size, size])
     rec = Reconstructor(module, {"domain": {"name": "mri"}}, device=args.device, steps=args.steps,
                         batch_size=args.batch_size)
     image = torch.from_numpy(np.stack([head_phantom((size, size), seed=i) for i in range(args.slices)]))
@@ -79,6 +81,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, device {rec.device}")
     print(f"model: unet preset {args.preset}, {module.num_parameters() / 1e6:.2f}M parameters; "
           f"{args.slices} slices {size}x{size}, {args.coils} coil(s), {args.steps} steps, "
+          f"{args.num_samples} posterior sample(s), "
           f"batch {args.batch_size}")
     t0 = time.perf_counter()
     zero_filled(meas)
@@ -87,7 +90,7 @@ def main() -> None:
     compressed_sensing(meas, iters=args.cs_iters, batch_size=args.batch_size)
     t_cs = time.perf_counter() - t0
     with autocast:
-        result = rec.run(meas, progress=True)
+        result = rec.run(meas, num_samples=args.num_samples, progress=True)
     n = args.slices
     t_diff = result.seconds
     print(f"zero-filled:           {t_zf / n:8.3f} s/slice {t_zf:8.2f} s/volume ({n} slices)")
