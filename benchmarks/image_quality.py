@@ -270,18 +270,20 @@ def markdown_table(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.image_quality", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["data", "train", "eval", "reference", "grid", "table"])
-    ap.add_argument("--root", type=Path, required=True)
-    ap.add_argument("--name")
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("what", choices=["data", "train", "eval", "reference", "grid", "table"],
+                    help="step of the search: write the digit PNGs, train one setting, score its samples, score the "
+                         "reference rows, draw a sample grid, or print the table")
+    ap.add_argument("--root", type=Path, required=True, help="working folder (digit PNGs, runs, samples)")
+    ap.add_argument("--name", help="train / eval / grid: the run's name (a folder under ROOT/runs)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="train: wall-clock budget (trainer.max_time)")
+    ap.add_argument("--json", type=Path, help="results file to add this step's numbers to (optional)")
     ap.add_argument("--weights", default=None, help="eval: only these weights (comma list) for the sampler sweep")
     ap.add_argument("--guidance", default="none", help="eval: none (unconditional run) or weights, e.g. 1,2,3")
     ap.add_argument("--samplers", default=None, help="eval: only these sampler:steps pairs, comma-separated")
     ap.add_argument("--step", type=int, default=None, help="eval --samplers: post-hoc EMA as of this step")
-    ap.add_argument("--sampler", default="dpmpp_2m")
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--sampler", default="dpmpp_2m", help="eval --guidance and grid: the sampler")
+    ap.add_argument("--steps", type=int, default=32, help="eval --guidance and grid: sampler steps")
+    ap.add_argument("--out", type=Path, help="grid: the PNG to write")
     ap.add_argument("--overrides", nargs="*", default=[],
                     help="train: Hydra overrides for src.train (last on the line), e.g. diffusion=edm")
     a = ap.parse_args(argv)
