@@ -78,7 +78,8 @@ class DiffusionModule(pl.LightningModule):
                  ema: dict | None = None, seed: int = 0, val_buckets: int = 5, perf: dict | None = None,
                  cond: dict | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: src.train logs them itself, redacted (paths, class names under privacy)
+        self.save_hyperparameters(logger=False)
         # class conditioning: labels 0..num_classes-1, and num_classes itself as the null (dropped) label
         self.cond_cfg = check_cond(cond)
         self.num_classes = self.cond_cfg["num_classes"]

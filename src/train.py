@@ -213,7 +213,6 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg, dm.data_shape, cond=module_cond(to_plain(cfg.get("cond")), dm))
     if hasattr(model, "backbone"):  # the backbone says which sizes it takes (latent runs: the latent's)
         check_data_shape(model.data_shape, model.backbone)
-    model._log_hyperparams = False  # its hparams (cond.classes, paths) reach W&B redacted, logged below
     trainer_kwargs = to_plain(cfg.trainer)
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)

@@ -38,7 +38,8 @@ class AutoencoderModule(pl.LightningModule):
                  discriminator: dict | None = None, optim: dict | None = None, ema: dict | None = None,
                  seed: int = 0):
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: src.train logs them itself, redacted (paths, class names under privacy)
+        self.save_hyperparameters(logger=False)
         self.automatic_optimization = False
         self.data_shape = list(data_shape)
         # spatial dims and channels follow the data; the preset and any override come from the config
