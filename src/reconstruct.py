@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sampler steps (default: the model's diffusion.steps)")
     samp.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic); default: the "
                                                               "checkpoint's reconstruction.eta, else 0.85")
+    samp.add_argument("--refine-tv", type=float, default=None,
+                      help="TV weight (relative to the intensity scale) of a refinement of the samples' mean that "
+                           "keeps the measured data exact; 0 = off; default: the checkpoint's "
+                           "reconstruction.refine_tv (experiment=recon_prior tunes it), else 0")
     samp.add_argument("--cg-iters", type=int, default=5, help="conjugate-gradient iterations per data step "
                                                               "(multi-coil)")
     samp.add_argument("--batch-size", type=int, default=8, help="slices per network call")
@@ -161,7 +165,7 @@ def run(args) -> dict:
         # load the model first: a wrong checkpoint fails before any heavy work
         reconstructor = Reconstructor.from_checkpoint(
             args.checkpoint, device=args.device, steps=args.steps, eta=args.eta, cg_iters=args.cg_iters,
-            batch_size=args.batch_size, use_ema=not args.no_ema,
+            batch_size=args.batch_size, use_ema=not args.no_ema, refine_tv=args.refine_tv,
             allow_resolution_mismatch=args.allow_resolution_mismatch)
     meas, affine, header, truth, notes = load_input(args)
     reference = read_reference(args.reference) if args.reference else truth
@@ -212,7 +216,7 @@ def run(args) -> dict:
     if auto is not None:
         summary["auto"] = auto
     if method == "diffusion":
-        summary.update(steps=reconstructor.steps, eta=reconstructor.eta,
+        summary.update(steps=reconstructor.steps, eta=reconstructor.eta, refine_tv=reconstructor.refine_tv,
                        num_samples=reconstructor.num_samples if args.num_samples is None else args.num_samples,
                        seed=args.seed, checkpoint=str(args.checkpoint))
     if reference is not None:

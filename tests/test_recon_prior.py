@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from datamodules import build_datamodule
+from datamodules.base import DataError
 from src.domains.mri.geometry import Geometry, GeometryError, Reorientation, match
 from src.tools.reconstruction.fft import fft2c
 from src.tools.reconstruction.masks import undersampling_mask
@@ -261,3 +262,42 @@ def test_random_flip_adds_left_right_mirrored_copies(tmp_path):
         sizes[flip] = len(dm.train_set)
         assert len(dm.val_set) > 0
     assert sizes[True] == 2 * sizes[False] > 0
+
+
+def test_affine_copies_are_fixed_small_rotations_in_millimetres(tmp_path):
+    """datamodule.affine_copies: K extra copies of every item, each rotated / zoomed by an amount drawn once
+    (seeded), so two builds give the same set; the rotation is taken in mm, so on non-square pixels a
+    90-degree turn maps the field of view as the anatomy turns, not as the pixel grid does."""
+    from src.domains.mri.recon_prior import ReconSlices, Volume
+
+    data = np.random.default_rng(0).random((3, H, W)).astype(np.float32)
+    vol = Volume(tmp_path / "v.nii.gz", "nifti", None, Geometry((H, W), PIXEL, ("P", "R")), 3, data=data)
+    index = [(0, 0), (0, 2)]
+    plain = ReconSlices([vol], index, (H, W))
+    aug = ReconSlices([vol], index, (H, W), mirror_dim=-1, affine_copies=2, degrees=10, scale=0.1,
+                      pixel_mm=PIXEL, seed=3)
+    again = ReconSlices([vol], index, (H, W), mirror_dim=-1, affine_copies=2, degrees=10, scale=0.1,
+                        pixel_mm=PIXEL, seed=3)
+    assert len(aug) == 3 * 4  # (2 slices + 2 mirrored) x (1 + 2 copies)
+    for i in range(2):
+        assert torch.equal(aug[i]["x"], plain[i]["x"])
+    warps = [w for *_, w in aug.index[4:]]
+    assert all(abs(d) <= 10 and abs(s) <= 0.1 for d, s in warps) and len(set(warps)) > 1
+    for i in range(4, 12):
+        assert torch.equal(aug[i]["x"], again[i]["x"])  # fixed, not redrawn
+        assert not torch.equal(aug[i]["x"], aug[i % 4]["x"])
+        assert aug[i]["x"].shape == plain[0]["x"].shape and float(aug[i]["x"].abs().max()) <= 1
+    m = torch.from_numpy(data[0])
+    assert float((aug.warp(m, 0.0, 0.0) - m).abs().max()) < 1e-5  # no rotation, no zoom: the slice itself
+    square = ReconSlices([], [], (16, 16), pixel_mm=(2.0, 2.0))
+    s = torch.rand(16, 16)
+    assert float((square.warp(s, 90.0, 0.0) - torch.rot90(s, 1, (0, 1))).abs().max()) < 1e-5
+    # 4 x 5 mm pixels: a point 10 mm along the rows from the centre lands 10 mm along the columns
+    h, w = 20, 16
+    dot = torch.zeros(h, w)
+    dot[h // 2 - 3 : h // 2 - 2, w // 2] = 1.0  # row offset -2.5 px = -10 mm (row pixel 4 mm)
+    turned = ReconSlices([], [], (h, w), pixel_mm=(4.0, 5.0)).warp(dot, 90.0, 0.0)
+    r, c = np.unravel_index(int(turned.argmax()), (h, w))
+    assert r in (h // 2 - 1, h // 2) and abs((c - (w - 1) / 2) * 5.0) == pytest.approx(10.0, abs=2.6)
+    with pytest.raises(DataError, match="affine_copies"):
+        build_datamodule({"name": "mri", "grid": "acquisition", "path": str(tmp_path), "affine_copies": -1})

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from src.errors import fraction
@@ -164,20 +165,41 @@ class ReconSlices(Dataset):
     """``(volume, slice)`` pairs -> ``{"x": (1, H, W)}`` in [-1, 1] on the model grid.
 
     ``mirror_dim`` (-2 rows, -1 columns, None): the set holds every slice twice, as is and mirrored along
-    that axis (the left-right one); a fixed list rather than a random flip, so the data position of a
+    that axis (the left-right one). ``affine_copies`` > 0 adds that many copies of every item, each rotated by
+    up to ``degrees`` and scaled by up to ``scale`` (in millimetres, so non-square pixels stay right), drawn
+    once per copy from a seeded generator. Fixed lists rather than random draws, so the data position of a
     resumed run needs no random state."""
 
     def __init__(self, volumes: list[Volume], index: list[tuple[int, int]], matrix: Sequence[int],
-                 mirror_dim: int | None = None):
+                 mirror_dim: int | None = None, affine_copies: int = 0, degrees: float = 5.0,
+                 scale: float = 0.05, pixel_mm: Sequence[float] = (1.0, 1.0), seed: int = 0):
         self.volumes, self.matrix, self.mirror_dim = volumes, list(matrix), mirror_dim
-        self.index = [(v, s, False) for v, s in index] + (
+        items = [(v, s, False) for v, s in index] + (
             [(v, s, True) for v, s in index] if mirror_dim is not None else [])
+        self.index = [(*item, None) for item in items]
+        rng = np.random.default_rng(seed)
+        for _ in range(int(affine_copies)):
+            self.index += [(*item, (float(rng.uniform(-degrees, degrees)), float(rng.uniform(-scale, scale))))
+                           for item in items]
+        self.pixel_mm = tuple(float(v) for v in pixel_mm)
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def warp(self, m: torch.Tensor, degrees: float, scale: float) -> torch.Tensor:
+        """``m`` (H, W) rotated by ``degrees`` and zoomed by ``1 + scale`` about its centre (bilinear, zeros
+        outside), the rotation taken in millimetres."""
+        h, w = m.shape
+        half = torch.tensor([w * self.pixel_mm[1], h * self.pixel_mm[0]], dtype=torch.float64) / 2
+        a = np.deg2rad(degrees)
+        rot = torch.tensor([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], dtype=torch.float64) / (1 + scale)
+        theta = (rot * half[None, :] / half[:, None]).float()  # normalised coords -> mm, rotate, back
+        grid = F.affine_grid(torch.cat([theta, torch.zeros(2, 1)], 1)[None], [1, 1, h, w], align_corners=False)
+        return F.grid_sample(m[None, None].float(), grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=False)[0, 0]
+
     def __getitem__(self, i: int) -> dict:
-        v, s, mirrored = self.index[i]
+        v, s, mirrored, warp = self.index[i]
         vol = self.volumes[v]
         if vol.data is not None:
             m = torch.from_numpy(vol.data[s])
@@ -185,6 +207,8 @@ class ReconSlices(Dataset):
             m = crop_or_pad(vol.reorient.to_model(h5_slices(vol, slice(s, s + 1))), self.matrix)[0]
         if mirrored:
             m = m.flip(self.mirror_dim)
+        if warp is not None:
+            m = self.warp(m, *warp)
         return {"x": (2 * m / vol.scale - 1).clamp(-1.0, 1.0)[None].float()}
 
 
@@ -202,7 +226,8 @@ class ReconPriorDataModule(DiffusionDataModule):
     def __init__(self, path: str | None = None, shape: Sequence[int] | None = None, channels: int = 1,
                  mode: str = "slice", min_slice_foreground: float = 0.05, foreground_threshold: float = 0.1,
                  val_fraction: float = 0.1, max_bad_fraction: float = 0.05, intensity: dict | None = None,
-                 random_flip: bool = False, **kw):
+                 random_flip: bool = False, affine_copies: int = 0, affine_degrees: float = 5.0,
+                 affine_scale: float = 0.05, **kw):
         super().__init__(**kw)
         if not path:
             raise DataError("experiment=recon_prior needs datamodule.path: a folder of fastMRI .h5 files, "
@@ -220,6 +245,11 @@ class ReconPriorDataModule(DiffusionDataModule):
         self.max_bad_fraction = fraction(max_bad_fraction, "datamodule.max_bad_fraction")
         self.intensity = {**default_intensity(), **(intensity or {})}
         self.random_flip = bool(random_flip)  # train on left-right mirrored copies too (ReconSlices)
+        if int(affine_copies) < 0 or not 0 <= float(affine_degrees) <= 45 or not 0 <= float(affine_scale) < 0.5:
+            raise DataError(f"datamodule.affine_copies must be >= 0 (got {affine_copies}), affine_degrees between 0 "
+                            f"and 45 (got {affine_degrees}) and affine_scale between 0 and 0.5 (got {affine_scale}).")
+        self.affine = {"affine_copies": int(affine_copies), "degrees": float(affine_degrees),
+                       "scale": float(affine_scale)}
         self._volumes: list[Volume] | None = None
         self.geometry: Geometry | None = None
 
@@ -336,7 +366,8 @@ class ReconPriorDataModule(DiffusionDataModule):
         if self.random_flip and mirror is None:
             log.info("datamodule.random_flip: no left-right axis in the slice plane (%s), so no mirrored copies.",
                      self.geometry.describe())
-        self.train_set = ReconSlices(volumes, train, self.geometry.matrix, mirror)
+        self.train_set = ReconSlices(volumes, train, self.geometry.matrix, mirror, **self.affine,
+                                     pixel_mm=self.geometry.pixel_mm, seed=self.seed)
         self.val_set = ReconSlices(volumes, val or train[: max(1, len(train) // 10)], self.geometry.matrix)
         log.info("Reconstruction prior data: %d train items (%d slices%s) and %d validation slices from %d files "
                  "on %s.", len(self.train_set), len(train), ", and mirrored left-right" if mirror is not None else "",
