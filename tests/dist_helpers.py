@@ -36,6 +36,38 @@ def run_train(overrides: list[str], timeout: float = 180) -> subprocess.Complete
     return proc
 
 
+def run_train_together(*runs: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    """``run_train`` for independent runs started at once: each two-rank run spends most of its time in the
+    interpreter start-ups of its ranks (rank 0's, then the one it launches), which leave a core idle."""
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = []
+        for i, overrides in enumerate(runs):
+            out, err = Path(tmp, f"{i}.out").open("w+"), Path(tmp, f"{i}.err").open("w+")
+            proc = subprocess.Popen([sys.executable, "-m", "src.train", *overrides], cwd=REPO, env=clean_env(),
+                                    stdout=out, stderr=err, text=True)
+            started.append((proc, out, err))
+        deadline = time.monotonic() + timeout
+        results = []
+        try:
+            for proc, out, err in started:
+                rc = proc.wait(timeout=max(deadline - time.monotonic(), 1))
+                out.seek(0), err.seek(0)
+                results.append(subprocess.CompletedProcess(proc.args, rc, out.read(), err.read()))
+        finally:
+            for proc, out, err in started:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                out.close(), err.close()
+    for res in results:
+        if res.returncode != 0:
+            raise AssertionError(f"src.train failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+    return results
+
+
 def load_training_state(path: Path) -> dict:
     """Weights, EMA, optimizer and schedule of a checkpoint file or sharded folder, as full CPU tensors."""
     if path.is_dir():
