@@ -37,31 +37,11 @@ def run_train(overrides: list[str], timeout: float = 180) -> subprocess.Complete
 
 
 def run_train_together(*runs: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess]:
-    """``run_train`` for independent runs started at once: each two-rank run spends most of its time in the
-    interpreter start-ups of its ranks (rank 0's, then the one it launches), which leave a core idle."""
-    import tempfile
-    import time
+    """``run_train`` for independent runs, started at once: a two-rank run spends most of its time in the
+    interpreter start-ups of its ranks, one after the other (rank 0's, then the one it launches)."""
+    from .conftest import run_together
 
-    with tempfile.TemporaryDirectory() as tmp:
-        started = []
-        for i, overrides in enumerate(runs):
-            out, err = Path(tmp, f"{i}.out").open("w+"), Path(tmp, f"{i}.err").open("w+")
-            proc = subprocess.Popen([sys.executable, "-m", "src.train", *overrides], cwd=REPO, env=clean_env(),
-                                    stdout=out, stderr=err, text=True)
-            started.append((proc, out, err))
-        deadline = time.monotonic() + timeout
-        results = []
-        try:
-            for proc, out, err in started:
-                rc = proc.wait(timeout=max(deadline - time.monotonic(), 1))
-                out.seek(0), err.seek(0)
-                results.append(subprocess.CompletedProcess(proc.args, rc, out.read(), err.read()))
-        finally:
-            for proc, out, err in started:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                out.close(), err.close()
+    results = run_together([[sys.executable, "-m", "src.train", *o] for o in runs], clean_env(), REPO, timeout)
     for res in results:
         if res.returncode != 0:
             raise AssertionError(f"src.train failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
