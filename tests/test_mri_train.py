@@ -42,12 +42,12 @@ def test_smoke_trains_and_samples_nifti(tmp_path, mode, shape):
         f"paths.output_dir={out}",
         "trainer.enable_progress_bar=false",
         # the smoke experiment's sizes (the mode's default shape, its batch and sampling), fewer steps: the
-        # checks below need a trained checkpoint, validation and end-of-training samples, not 30 steps
-        "trainer.max_steps=4",
+        # checks below need a trained checkpoint, a validation and end-of-training samples, not 30 steps
+        "trainer.max_steps=2",
         "trainer.val_check_interval=2",
         "checkpoint.every_n_steps=2",
-        "sampling.every_n_steps=4",
-        "optim.warmup_steps=2",
+        "sampling.every_n_steps=2",
+        "optim.warmup_steps=1",
     )
     assert (out / "checkpoints" / "last.ckpt").exists()
     written = sorted((out / "samples").glob("*.nii.gz"))
