@@ -36,6 +36,18 @@ def run_train(overrides: list[str], timeout: float = 180) -> subprocess.Complete
     return proc
 
 
+def run_train_together(*runs: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    """``run_train`` for independent runs, started at once: a two-rank run spends most of its time in the
+    interpreter start-ups of its ranks, one after the other (rank 0's, then the one it launches)."""
+    from .conftest import run_together
+
+    results = run_together([[sys.executable, "-m", "src.train", *o] for o in runs], clean_env(), REPO, timeout)
+    for res in results:
+        if res.returncode != 0:
+            raise AssertionError(f"src.train failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+    return results
+
+
 def load_training_state(path: Path) -> dict:
     """Weights, EMA, optimizer and schedule of a checkpoint file or sharded folder, as full CPU tensors."""
     if path.is_dir():

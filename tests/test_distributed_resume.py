@@ -1,12 +1,12 @@
 """Exact resume under two-process DDP and FSDP2 on CPU (gloo): stop half-way, resume, compare with a
 straight run.
 
-Each case runs ``python -m src.train`` three times (Lightning launches the second rank): N steps straight;
-N/2 steps and exit; the same command again with max_steps=N, which finds ``last.ckpt`` and resumes. The LR
-schedule is pinned to N steps (``optim.total_steps``) so both halves follow the straight run's schedule.
-Weights, EMA, EMA counter, post-hoc EMA profiles and their snapshots, optimizer moments, LR schedule and step
-must agree to 1e-6 (absolute): the data stream, training noise and global RNG are pure functions of (seed,
-step, rank), and gloo reduces in a fixed order, so in practice they agree bit for bit.
+Each case runs ``python -m src.train`` three times (Lightning launches the second rank): N steps straight and,
+at the same time, N/2 steps and exit; then the same command again with max_steps=N, which finds ``last.ckpt``
+and resumes. The LR schedule is pinned to N steps (``optim.total_steps``) so both halves follow the straight
+run's schedule. Weights, EMA, EMA counter, post-hoc EMA profiles and their snapshots, optimizer moments, LR
+schedule and step must agree to 1e-6 (absolute): the data stream, training noise and global RNG are pure
+functions of (seed, step, rank), and gloo reduces in a fixed order, so in practice they agree bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .dist_helpers import TINY, load_training_state, max_abs_diff, run_train
+from .dist_helpers import TINY, load_training_state, max_abs_diff, run_train, run_train_together
 
 N = 8
 TOL = 1e-6
@@ -29,8 +29,9 @@ def test_stop_and_resume_matches_straight_run(tmp_path, strategy):
               f"optim.total_steps={N}", f"checkpoint.every_n_steps={N // 2}", "sampling.num=2",
               "sampling.steps=2", "ema.phema={std:[0.05,0.10],snapshot_every:2}"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_train([*common, f"trainer.max_steps={N}", f"paths.output_dir={straight}"])
-    run_train([*common, f"trainer.max_steps={N // 2}", f"paths.output_dir={resumed}"])
+    # the straight run and the first half are independent: started together
+    run_train_together([*common, f"trainer.max_steps={N}", f"paths.output_dir={straight}"],
+                       [*common, f"trainer.max_steps={N // 2}", f"paths.output_dir={resumed}"], timeout=300)
     half = load_training_state(resumed / "checkpoints" / "last.ckpt")
     assert half["global_step"] == N // 2
     second = run_train([*common, f"trainer.max_steps={N}", f"paths.output_dir={resumed}"])

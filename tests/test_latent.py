@@ -450,7 +450,8 @@ def test_two_rank_fsdp_autoencoder_with_discriminator_resumes_exactly(tmp_path):
     """trainer=fsdp (FSDP2, gloo, 2 CPU ranks) for stage 1 with the discriminator: sharded checkpoints with both
     optimizers; 4 steps + resume to 8 equals 8 straight steps; stage 2 (under FSDP2 too) then reads the sharded
     autoencoder."""
-    from .dist_helpers import TINY as DIST, max_abs_diff, run_train
+    from .dist_helpers import TINY as DIST
+    from .dist_helpers import max_abs_diff, run_train_together
 
     n = 8
     common = [*DIST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "stage=autoencoder",
@@ -458,11 +459,19 @@ def test_two_rank_fsdp_autoencoder_with_discriminator_resumes_exactly(tmp_path):
               "discriminator.num_layers=1", f"optim.total_steps={n}", f"checkpoint.every_n_steps={n // 2}",
               "sampling.num=2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_train([*common, f"trainer.max_steps={n}", f"paths.output_dir={straight}"], timeout=300)
-    run_train([*common, f"trainer.max_steps={n // 2}", f"paths.output_dir={resumed}"], timeout=300)
+    # the straight run and the first half are independent: started together
+    run_train_together([*common, f"trainer.max_steps={n}", f"paths.output_dir={straight}"],
+                       [*common, f"trainer.max_steps={n // 2}", f"paths.output_dir={resumed}"], timeout=400)
     half = _stage1_state(resumed / "checkpoints" / "last.ckpt")
     assert half["global_step"] == n // 2
-    second = run_train([*common, f"trainer.max_steps={n}", f"paths.output_dir={resumed}"], timeout=300)
+    # the second half and stage 2 (under trainer=fsdp too, reading the straight run's sharded stage-1
+    # checkpoint, consolidated in memory) are independent: started together
+    ld = tmp_path / "ld"
+    second, _ = run_train_together(
+        [*common, f"trainer.max_steps={n}", f"paths.output_dir={resumed}"],
+        [*DIST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+         "checkpoint.every_n_steps=2", f"latent.autoencoder={straight / 'checkpoints' / 'last.ckpt'}",
+         f"paths.output_dir={ld}"], timeout=400)
     assert f"at step {n // 2}" in second.stderr + second.stdout, "the second run did not resume"
     assert (straight / "checkpoints" / "last.ckpt" / "meta.pt").is_file()  # sharded: a folder of shards
     a = _stage1_state(straight / "checkpoints" / "last.ckpt")
@@ -476,13 +485,9 @@ def test_two_rank_fsdp_autoencoder_with_discriminator_resumes_exactly(tmp_path):
         assert diff <= 1e-6, f"{part} differs by {diff:.3g} between straight and resumed runs"
     # previews of the sharded EMA autoencoder (every rank joins the gathered forward)
     assert len(list((straight / "samples").glob(f"step{n:07d}_recon_*.png"))) == 2
-    # stage 2, also under trainer=fsdp, reads the sharded stage-1 checkpoint (consolidated in memory)
+    # stage 2 read the sharded stage-1 checkpoint
     from src.checkpoint import load_checkpoint
 
-    ld = tmp_path / "ld"
-    run_train([*DIST, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
-               "checkpoint.every_n_steps=2", f"latent.autoencoder={straight / 'checkpoints' / 'last.ckpt'}",
-               f"paths.output_dir={ld}"], timeout=300)
     ckpt = load_checkpoint(ld / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 2 and float(ckpt["state_dict"]["latent.scale_factor"]) > 0
     assert ckpt["hyper_parameters"]["latent"]["source"]["sha256"] == file_sha256(straight / "checkpoints" / "last.ckpt")

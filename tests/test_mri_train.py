@@ -41,6 +41,13 @@ def test_smoke_trains_and_samples_nifti(tmp_path, mode, shape):
         f"datamodule.mode={mode}",
         f"paths.output_dir={out}",
         "trainer.enable_progress_bar=false",
+        # the smoke experiment's sizes (the mode's default shape, its batch and sampling), fewer steps: the
+        # checks below need a trained checkpoint, a validation and end-of-training samples, not 30 steps
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "checkpoint.every_n_steps=2",
+        "sampling.every_n_steps=2",
+        "optim.warmup_steps=1",
     )
     assert (out / "checkpoints" / "last.ckpt").exists()
     written = sorted((out / "samples").glob("*.nii.gz"))
@@ -53,13 +60,11 @@ def test_smoke_trains_and_samples_nifti(tmp_path, mode, shape):
     assert (dm["mode"], dm["shape"], dm["channels"]) == (mode, list(shape), 1)
     assert dm["intensity_scaling"] == "zero_anchored_percentile" and dm["intensity_percentile"] == 99.5
 
-    run(
-        "src.sample",
-        f"ckpt={out / 'checkpoints' / 'last.ckpt'}",
-        "num_samples=2",
-        "steps=4",
-        f"out={tmp_path / 'sampled'}",
-    )
+    # the sampling CLI in this process (`python -m src.sample` runs the same main): one interpreter start-up less
+    from src.sample import main as sample_main
+
+    sample_main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "num_samples=2", "steps=4",
+                 f"out={tmp_path / 'sampled'}"])
     sampled = sorted((tmp_path / "sampled").glob("*.nii.gz"))
     assert len(sampled) == 2
     img = nib.load(sampled[0])

@@ -10,15 +10,14 @@ wrong order, a profile updated on the wrong step or not at all on one rank would
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from src.phema import main as phema_main
 from src.phema import power_beta, std_to_exp
+from src.sample import main as sample_main
 
-from .dist_helpers import REPO, TINY, clean_env, load_training_state, run_train
+from .dist_helpers import TINY, load_training_state, run_train
 
 N = 4
 STD = [0.05, 0.10]
@@ -81,19 +80,15 @@ def test_snapshots_of_a_two_process_run_are_whole_and_follow_the_power_profiles(
     last = load_training_state(ckpts / "last.ckpt")["state_dict"]
     assert int(last["phema.num_updates"]) == N
 
-    # reconstruct sigma_rel 0.10 (a stored width: rebuilt exactly) and 0.15, then sample the result
+    # reconstruct sigma_rel 0.10 (a stored width: rebuilt exactly) and 0.15, then sample the result; both CLIs
+    # run in this process (`python -m src.phema` / `python -m src.sample` call the same main): two interpreter
+    # start-ups less
     out = tmp_path / "recon"
-    proc = subprocess.run([sys.executable, "-m", "src.phema", str(run), "--sigma-rel", "0.1,0.15",
-                           "--out", str(out)], cwd=REPO, env=clean_env(), capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    phema_main([str(run), "--sigma-rel", "0.1,0.15", "--out", str(out)])
     recon = torch.load(out / "phema-0.100.ckpt", map_location="cpu", weights_only=True)
     assert recon["phema"]["step"] == N and not any(k.startswith("phema.") for k in recon["state_dict"])
     ema = {k[len("ema.module."):]: v for k, v in recon["state_dict"].items() if k.startswith("ema.module.")}
     assert _max_diff(ema, _recomputed(weights, 0.10, N)) <= 1e-5
     drawn = tmp_path / "drawn"
-    proc = subprocess.run([sys.executable, "-m", "src.sample", f"ckpt={out / 'phema-0.150.ckpt'}",
-                           "num_samples=2", "steps=2", "device=cpu", f"out={drawn}"], cwd=REPO, env=clean_env(),
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sample_main([f"ckpt={out / 'phema-0.150.ckpt'}", "num_samples=2", "steps=2", "device=cpu", f"out={drawn}"])
     assert len(list(drawn.glob("*.png"))) >= 2

@@ -24,7 +24,7 @@ from src.report.media import mri_slices
 from src.report.metrics_file import read_metrics
 from src.report.page import build_html, write_html
 from src.report.run import config_differences, load_run
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_module, run_modules_together
 from tests.mri_helpers import phantom, write_nifti
 
 ARTIFACTS = Path(os.environ.get("REPORT_TEST_ARTIFACTS", ROOT / "tests" / "artifacts" / "report"))
@@ -42,13 +42,19 @@ def _train(out: Path, *extra: str):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An image and an audio smoke run, and an MRI reconstruction's metrics JSON inside the image run."""
+    from src.reconstruct import main as reconstruct_main
+
     base = tmp_path_factory.mktemp("runs")
-    image = _train(base / "image-run", "domain=image")
-    audio = _train(base / "audio-run", "domain=audio", "sampling.num=2")
+    image, audio = base / "image-run", base / "audio-run"
+    # the two runs are independent: started together
+    for res in run_modules_together([["src.train", *TINY, f"paths.output_dir={image}", "domain=image"],
+                                     ["src.train", *TINY, f"paths.output_dir={audio}", "domain=audio",
+                                      "sampling.num=2"]], timeout=900):
+        assert res.returncode == 0, res.stderr[-3000:]
     vol = write_nifti(base / "phantom.nii.gz", phantom((16, 16, 4)).astype(np.float32))
-    res = run_module(["src.reconstruct", "--method", "cs", "--simulate", "--input", str(vol), "--output",
+    # the reconstruction CLI in this process (`python -m src.reconstruct` runs the same main)
+    reconstruct_main(["--method", "cs", "--simulate", "--input", str(vol), "--output",
                       str(image / "recon" / "phantom_cs.nii.gz"), "--cs-iters", "10", "--quiet"])
-    assert res.returncode == 0, res.stderr[-3000:]
     return image, audio
 
 
