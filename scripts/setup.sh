@@ -12,7 +12,10 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 UV_PIN=$(grep -E '^uv==' requirements.lock | cut -d' ' -f1)
-export UV_LINK_MODE=copy UV_PYTHON=.venv/bin/python
+# UV_COMPILE_BYTECODE: write every package's .pyc at install time. Where PYTHONDONTWRITEBYTECODE is set (as on
+# this project's CI machines) Python otherwise recompiles ~5,000 modules on every start: 26 s for
+# `import src.train` against 10 s with the bytecode (measured 2026-12-04), and the tests start many processes.
+export UV_LINK_MODE=copy UV_PYTHON=.venv/bin/python UV_COMPILE_BYTECODE=1
 if [[ "$(.venv/bin/uv --version 2>/dev/null | cut -d' ' -f2)" != "${UV_PIN#uv==}" ]]; then
   echo "setup: installing the installer ($UV_PIN)"
   .venv/bin/python -m pip install -q --disable-pip-version-check "$UV_PIN" 2>&1 | grep -v "^WARNING: Location" || true
@@ -25,5 +28,7 @@ else
   .venv/bin/python -m pip install --progress-bar on --disable-pip-version-check -r requirements.lock
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 fi
+# the same for packages an earlier setup installed without bytecode (a no-op once compiled)
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages >/dev/null || true
 .venv/bin/python -m src.env_check
 echo "setup: done in $((SECONDS - start)) s; .venv holds $(du -sh .venv | cut -f1)"
