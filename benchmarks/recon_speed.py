@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4, help="slices per network call")
     ap.add_argument("--family", default="ddpm", help="diffusion family of the slice model (experiment=recon_prior: edm)")
     ap.add_argument("--num-samples", type=int, default=1, help="posterior samples per slice (recon_prior: 4)")
+    ap.add_argument("--refine-tv", type=float, default=0.0,
+                    help="TV refinement weight of the samples' mean (recon_prior: the tuned value; 0 = off)")
     ap.add_argument("--coils", type=int, default=1, help="simulated receive coils (1: single-coil)")
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
@@ -61,7 +63,7 @@ def main() -> None:
                                            use_flash_attention=True),  # as the mri domain configures it
                              diffusion=dict(family=args.family, steps=args.steps), data_shape=[1, size, size])
     rec = Reconstructor(module, {"domain": {"name": "mri"}}, device=args.device, steps=args.steps,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, refine_tv=args.refine_tv)
     image = torch.from_numpy(np.stack([head_phantom((size, size), seed=i) for i in range(args.slices)]))
     image = image.to(torch.complex64)
     if args.coils > 1:

@@ -99,7 +99,7 @@ def test_multicoil_and_image_only_files_and_nifti(tmp_path):
     assert {v.kind for v in dm._volumes} == {"kspace", "image"}
     multi = next(v for v in dm._volumes if v.kind == "kspace")
     rss_only = next(v for v in dm._volumes if v.kind == "image")
-    key = (dm._volumes.index(multi), 0, False)  # (file, slice, mirrored); one file is held out for validation
+    key = (dm._volumes.index(multi), 0, False, None)  # (file, slice, mirrored, warp); one file is held out for validation
     ds = next(d for d in (dm.train_set, dm.val_set) if key in d.index)
     expected = (2 * np.abs(img[0]) / multi.scale - 1).clip(-1, 1)
     np.testing.assert_allclose(ds[ds.index.index(key)]["x"][0].numpy(), expected, atol=1e-4)
