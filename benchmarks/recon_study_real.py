@@ -30,11 +30,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from src.reconstruct import Reconstructor  # noqa: E402
+from src.reconstruct import main as reconstruct_cli  # noqa: E402
 from src.tools.reconstruction.io import write_nifti  # noqa: E402
 from src.tools.reconstruction.measurement import compressed_sensing, simulate_from_image  # noqa: E402
 from src.tools.reconstruction.recon_metrics import psnr  # noqa: E402
-from src.reconstruct import Reconstructor  # noqa: E402
-from src.reconstruct import main as reconstruct_cli  # noqa: E402
 
 TRAIN = [*range(0, 3), *range(8, 13), *range(19, 24)]
 TUNE, TEST = [4, 5, 6], [14, 15, 16, 17]

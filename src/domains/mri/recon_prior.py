@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from src.errors import fraction
+from datamodules.base import BadInputCounter, DataError, DiffusionDataModule, split_indices
 from src.domains.mri.geometry import (
     Geometry,
     GeometryError,
@@ -45,8 +45,7 @@ from src.domains.mri.geometry import (
     image_reference,
     match,
 )
-
-from datamodules.base import BadInputCounter, DataError, DiffusionDataModule, split_indices
+from src.errors import fraction
 
 log = logging.getLogger(__name__)
 
