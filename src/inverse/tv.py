@@ -33,6 +33,14 @@ def grad2d_adjoint(g: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def tv_dual_step(q: torch.Tensor, x_bar: torch.Tensor, step: float, lam: float) -> torch.Tensor:
+    """Chambolle-Pock's dual update for ``lam * TV``: ascent on ``<grad x_bar, q>``, then the projection of each
+    pixel's gradient pair onto the ball of radius ``lam`` (the proximal map of the conjugate)."""
+    q = q + step * grad2d(x_bar)
+    mag = q.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
+    return q / (mag / lam).clamp_min(1.0)
+
+
 def tv_reconstruct(operator: LinearOperator, y: torch.Tensor, x_init: torch.Tensor, lam: float,
                    iters: int = 300) -> torch.Tensor:
     """Chambolle-Pock iterations from ``x_init``; ``lam`` is in the units of ``x`` (scale the data first)."""
@@ -44,9 +52,7 @@ def tv_reconstruct(operator: LinearOperator, y: torch.Tensor, x_init: torch.Tens
     q = torch.zeros_like(grad2d(x))
     for _ in range(iters):
         p = (p + step * (operator.forward(x_bar) - y)) / (1 + step)
-        q = q + step * grad2d(x_bar)
-        mag = q.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
-        q = q / (mag / lam).clamp_min(1.0)
+        q = tv_dual_step(q, x_bar, step, lam)
         x_new = x - step * (operator.adjoint(p) + grad2d_adjoint(q))
         x_bar = 2 * x_new - x
         x = x_new
@@ -63,15 +69,14 @@ def tv_refine(operator: LinearOperator, y: torch.Tensor, anchor: torch.Tensor, w
     operator's ``data_consistency``, which is the exact projection onto ``{A x = y}`` when ``A A^H`` is a
     projection, as for single-coil MRI, and ``cg_iters`` conjugate-gradient steps towards it otherwise).
     ``anchor`` is, e.g., the mean of posterior samples: TV removes what the samples disagree on (noise
-    texture their mean has only partly averaged out) while the measured data stay exact."""
+    texture their mean has only partly averaged out) while the measured data stay exact. For multi-coil data
+    every iteration runs ``cg_iters`` CG steps, so the refinement costs about ``cg_iters`` times the TV baseline."""
     step = 0.99 / 8.0**0.5  # sigma = tau, sigma * tau * ||grad||^2 < 1
     x = operator.data_consistency(anchor, y, cg_iters)
     x_bar = x.clone()
     q = torch.zeros_like(grad2d(x))
     for _ in range(iters):
-        q = q + step * grad2d(x_bar)
-        mag = q.abs().pow(2).sum(dim=1, keepdim=True).sqrt()
-        q = q / (mag / weight).clamp_min(1.0)
+        q = tv_dual_step(q, x_bar, step, weight)
         x_new = operator.data_consistency((x - step * grad2d_adjoint(q) + step * anchor) / (1 + step), y, cg_iters)
         x_bar = 2 * x_new - x
         x = x_new
