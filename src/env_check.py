@@ -37,6 +37,18 @@ def resolve_device(device, key: str = "--device"):
         raise ConfigError(f"{key}{sep}{device} is not a device; use auto, cpu or cuda[:N].") from None
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AMX or AVX512-BF16), where bf16 autocast is faster
+    than fp32; elsewhere oneDNN emulates it and it is slower."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and (
+            torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN or these probes
+        return False
+
+
 def import_torchaudio():
     """``import torchaudio``, or one sentence naming both versions and the fix when its extension fails."""
     try:

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="TV weight (relative to the intensity scale) of a refinement of the samples' mean that "
                            "keeps the measured data exact; 0 = off; default: the checkpoint's "
                            "reconstruction.refine_tv (experiment=recon_prior tunes it), else 0")
+    samp.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                      help="the network's arithmetic: bf16 autocast is faster on GPUs and on CPUs with AMX / "
+                           "AVX512-BF16 (auto picks it there); default: the checkpoint's reconstruction.precision "
+                           "(experiment=recon_prior: auto), else fp32")
     samp.add_argument("--cg-iters", type=int, default=5, help="conjugate-gradient iterations per data step "
                                                               "(multi-coil)")
     samp.add_argument("--batch-size", type=int, default=8, help="slices per network call")
@@ -166,7 +170,7 @@ def run(args) -> dict:
         reconstructor = Reconstructor.from_checkpoint(
             args.checkpoint, device=args.device, steps=args.steps, eta=args.eta, cg_iters=args.cg_iters,
             batch_size=args.batch_size, use_ema=not args.no_ema, refine_tv=args.refine_tv,
-            allow_resolution_mismatch=args.allow_resolution_mismatch)
+            precision=args.precision, allow_resolution_mismatch=args.allow_resolution_mismatch)
     meas, affine, header, truth, notes = load_input(args)
     reference = read_reference(args.reference) if args.reference else truth
     for note in notes:
@@ -217,7 +221,7 @@ def run(args) -> dict:
         summary["auto"] = auto
     if method == "diffusion":
         summary.update(steps=reconstructor.steps, eta=reconstructor.eta, refine_tv=reconstructor.refine_tv,
-                       num_samples=reconstructor.num_samples if args.num_samples is None else args.num_samples,
+                       precision=reconstructor.precision, num_samples=reconstructor.num_samples if args.num_samples is None else args.num_samples,
                        seed=args.seed, checkpoint=str(args.checkpoint))
     if reference is not None:
         summary["metrics"] = metrics_against(reference, image, zf, cs_image, args)

@@ -23,6 +23,7 @@ from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, ch
 from . import threads
 from .config import expand_home, redact, register_resolvers, to_plain
 from .distributed import build_strategy, cluster_plugins
+from .env_check import native_cpu_bf16
 from .errors import ConfigError, ProjectError, one_of
 from .domains import plugin_config_dirs
 from .media import build_media
@@ -132,12 +133,14 @@ def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
 
 
 def resolve_precision(trainer_cfg: dict):
-    """``precision: auto``: bf16 mixed precision when training on GPUs, full fp32 otherwise."""
+    """``precision: auto``: bf16 mixed precision when training on GPUs, full fp32 otherwise; ``auto-bf16``: the
+    same, and bf16 mixed precision on CPUs with native bf16 (``native_cpu_bf16``) too."""
     precision = trainer_cfg.get("precision", "32-true")
-    if precision != "auto":
+    if precision not in ("auto", "auto-bf16"):
         return precision
     gpu = trainer_cfg.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu else "32-true"
+    cpu_bf16 = precision == "auto-bf16" and not gpu and native_cpu_bf16()
+    return "bf16-mixed" if gpu or cpu_bf16 else "32-true"
 
 
 def log_distributed(trainer: pl.Trainer, module) -> None:

@@ -93,3 +93,13 @@ def test_grad_norm_is_computed_only_on_logging_steps(monkeypatch, tmp_path):
     trainer.fit(module, datamodule=dm)
     assert len(calls) == 2  # steps 3 and 6 of 6
     assert "train/grad_norm" in trainer.logged_metrics
+
+
+def test_auto_bf16_precision_follows_the_cpus_native_bf16(monkeypatch):
+    import src.train as train_mod
+
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(train_mod, "native_cpu_bf16", lambda: native)
+        assert train_mod.resolve_precision({"precision": "auto-bf16", "accelerator": "cpu"}) == expected
+        assert train_mod.resolve_precision({"precision": "auto", "accelerator": "cpu"}) == "32-true"
+    assert train_mod.resolve_precision({"precision": "16-mixed"}) == "16-mixed"

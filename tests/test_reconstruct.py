@@ -396,3 +396,37 @@ def test_multicoil_zero_filled_needs_no_calibration_region(tmp_path):
         meas.batch([0], "cpu")
     expected = rss(ifft2c(kspace * mask.bool()), coil_dim=1).numpy()
     np.testing.assert_allclose(zero_filled(meas), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_network_precision_keeps_the_data_and_the_image(ckpt, monkeypatch):
+    """precision=bf16 runs the network under bf16 autocast: the data steps stay exact and the image stays close
+    to fp32's; auto follows the CPU's native bf16 support; anything else is a ConfigError naming --precision."""
+    import src.tools.reconstruction.reconstructor as recon_mod
+
+    img = torch.from_numpy(phantom()).to(torch.complex64)
+    mask = undersampling_mask("equispaced", SIZE, 4, 0.125, 0)
+    kspace = fft2c(img) * mask
+
+    def trained_like(precision):  # MONAI zero-initialises the output layer: give the network nonzero weights
+        rec = Reconstructor.from_checkpoint(ckpt, device="cpu", steps=3, precision=precision)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for param in rec.module.parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=g))
+        return rec
+
+    fp32 = trained_like("fp32").run(kspace, mask, seed=0)
+    rec = trained_like("bf16")
+    assert rec.precision == "bf16"
+    bf16 = rec.run(kspace, mask, seed=0)
+    k_out = fft2c(torch.from_numpy(bf16.complex_image))
+    measured = mask.expand_as(k_out)
+    assert float((k_out - kspace)[measured].abs().max()) <= 1e-4 * float(kspace.abs().max())
+    scale = float(np.abs(fp32.image).max())
+    assert float(np.abs(bf16.image - fp32.image).max()) <= 0.1 * scale  # bf16 keeps about 3 significant digits
+    assert not np.array_equal(bf16.image, fp32.image)  # the autocast really ran
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(recon_mod, "native_cpu_bf16", lambda: native)
+        assert Reconstructor.from_checkpoint(ckpt, device="cpu", precision="auto").precision == expected
+    with pytest.raises(ConfigError, match="--precision"):
+        Reconstructor.from_checkpoint(ckpt, device="cpu", precision="fp16")

@@ -24,7 +24,7 @@ from src.backbones import size_multiple
 from src.checkpoint import CheckpointError, module_from_checkpoint
 from src.domains.mri.data import INTENSITY_SCALING
 from src.domains.mri.geometry import Geometry, Reorientation, calibration_reference, match
-from src.env_check import resolve_device
+from src.env_check import native_cpu_bf16, resolve_device
 from src.errors import ConfigError
 from src.inverse.sampler import sample_posterior
 from src.inverse.tv import tv_refine
@@ -123,14 +123,16 @@ class Reconstructor:
     uses the exact projection). ``batch_size`` slices (times samples) run through the network at once.
     ``refine_tv`` > 0: the complex mean of the samples is refined by ``src.inverse.tv.tv_refine`` with that TV
     weight (relative to the intensity scale ``s``), keeping the measured data exact (default: the checkpoint's
-    ``reconstruction.refine_tv``, else 0, off).
+    ``reconstruction.refine_tv``, else 0, off). ``precision``: ``fp32``, ``bf16`` (the network under bf16 autocast;
+    the data steps stay fp32/complex64) or ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32);
+    default: the checkpoint's ``reconstruction.precision``, else fp32.
     """
 
     def __init__(self, module, run_config: dict | None = None, device: str | torch.device = "cpu",
                  steps: int | None = None, eta: float | None = None, cg_iters: int = 5, batch_size: int = 8,
                  use_ema: bool = True, allow_resolution_mismatch: bool = False,
                  intensity_percentile: float | None = None, name: str = "model", geometry: dict | None = None,
-                 refine_tv: float | None = None):
+                 refine_tv: float | None = None, precision: str | None = None):
         check_model(module, run_config, name)
         # the grid and intensity contract of a recon_prior checkpoint (src/geometry.py); None for older ones
         self.geometry = Geometry.from_dict(geometry) if geometry else None
@@ -146,6 +148,7 @@ class Reconstructor:
         self.num_samples = int(tuned.get("num_samples", 1))
         self.refine_tv = float(refine_tv if refine_tv is not None else tuned.get("refine_tv", 0.0))
         self.cg_iters, self.batch_size = int(cg_iters), int(batch_size)
+        self.precision = resolve_network_precision(precision or tuned.get("precision", "fp32"), self.device)
         self.use_ema, self.allow_resolution_mismatch = use_ema, allow_resolution_mismatch
         trained = ((run_config or {}).get("datamodule") or {}).get("intensity_percentile", 99.5)
         self.data_config = dict((run_config or {}).get("datamodule") or {})
@@ -257,10 +260,17 @@ class Reconstructor:
     # ---- internals ------------------------------------------------------------------------------------
     def _denoiser(self):
         net = self.module.ema.module if self.use_ema else self.module.backbone
-        den = self.module.objective.denoiser(net)
+        denoise = self.module.objective.denoiser(net)
         # the training data lie in [-1, 1]; clamping the estimate keeps early, very noisy steps in range
         clip = self.module.diffusion_cfg.get("clip_denoised") or (-1.0, 1.0)
         f = self.factor
+        bf16 = self.precision == "bf16"
+        dev = self.device.type
+
+        def den(x, sigma):
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+                return denoise(x, sigma).float()
+
         turn = self.reorientation  # the input's grid -> the model's (a transpose and/or flips; src/geometry.py)
 
         def d(x, sigma):
@@ -304,6 +314,17 @@ class Reconstructor:
         sample_posterior(self._denoiser(), x * sigmas[0].item(), sigmas, step, eta=self.eta,
                          generator=generator)
         return last["image"]
+
+
+def resolve_network_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for the network's forward passes; ``auto``: bf16 on CUDA and on CPUs with native bf16
+    (AMX / AVX512-BF16), where it is faster, else fp32."""
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ConfigError(f"--precision must be fp32, bf16 or auto, got {precision!r}.")
+    if precision == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
+        return "bf16" if native else "fp32"
+    return precision
 
 
 def _progress(total: int, enabled: bool, num_samples: int):
