@@ -221,7 +221,8 @@ def run(args) -> dict:
         summary["auto"] = auto
     if method == "diffusion":
         summary.update(steps=reconstructor.steps, eta=reconstructor.eta, refine_tv=reconstructor.refine_tv,
-                       precision=reconstructor.precision, num_samples=reconstructor.num_samples if args.num_samples is None else args.num_samples,
+                       precision=reconstructor.precision,
+                       num_samples=reconstructor.num_samples if args.num_samples is None else args.num_samples,
                        seed=args.seed, checkpoint=str(args.checkpoint))
     if reference is not None:
         summary["metrics"] = metrics_against(reference, image, zf, cs_image, args)
