@@ -1,7 +1,8 @@
 """Reconstruction speed at 320x320: seconds per slice and per volume for the default number of sampler steps.
 
     python benchmarks/recon_speed.py [--preset small] [--slices 4] [--batch-size 4] [--steps 50] [--coils 1]
-        [--device auto|cpu|cuda] [--precision fp32|bf16] [--warmup] [--json out.json] [--tiny]
+        [--num-samples K] [--refine-tv W] [--resample R] [--device auto|cpu|cuda] [--precision fp32|bf16]
+        [--warmup] [--json out.json] [--tiny]
 
 The network has random weights (speed does not depend on training); the k-space is simulated from a
 phantom volume, undersampled 4x (equispaced, 8% centre). Prints the machine, the settings and the times
@@ -44,6 +45,8 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=1, help="posterior samples per slice (recon_prior: 4)")
     ap.add_argument("--refine-tv", type=float, default=0.0,
                     help="TV refinement weight of the samples' mean (recon_prior: the tuned value; 0 = off)")
+    ap.add_argument("--resample", type=int, default=0,
+                    help="time-travel repeats of the steps with sigma in 0.05-5 (recon_prior: the tuned value; 0 = off)")
     ap.add_argument("--coils", type=int, default=1, help="simulated receive coils (1: single-coil)")
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
@@ -63,7 +66,7 @@ def main() -> None:
                                            use_flash_attention=True),  # as the mri domain configures it
                              diffusion=dict(family=args.family, steps=args.steps), data_shape=[1, size, size])
     rec = Reconstructor(module, {"domain": {"name": "mri"}}, device=args.device, steps=args.steps,
-                        batch_size=args.batch_size, refine_tv=args.refine_tv)
+                        batch_size=args.batch_size, refine_tv=args.refine_tv, resample=args.resample)
     image = torch.from_numpy(np.stack([head_phantom((size, size), seed=i) for i in range(args.slices)]))
     image = image.to(torch.complex64)
     if args.coils > 1:
@@ -83,7 +86,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, device {rec.device}")
     print(f"model: unet preset {args.preset}, {module.num_parameters() / 1e6:.2f}M parameters; "
           f"{args.slices} slices {size}x{size}, {args.coils} coil(s), {args.steps} steps, "
-          f"{args.num_samples} posterior sample(s), "
+          f"{args.num_samples} posterior sample(s), {args.resample} time-travel repeat(s), "
           f"batch {args.batch_size}")
     t0 = time.perf_counter()
     zero_filled(meas)
@@ -99,7 +102,7 @@ def main() -> None:
     print(f"compressed sensing:    {t_cs / n:8.3f} s/slice {t_cs:8.2f} s/volume ({args.cs_iters} iterations)")
     print(f"diffusion ({args.steps} steps): {t_diff / n:8.3f} s/slice {t_diff:8.2f} s/volume")
     settings = {k: getattr(args, k) for k in ("size", "preset", "steps", "slices", "batch_size", "coils",
-                                               "cs_iters", "precision")}
+                                               "cs_iters", "precision", "num_samples", "refine_tv", "resample")}
     write_json(args.json, {"machine": machine(), "device": str(rec.device), "settings": settings,
                            "parameters_m": module.num_parameters() / 1e6,
                            "finite": bool(np.isfinite(result.image).all()),

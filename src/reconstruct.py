@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="TV weight (relative to the intensity scale) of a refinement of the samples' mean that "
                            "keeps the measured data exact; 0 = off; default: the checkpoint's "
                            "reconstruction.refine_tv (experiment=recon_prior tunes it), else 0")
+    samp.add_argument("--resample", type=int, default=None,
+                      help="time travel: repeat each sampler step whose noise level lies in --resample-sigmas this "
+                           "many more times (better agreement of the unmeasured with the measured part, at that many "
+                           "more network calls on those steps); 0 = off; default: the checkpoint's "
+                           "reconstruction.resample (experiment=recon_prior tunes it), else 0")
+    samp.add_argument("--resample-sigmas", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                      help="the noise levels (data in [-1, 1]) whose steps --resample repeats; default: the "
+                           "checkpoint's reconstruction.resample_sigmas, else 0.05 5")
     samp.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
                       help="the network's arithmetic: bf16 autocast is faster on GPUs and on CPUs with AMX / "
                            "AVX512-BF16 (auto picks it there); default: the checkpoint's reconstruction.precision "
@@ -170,6 +178,7 @@ def run(args) -> dict:
         reconstructor = Reconstructor.from_checkpoint(
             args.checkpoint, device=args.device, steps=args.steps, eta=args.eta, cg_iters=args.cg_iters,
             batch_size=args.batch_size, use_ema=not args.no_ema, refine_tv=args.refine_tv,
+            resample=args.resample, resample_sigmas=args.resample_sigmas,
             precision=args.precision, allow_resolution_mismatch=args.allow_resolution_mismatch)
     meas, affine, header, truth, notes = load_input(args)
     reference = read_reference(args.reference) if args.reference else truth
@@ -221,6 +230,7 @@ def run(args) -> dict:
         summary["auto"] = auto
     if method == "diffusion":
         summary.update(steps=reconstructor.steps, eta=reconstructor.eta, refine_tv=reconstructor.refine_tv,
+                       resample=reconstructor.resample, resample_sigmas=list(reconstructor.resample_sigmas),
                        precision=reconstructor.precision,
                        num_samples=reconstructor.num_samples if args.num_samples is None else args.num_samples,
                        seed=args.seed, checkpoint=str(args.checkpoint))

@@ -5,6 +5,12 @@ its data-consistent version before the step, as in DDNM (Wang, Yu & Zhang, ICLR 
 projection) and the Decomposed Diffusion Sampler (Chung, Lee & Ye, ICLR 2024, a few conjugate-gradient
 steps on the normal equations). ``eta`` > 0 re-injects fresh noise, so repeated runs with different seeds
 are samples of the posterior and their spread is a per-pixel uncertainty.
+
+``resample`` > 0 adds "time travel" (RePaint, Lugmayr et al. CVPR 2022; DDNM+, Wang et al. 2023): on the
+steps whose noise level lies in ``resample_sigmas``, the state reached at the next level is diffused back
+to the current one with fresh noise and the step is taken again, ``resample`` more times. A projection step
+replaces the measured part of the estimate but leaves the rest as the network guessed it without those
+data; the repeats let the unmeasured part catch up with what was measured.
 """
 
 from __future__ import annotations
@@ -22,26 +28,38 @@ DataStep = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def sample_posterior(denoiser, x: torch.Tensor, sigmas: torch.Tensor, data_step: DataStep, eta: float = 0.85,
-                     generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, callback=None, resample: int = 0,
+                     resample_sigmas: tuple[float, float] = (0.05, 5.0)) -> torch.Tensor:
     """Run from noise ``x`` (scaled by ``sigmas[0]``) down the sigma grid; return the last consistent ``x0``.
 
     ``denoiser(x, sigma)`` is ``D`` in the variance-exploding view ``x = x0 + sigma * eps`` and
-    ``data_step(x0, i)`` returns the data-consistent estimate in the same (model) space.
+    ``data_step(x0, i)`` returns the data-consistent estimate in the same (model) space. ``resample``
+    repeats of each step whose sigma lies in ``resample_sigmas`` (inclusive; see the module docstring):
+    the network runs ``1 + resample`` times on those steps.
     """
+    if resample < 0:
+        raise ValueError(f"resample must be >= 0, got {resample}")
+    lo, hi = resample_sigmas
     sigmas = sigmas.double().cpu()
     z = x / math.sqrt(1 + sigmas[0].item() ** 2)
     x0 = z
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i].item(), sigmas[i + 1].item()
-        x_ve = z * math.sqrt(1 + s**2)
-        sig = torch.full((x.shape[0],), s, device=x.device, dtype=x.dtype)
-        den = denoiser(x_ve, sig)
-        eps = (x_ve - den) / s
-        x0 = data_step(den, i)
-        noise = None
-        if eta > 0 and s_next > 0:
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z = ddim_step(x0, eps, 1 / (1 + s**2), 1 / (1 + s_next**2), eta, noise)
+        abar, abar_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
+        repeats = resample if s_next > 0 and lo <= s <= hi else 0
+        for k in range(repeats + 1):
+            x_ve = z * math.sqrt(1 + s**2)
+            sig = torch.full((x.shape[0],), s, device=x.device, dtype=x.dtype)
+            den = denoiser(x_ve, sig)
+            eps = (x_ve - den) / s
+            x0 = data_step(den, i)
+            noise = None
+            if eta > 0 and s_next > 0:
+                noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            z = ddim_step(x0, eps, abar, abar_next, eta, noise)
+            if k < repeats:  # back from sigma_next to sigma: the forward process q(z_s | z_next)
+                back = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+                z = math.sqrt(abar / abar_next) * z + math.sqrt(1 - abar / abar_next) * back
         if callback is not None:
             callback(i, z, x0)
     return x0

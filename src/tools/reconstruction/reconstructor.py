@@ -125,14 +125,18 @@ class Reconstructor:
     weight (relative to the intensity scale ``s``), keeping the measured data exact (default: the checkpoint's
     ``reconstruction.refine_tv``, else 0, off). ``precision``: ``fp32``, ``bf16`` (the network under bf16 autocast;
     the data steps stay fp32/complex64) or ``auto`` (bf16 on GPUs and on CPUs with native bf16, else fp32);
-    default: the checkpoint's ``reconstruction.precision``, else fp32.
+    default: the checkpoint's ``reconstruction.precision``, else fp32. ``resample`` > 0 repeats each sampler step
+    whose noise level lies in ``resample_sigmas`` that many more times (time travel, ``src.inverse.sampler``):
+    better agreement between the measured and the unmeasured part for ``1 + resample`` times the network calls
+    on those steps (default: the checkpoint's ``reconstruction.resample`` / ``resample_sigmas``, else 0, off).
     """
 
     def __init__(self, module, run_config: dict | None = None, device: str | torch.device = "cpu",
                  steps: int | None = None, eta: float | None = None, cg_iters: int = 5, batch_size: int = 8,
                  use_ema: bool = True, allow_resolution_mismatch: bool = False,
                  intensity_percentile: float | None = None, name: str = "model", geometry: dict | None = None,
-                 refine_tv: float | None = None, precision: str | None = None):
+                 refine_tv: float | None = None, precision: str | None = None, resample: int | None = None,
+                 resample_sigmas: tuple[float, float] | None = None):
         check_model(module, run_config, name)
         # the grid and intensity contract of a recon_prior checkpoint (src/geometry.py); None for older ones
         self.geometry = Geometry.from_dict(geometry) if geometry else None
@@ -147,6 +151,10 @@ class Reconstructor:
         self.eta = float(eta if eta is not None else tuned.get("eta", 0.85))
         self.num_samples = int(tuned.get("num_samples", 1))
         self.refine_tv = float(refine_tv if refine_tv is not None else tuned.get("refine_tv", 0.0))
+        self.resample = int(resample if resample is not None else tuned.get("resample", 0))
+        lo, hi = (float(v) for v in (resample_sigmas if resample_sigmas is not None
+                                      else tuned.get("resample_sigmas", (0.05, 5.0))))
+        self.resample_sigmas = (lo, hi)
         self.cg_iters, self.batch_size = int(cg_iters), int(batch_size)
         self.precision = resolve_network_precision(precision or tuned.get("precision", "fp32"), self.device)
         self.use_ema, self.allow_resolution_mismatch = use_ema, allow_resolution_mismatch
@@ -161,6 +169,10 @@ class Reconstructor:
             raise ConfigError(f"--eta must be between 0 and 1, got {self.eta}.")
         if not 0.0 <= self.refine_tv <= 10.0:
             raise ConfigError(f"--refine-tv must be between 0 (off) and 10, got {self.refine_tv}.")
+        if not 0 <= self.resample <= 20:
+            raise ConfigError(f"--resample must be between 0 (off) and 20, got {self.resample}.")
+        if not 0 < lo < hi:
+            raise ConfigError(f"--resample-sigmas must be two noise levels 0 < LO < HI, got {lo:g} {hi:g}.")
 
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "auto", **options) -> Reconstructor:
@@ -312,7 +324,7 @@ class Reconstructor:
         sigmas = self.module.objective.sampling_sigmas(self.steps)
         x = torch.randn((y.shape[0], self.channels, *y.shape[-2:]), generator=generator, device=self.device)
         sample_posterior(self._denoiser(), x * sigmas[0].item(), sigmas, step, eta=self.eta,
-                         generator=generator)
+                         generator=generator, resample=self.resample, resample_sigmas=self.resample_sigmas)
         return last["image"]
 
 
