@@ -8,7 +8,7 @@ The network has random weights (speed does not depend on training); the k-space 
 phantom volume, undersampled 4x (equispaced, 8% centre). Prints the machine, the settings and the times
 of the diffusion reconstruction and of the two baselines on the same input. `--warmup` first reconstructs one
 slice with 2 steps (CUDA context, cuDNN and allocator set-up stay out of the timing); `--precision bf16` runs the
-network under bf16 autocast (speed only: reconstruction quality under bf16 is not validated); `--tiny`: 32x32,
+network under bf16 autocast (the Reconstructor's ``precision``, as ``src.reconstruct --precision bf16``); `--tiny`: 32x32,
 tiny preset, 3 steps, 2 slices, 5 CS iterations, so the same code runs in seconds.
 """
 
@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--refine-tv", type=float, default=0.0,
                     help="TV refinement weight of the samples' mean (recon_prior: the tuned value; 0 = off)")
     ap.add_argument("--resample", type=int, default=0,
-                    help="time-travel repeats of the steps with sigma in 0.05-5 (recon_prior: the tuned value; 0 = off)")
+                    help="time-travel repeats of the steps with sigma in 0.05-5 (recon_prior: the tuned value; "
+                         "0 = off)")
     ap.add_argument("--coils", type=int, default=1, help="simulated receive coils (1: single-coil)")
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (unset: torch's choice)")
@@ -66,7 +67,8 @@ def main() -> None:
                                            use_flash_attention=True),  # as the mri domain configures it
                              diffusion=dict(family=args.family, steps=args.steps), data_shape=[1, size, size])
     rec = Reconstructor(module, {"domain": {"name": "mri"}}, device=args.device, steps=args.steps,
-                        batch_size=args.batch_size, refine_tv=args.refine_tv, resample=args.resample)
+                        batch_size=args.batch_size, refine_tv=args.refine_tv, resample=args.resample,
+                        precision=args.precision)  # the Reconstructor's own autocast, as src.reconstruct runs it
     image = torch.from_numpy(np.stack([head_phantom((size, size), seed=i) for i in range(args.slices)]))
     image = image.to(torch.complex64)
     if args.coils > 1:
@@ -76,11 +78,10 @@ def main() -> None:
                             for a in angles]).to(torch.complex64)
         image = sens[None] * image[:, None]
     meas = undersample(fft2c(image), "equispaced", 4, 0.08, 0)
-    autocast = torch.autocast(rec.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     if args.warmup:
-        warm = Reconstructor(module, {"domain": {"name": "mri"}}, device=rec.device, steps=2, batch_size=1)
-        with autocast:
-            warm.run(undersample(fft2c(image[:1]), "equispaced", 4, 0.08, 0))
+        warm = Reconstructor(module, {"domain": {"name": "mri"}}, device=rec.device, steps=2, batch_size=1,
+                             precision=args.precision)
+        warm.run(undersample(fft2c(image[:1]), "equispaced", 4, 0.08, 0))
 
     print(f"machine: {platform.machine()} {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {rec.device}")
@@ -94,8 +95,7 @@ def main() -> None:
     t0 = time.perf_counter()
     compressed_sensing(meas, iters=args.cs_iters, batch_size=args.batch_size)
     t_cs = time.perf_counter() - t0
-    with autocast:
-        result = rec.run(meas, num_samples=args.num_samples, progress=True)
+    result = rec.run(meas, num_samples=args.num_samples, progress=True)
     n = args.slices
     t_diff = result.seconds
     print(f"zero-filled:           {t_zf / n:8.3f} s/slice {t_zf:8.2f} s/volume ({n} slices)")
