@@ -208,6 +208,9 @@ def run_real(out: Path, minutes: float, seed: int, overrides: list[str] = (), th
     out.mkdir(parents=True, exist_ok=True)
     train_dir, tune_path, test_path = real_data(out)
     ckpt, info = train(out, train_dir, minutes, overrides, threads)
+    import torch
+
+    torch.set_num_threads(1)  # tuning and test on one thread: the time limit of the tuning is for one core
     tuning = tune(ckpt, load(tune_path), seed)
     chosen = tuning["chosen"]
     results = {**info, "source": str(source().name), "tuning": tuning, "test": {}}
