@@ -230,9 +230,9 @@ def test_time_travel_option_reaches_the_sampler_and_keeps_the_data(ckpt, tmp_pat
     k_out = fft2c(torch.from_numpy(result.complex_image))
     measured = mask.expand_as(k_out)
     assert float((k_out - kspace)[measured].abs().max()) <= 1e-4 * float(kspace.abs().max())
-    with pytest.raises(ConfigError, match="--resample must"):
+    with pytest.raises(ConfigError, match=r"--resample must be between 0 \(off\) and 20"):
         Reconstructor.from_checkpoint(ckpt, device="cpu", resample=-1)
-    with pytest.raises(ConfigError, match="--resample-sigmas"):
+    with pytest.raises(ConfigError, match="--resample-sigmas must be two noise levels 0 < LO < HI"):
         Reconstructor.from_checkpoint(ckpt, device="cpu", resample_sigmas=(2.0, 1.0))
 
 
