@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from src.inverse.sampler import RESAMPLE_SIGMAS  # noqa: E402
 from src.reconstruct import Reconstructor  # noqa: E402
 from src.reconstruct import main as reconstruct_cli  # noqa: E402
 from src.tools.reconstruction.io import write_nifti  # noqa: E402
@@ -44,7 +45,6 @@ CS_LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1)
 REFINE_WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.3, 0.5)
 DEFAULT_REFINE = 0.3  # the refinement weight while the sample count and the time-travel repeats are chosen
 RESAMPLES = (0, 1, 2, 4)
-RESAMPLE_SIGMAS = (0.05, 5.0)
 SECONDS_PER_SLICE = 10.0  # the speed target for a 128x128 slice at the default settings, scaled by area below
 
 
@@ -119,7 +119,8 @@ def train(out: Path, data: Path, minutes: float, overrides: list[str] = (), thre
     import torch
 
     step = int(torch.load(ckpt, weights_only=True, map_location="cpu")["global_step"])
-    info.update(train_steps=step, threads=threads, load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2))
+    info.update(train_steps=step, threads=threads, load_before=round(load_before, 2),
+                load_after=round(os.getloadavg()[0], 2))
     info.update(overrides=list(overrides))
     record.write_text(json.dumps(info, indent=2) + "\n")
     print(f"trained {step} steps: {info}")

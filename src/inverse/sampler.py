@@ -25,11 +25,12 @@ from src.diffusion.samplers import ddim_step
 from .operators import LinearOperator
 
 DataStep = Callable[[torch.Tensor, int], torch.Tensor]
+RESAMPLE_SIGMAS = (0.05, 5.0)  # where time travel paid on the real-head study (docs/reconstruction.md)
 
 
 def sample_posterior(denoiser, x: torch.Tensor, sigmas: torch.Tensor, data_step: DataStep, eta: float = 0.85,
                      generator: torch.Generator | None = None, callback=None, resample: int = 0,
-                     resample_sigmas: tuple[float, float] = (0.05, 5.0)) -> torch.Tensor:
+                     resample_sigmas: tuple[float, float] = RESAMPLE_SIGMAS) -> torch.Tensor:
     """Run from noise ``x`` (scaled by ``sigmas[0]``) down the sigma grid; return the last consistent ``x0``.
 
     ``denoiser(x, sigma)`` is ``D`` in the variance-exploding view ``x = x0 + sigma * eps`` and

@@ -26,7 +26,7 @@ from src.domains.mri.data import INTENSITY_SCALING
 from src.domains.mri.geometry import Geometry, Reorientation, calibration_reference, match
 from src.env_check import native_cpu_bf16, resolve_device
 from src.errors import ConfigError
-from src.inverse.sampler import sample_posterior
+from src.inverse.sampler import RESAMPLE_SIGMAS, sample_posterior
 from src.inverse.tv import tv_refine
 from src.latent.stage import require_pixel_space
 
@@ -153,7 +153,7 @@ class Reconstructor:
         self.refine_tv = float(refine_tv if refine_tv is not None else tuned.get("refine_tv", 0.0))
         self.resample = int(resample if resample is not None else tuned.get("resample", 0))
         lo, hi = (float(v) for v in (resample_sigmas if resample_sigmas is not None
-                                      else tuned.get("resample_sigmas", (0.05, 5.0))))
+                                      else tuned.get("resample_sigmas", RESAMPLE_SIGMAS)))
         self.resample_sigmas = (lo, hi)
         self.cg_iters, self.batch_size = int(cg_iters), int(batch_size)
         self.precision = resolve_network_precision(precision or tuned.get("precision", "fp32"), self.device)
