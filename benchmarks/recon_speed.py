@@ -8,8 +8,8 @@ The network has random weights (speed does not depend on training); the k-space 
 phantom volume, undersampled 4x (equispaced, 8% centre). Prints the machine, the settings and the times
 of the diffusion reconstruction and of the two baselines on the same input. `--warmup` first reconstructs one
 slice with 2 steps (CUDA context, cuDNN and allocator set-up stay out of the timing); `--precision bf16` runs the
-network under bf16 autocast (the Reconstructor's ``precision``, as ``src.reconstruct --precision bf16``); `--tiny`: 32x32,
-tiny preset, 3 steps, 2 slices, 5 CS iterations, so the same code runs in seconds.
+network under bf16 autocast (the Reconstructor's ``precision``, as ``src.reconstruct --precision bf16``);
+`--tiny`: 32x32, tiny preset, 3 steps, 2 slices, 5 CS iterations, so the same code runs in seconds.
 """
 
 from __future__ import annotations

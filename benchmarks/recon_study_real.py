@@ -120,8 +120,7 @@ def train(out: Path, data: Path, minutes: float, overrides: list[str] = (), thre
 
     step = int(torch.load(ckpt, weights_only=True, map_location="cpu")["global_step"])
     info.update(train_steps=step, threads=threads, load_before=round(load_before, 2),
-                load_after=round(os.getloadavg()[0], 2))
-    info.update(overrides=list(overrides))
+                load_after=round(os.getloadavg()[0], 2), overrides=list(overrides))
     record.write_text(json.dumps(info, indent=2) + "\n")
     print(f"trained {step} steps: {info}")
     return ckpt, info
@@ -215,37 +214,30 @@ def run_real(out: Path, minutes: float, seed: int, overrides: list[str] = (), th
     tuning = tune(ckpt, load(tune_path), seed)
     chosen = tuning["chosen"]
     results = {**info, "source": str(source().name), "tuning": tuning, "test": {}}
-    resample = ["--resample", str(chosen["resample"]), "--resample-sigmas", *map(str, chosen["resample_sigmas"])]
-    for acc, center in SETTINGS:
-        summary = reconstruct_cli([
+    def cli(name: str, acc: int, center: float, *extra: str) -> dict:
+        """src.reconstruct on the test slab with the chosen sampler settings, plus ``extra``."""
+        return reconstruct_cli([
             "--checkpoint", str(ckpt), "--input", str(test_path), "--simulate", "--mask", "equispaced",
             "--acceleration", str(acc), "--center-fraction", str(center), "--seed", str(seed),
-            "--output", str(out / f"recon_{acc}x.nii.gz"), "--steps", str(chosen["steps"]),
+            "--output", str(out / f"{name}_{acc}x.nii.gz"), "--steps", str(chosen["steps"]),
             "--eta", str(chosen["eta"]), "--num-samples", str(chosen["num_samples"]),
-            "--refine-tv", str(chosen["refine_tv"]), *resample, "--compare-cs",
-            "--cs-lambda", str(chosen["cs_lambda"]), "--save-zero-filled", "--device", "cpu", "--quiet"])
-        results["test"][f"{acc}x"] = summary
+            "--resample", str(chosen["resample"]), "--resample-sigmas", *map(str, chosen["resample_sigmas"]),
+            "--cs-lambda", str(chosen["cs_lambda"]), "--device", "cpu", "--quiet", *extra])
+
+    for acc, center in SETTINGS:
+        results["test"][f"{acc}x"] = cli("recon", acc, center, "--refine-tv", str(chosen["refine_tv"]), "--compare-cs",
+                                         "--save-zero-filled")
         if chosen["refine_tv"] > 0:  # the samples' mean without the refinement, for comparison
-            plain = reconstruct_cli([
-                "--checkpoint", str(ckpt), "--input", str(test_path), "--simulate", "--mask", "equispaced",
-                "--acceleration", str(acc), "--center-fraction", str(center), "--seed", str(seed),
-                "--output", str(out / f"plain_{acc}x.nii.gz"), "--steps", str(chosen["steps"]),
-                "--eta", str(chosen["eta"]), "--num-samples", str(chosen["num_samples"]), "--refine-tv", "0", *resample,
-                "--device", "cpu", "--quiet"])
+            plain = cli("plain", acc, center, "--refine-tv", "0")
             results["test"][f"{acc}x plain"] = {k: plain[k] for k in ("metrics", "seconds_per_slice", "checks")}
-        auto = reconstruct_cli([
-            "--checkpoint", str(ckpt), "--input", str(test_path), "--simulate", "--mask", "equispaced",
-            "--acceleration", str(acc), "--center-fraction", str(center), "--seed", str(seed),
-            "--output", str(out / f"auto_{acc}x.nii.gz"), "--method", "auto", "--steps", str(chosen["steps"]),
-            "--eta", str(chosen["eta"]), "--refine-tv", str(chosen["refine_tv"]), *resample, "--cs-lambda",
-            str(chosen["cs_lambda"]), "--device", "cpu", "--quiet"])
+        auto = cli("auto", acc, center, "--method", "auto", "--refine-tv", str(chosen["refine_tv"]))
         results["test"][f"{acc}x auto"] = {k: auto[k] for k in ("method", "auto", "checks", "metrics")}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     figure(out, load(test_path), index=1)
+    print("\nchosen on the tune slab:", chosen)
     print("\n| acceleration | method | PSNR (dB) | SSIM | NMSE |\n| --- | --- | --- | --- | --- |")
     names = {"zero_filled": "zero-filled", "compressed_sensing": "TV (compressed sensing)",
              "reconstruction": "diffusion prior"}
-    print("chosen on the tune slab:", chosen)
     for key, summary in results["test"].items():
         if key.endswith("plain"):
             m = summary["metrics"]["reconstruction"]

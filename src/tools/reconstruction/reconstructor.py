@@ -172,7 +172,8 @@ class Reconstructor:
         if not 0 <= self.resample <= 20:
             raise ConfigError(f"--resample must be between 0 (off) and 20, got {self.resample}.")
         if not 0 < lo < hi:
-            raise ConfigError(f"--resample-sigmas must be two noise levels 0 < LO < HI, got {lo:g} {hi:g}.")
+            raise ConfigError(f"--resample-sigmas must be two noise levels 0 < LO < HI, got {lo:g} {hi:g}; "
+                              f"the default is {RESAMPLE_SIGMAS[0]:g} {RESAMPLE_SIGMAS[1]:g}.")
 
     @classmethod
     def from_checkpoint(cls, path, device: str | torch.device = "auto", **options) -> Reconstructor:
