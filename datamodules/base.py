@@ -177,9 +177,10 @@ class FileItems(Dataset):
     what = "file"
     unreadable: tuple[type[BaseException], ...] = (OSError, ValueError)
 
-    def __init__(self, files: list, labels: Sequence[int] | None = None):
+    def __init__(self, files: list, labels: Sequence[int] | None = None, captions: Sequence[str] | None = None):
         self.files = files
         self.labels = None if labels is None else list(labels)
+        self.captions = None if captions is None else list(captions)
         self._warned: set[int] = set()
 
     def __len__(self) -> int:
@@ -196,8 +197,12 @@ class FileItems(Dataset):
         for k in range(len(self.files)):
             j = (i + k) % len(self.files)
             try:
-                x = self.load(j)
-                return {"x": x} if self.labels is None else {"x": x, "label": self.labels[j]}
+                item = {"x": self.load(j)}
+                if self.labels is not None:
+                    item["label"] = self.labels[j]
+                if self.captions is not None:
+                    item["caption"] = self.captions[j]
+                return item
             except self.unreadable as e:
                 failures.append(f"{self.path(j)} ({e or type(e).__name__})")
                 if j not in self._warned:
@@ -251,7 +256,8 @@ class DiffusionDataModule(pl.LightningDataModule):
     def __init__(self, batch_size: int = 32, num_workers: int = 2, val_batch_size: int | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, seed: int = 0,
                  shards: dict | None = None, labels: str | None = "none", labels_csv: str | None = None,
-                 labels_column: str = "label"):
+                 labels_column: str = "label", captions: str | None = "none", captions_csv: str | None = None,
+                 captions_column: str = "caption"):
         super().__init__()
         labels = "none" if labels is None else str(labels)
         if labels not in LABEL_SOURCES:
@@ -264,6 +270,11 @@ class DiffusionDataModule(pl.LightningDataModule):
         self.label_source, self.labels_column = labels, str(labels_column)
         self.labels_csv = None if labels_csv is None else Path(str(labels_csv)).expanduser()
         self._classes: list[str] | None = None
+        self.caption_source_given = "none" if captions is None else str(captions)
+        self.caption_source = self._caption_source(captions, captions_csv)
+        self.captions_csv = None if captions_csv is None else Path(str(captions_csv)).expanduser()
+        self.captions_column = str(captions_column)
+        self._captions: list[str] | None = None
         batch_size = positive_int(batch_size, "datamodule.batch_size")
         num_workers = positive_int(num_workers, "datamodule.num_workers", minimum=0)
         if val_batch_size is not None:
@@ -292,6 +303,58 @@ class DiffusionDataModule(pl.LightningDataModule):
         return dict(num_workers=workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
                     persistent_workers=self.persistent_workers and workers > 0)
 
+    # ---- captions (cond=text) -----------------------------------------------------------------------------
+    @staticmethod
+    def _caption_source(captions, captions_csv) -> str:
+        from .captions import CAPTION_SOURCES
+
+        source = "none" if captions is None else str(captions)
+        if source not in CAPTION_SOURCES:
+            raise ConfigError(f"datamodule.captions must be one of {', '.join(CAPTION_SOURCES)}, got '{source}'.")
+        if source == "csv" and not captions_csv:
+            raise ConfigError("datamodule.captions=csv needs datamodule.captions_csv=FILE.csv (columns file,caption).")
+        if source == "auto":
+            source = "csv" if captions_csv else "sidecar"  # a datalist .json path: see the MRI datamodule
+        return source
+
+    @property
+    def has_captions(self) -> bool:
+        return self.caption_source != "none"
+
+    def no_builtin_captions(self) -> DataError:
+        return DataError("cond=text needs captioned data: pass datamodule.path with a FILE.txt beside each file "
+                         "(or datamodule.captions_csv); the built-in data of this domain has no captions.")
+
+    def caption_items(self, items: list, root: Path) -> tuple[list[int], list[str]]:
+        """Indices of ``items`` (``_scan``'s records) that have a caption, and their captions."""
+        from .captions import file_captions, keep_captioned, sidecar_fix
+
+        paths = [self.item_path(item) for item in items]
+        found = file_captions(paths, root, self.caption_source, self.captions_csv, self.captions_column)
+        names = [_relative_name(p, root) for p in paths]
+        keep, captions = keep_captioned(names, found, float(getattr(self, "max_bad_fraction", 0.0)),
+                                        sidecar_fix(self.caption_source))
+        log.info("Captions from %s for %d items.", "sidecar .txt files" if self.caption_source == "sidecar" else
+                 f"column {self.captions_column} of {self.captions_csv}", len(keep))
+        return keep, captions
+
+    def item_extras(self, labels: list[int] | None, idx: Sequence[int]) -> dict:
+        """The ``labels=`` and ``captions=`` of a ``FileItems`` subset ``idx`` of ``labelled_files``' items."""
+        return {"labels": None if labels is None else [labels[i] for i in idx],
+                "captions": None if self._captions is None else [self._captions[i] for i in idx]}
+
+    def caption_samples(self, num: int) -> list[str]:
+        """Up to ``num`` distinct captions of the validation (else training) items, for sample previews."""
+        out: list[str] = []
+        for ds in (self.val_set, self.train_set):
+            caps = _dataset_captions(ds)
+            for c in caps or []:
+                if c not in out:
+                    out.append(c)
+                if len(out) >= num:
+                    return out
+        return out
+
     # ---- class labels -----------------------------------------------------------------------------------
     @property
     def classes(self) -> list[str] | None:
@@ -318,6 +381,9 @@ class DiffusionDataModule(pl.LightningDataModule):
         if getattr(self, "_listing", None) is None:
             root = Path(self.path).expanduser()
             items = self._scan(root)
+            if self.has_captions:  # items without a caption are dropped (counted) before labels are read
+                keep, self._captions = self.caption_items(items, root)
+                items = [items[i] for i in keep]
             found = self.file_labels(root, [self.item_path(item) for item in items])
             if found is not None:
                 self._classes = found[0]
@@ -360,8 +426,12 @@ class DiffusionDataModule(pl.LightningDataModule):
         return summary_classes(self._shard_stream().train_urls, self.path)
 
     def item_decoder(self, train: bool):
-        """``shard_decoder`` plus the sample's class label when this datamodule reads labels."""
+        """``shard_decoder`` plus the sample's class label (or caption) when this datamodule reads them."""
+        from .captions import ShardCaption
+
         decode = self.shard_decoder(train)
+        if self.has_captions:
+            decode = ShardCaption(decode)
         return decode if self.label_source == "none" else ShardLabel(decode, len(self.classes))
 
     # ---- webdataset shards: a subclass stores datamodule.path in self.path and implements shard_decoder ----
@@ -418,3 +488,26 @@ class DiffusionDataModule(pl.LightningDataModule):
         indices = [(rank + k * world) % n for k in range(math.ceil(n / world))]
         return DataLoader(Subset(self.val_set, indices), batch_size=self.val_batch_size, shuffle=False,
                           **self._loader_kwargs())
+
+
+def _relative_name(path, root: Path) -> str:
+    p = Path(path)
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.name
+
+
+def _dataset_captions(ds) -> list[str] | None:
+    """The captions a dataset (``FileItems``, a ``Subset`` of one, or any with ``captions``) holds, in order."""
+    if ds is None:
+        return None
+    if isinstance(ds, Subset):
+        if callable(getattr(ds.base, "caption", None)):  # captions computed per item (the built-in images)
+            return [ds.base.caption(i) for i in ds.indices]
+        inner = _dataset_captions(ds.base)
+        return None if inner is None else [inner[i] for i in ds.indices]
+    caps = getattr(ds, "captions", None)
+    if caps is None:
+        return None
+    return list(caps() if callable(caps) else caps)

@@ -33,6 +33,13 @@ class SampleCallback(pl.Callback):
         self.every, self.num, self.sampler, self.steps = every_n_steps, num, sampler, steps
         self.seed, self.batch_size = seed, batch_size
         self._last_step = -1
+        self.prompts: list[str] = []  # a text-conditional model: captions of held-out items, set at fit start
+
+    def on_fit_start(self, trainer, module):
+        if getattr(module, "has_text", False) and self.num > 0:
+            # the datamodule is set up by now; streamed shards hold no item list, so their previews stay unprompted
+            dm = getattr(trainer, "datamodule", None)
+            self.prompts = dm.caption_samples(min(4, self.num)) if hasattr(dm, "caption_samples") else []
 
     def _draw(self, trainer: pl.Trainer, module) -> None:
         step = trainer.global_step
@@ -45,14 +52,24 @@ class SampleCallback(pl.Callback):
         if classes:  # class-conditional: the same number of samples of every class, class after class
             per = max(1, self.num // classes)
             num, label = per * classes, torch.arange(classes).repeat_interleave(per)
+        text = None
+        if self.prompts:  # text-conditional: the same number of samples per prompt, prompt after prompt
+            per = max(1, self.num // len(self.prompts))
+            num, text = per * len(self.prompts), [p for p in self.prompts for _ in range(per)]
         samples = module.sample(num, sampler=self.sampler, steps=self.steps, seed=self.seed,
-                                batch_size=self.batch_size, label=label)
+                                batch_size=self.batch_size, label=label,
+                                **({"text": text} if text is not None else {}))
         if trainer.is_global_zero:
             self.media.save(samples, self.out_dir, prefix=f"step{step:07d}")
             media_log = getattr(self.media, "to_wandb", None)
             extra = {}
-            if label is not None and media_log is not None and "classes" in inspect.signature(media_log).parameters:
+            takes = set(inspect.signature(media_log).parameters) if media_log is not None else set()
+            if label is not None and "classes" in takes:
                 extra["classes"] = self._class_captions(module, label)
+            if text is not None:
+                self._write_prompts()
+                if "classes" in takes and "row_kind" in takes:
+                    extra.update(classes=self._prompt_captions(num // len(self.prompts)), row_kind="prompt")
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger) and media_log is not None:
                     logger.log_metrics(media_log(samples, key="samples/ema", **extra), step=step)
@@ -61,6 +78,17 @@ class SampleCallback(pl.Callback):
         """Each sample's class as W&B shows it: ``3 (cat)``, or only ``3`` when names must not leave the machine."""
         names = (getattr(module, "cond_cfg", None) or {}).get("classes") or []
         return [f"{c} ({names[c]})" if self.class_names and c < len(names) else str(c) for c in label.tolist()]
+
+    def _prompt_captions(self, per: int) -> list[str]:
+        """Each sample's prompt as W&B shows it: ``0: "a red circle"``, or only ``0`` with patient data."""
+        return [f'{i}: "{p}"' if self.class_names else str(i) for i, p in enumerate(self.prompts) for _ in range(per)]
+
+    def _write_prompts(self) -> None:
+        """``samples/prompts.txt`` (line i: prompt i, the rows of every preview) for the report; never with
+        patient data (captions may describe a patient)."""
+        if self.class_names:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "prompts.txt").write_text("".join(f"{p}\n" for p in self.prompts), encoding="utf-8")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step

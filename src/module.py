@@ -15,8 +15,9 @@ import pytorch_lightning as pl
 import torch
 
 from .backbones import build_backbone
+from .backbones.text import TextConditioned, build_text, check_text_cond
 from .diffusion import build_objective, clipped, get_sampler
-from .diffusion.guidance import drop_labels, guided
+from .diffusion.guidance import drop_captions, drop_labels, guided
 from .ema import EMA
 from .errors import ConfigError
 
@@ -46,6 +47,16 @@ def with_label(net, label: torch.Tensor | None):
     return lambda x, noise_level, cond=None: net(x, noise_level, cond, label=label)
 
 
+def with_text(net, text: dict | None):
+    """The backbone call with text embeddings (or byte ids) bound, as ``with_label`` for class labels."""
+    if text is None:
+        return net
+    return lambda x, noise_level, cond=None: net(x, noise_level, cond, text=text)
+
+
+TEXT_BACKBONES = ("unet", "diffwave")
+
+
 def check_cond(cond: dict | None) -> dict:
     c = {"num_classes": 0, "drop_prob": 0.1, "classes": None, **(cond or {})}
     n = c["num_classes"]
@@ -55,6 +66,10 @@ def check_cond(cond: dict | None) -> dict:
         raise ConfigError(f"cond.drop_prob must be in [0, 1); got {c['drop_prob']}.")
     if c["classes"] is not None and len(c["classes"]) != n:
         raise ConfigError(f"cond.classes names {len(c['classes'])} classes but cond.num_classes is {n}.")
+    if c.get("kind") == "text":
+        if n:
+            raise ConfigError("cond=text and class labels (cond.num_classes) cannot be combined; use one of them.")
+        check_text_cond(c)
     return c
 
 
@@ -85,6 +100,15 @@ class DiffusionModule(pl.LightningModule):
         self.num_classes = self.cond_cfg["num_classes"]
         if self.num_classes:
             backbone = {**backbone, "num_classes": self.num_classes}
+        # text conditioning: captions -> text_input (byte ids, or a frozen encoder's embeddings) -> the backbone
+        self.has_text = self.cond_cfg.get("kind") == "text"
+        text_encoder = None
+        if self.has_text:
+            if backbone.get("name", "unet") not in TEXT_BACKBONES:
+                raise ConfigError(f"cond=text needs backbone.name {' or '.join(TEXT_BACKBONES)} (cross-attention to "
+                                  f"the text); backbone.name={backbone.get('name')} takes no text.")
+            self.text_input, text_encoder, context_dim = build_text(self.cond_cfg)
+            backbone = {**backbone, "context_dim": context_dim}
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                           "min_lr_ratio": 0.1, "fused": None, "total_steps": None,
                           "nonfinite": "stop", "nonfinite_max_skips": 10, **(optim or {})}
@@ -99,6 +123,8 @@ class DiffusionModule(pl.LightningModule):
         self.val_buckets = val_buckets
         self.objective = build_objective(diffusion)
         self.backbone = build_backbone(backbone)
+        if self.has_text:  # the built-in encoder trains inside the backbone, so EMA and checkpoints cover it
+            self.backbone = TextConditioned(self.backbone, text_encoder)
         self.perf = {"compile": False, "channels_last": False, **(perf or {})}
         self.memory_format = channels_last_format(len(self.data_shape)) if self.perf["channels_last"] else None
         if self.memory_format is not None:
@@ -161,7 +187,11 @@ class DiffusionModule(pl.LightningModule):
         label = self._labels(batch)
         if label is not None:
             label = drop_labels(label, self.num_classes, float(self.cond_cfg["drop_prob"]), g)
-        loss = self.objective.loss(with_label(self.backbone, label), x, u, noise, cond).mean()
+        net = with_label(self.backbone, label)
+        if self.has_text:
+            net = with_text(self.backbone, self.encode_text(
+                drop_captions(self._captions(batch), float(self.cond_cfg["drop_prob"]), g)))
+        loss = self.objective.loss(net, x, u, noise, cond).mean()
         finite = torch.isfinite(loss.detach())  # a tensor, no host sync per micro-batch
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         # the all-reduce (and its host sync) only where the value is written: on the logger's steps (Lightning's
@@ -192,6 +222,22 @@ class DiffusionModule(pl.LightningModule):
             raise ConfigError(f"A batch holds label {int(label.max())} outside 0..{self.num_classes - 1} "
                             "(cond.num_classes); check the label map of the data.")
         return label
+
+    def _captions(self, batch) -> list[str]:
+        captions = batch.get("caption") if isinstance(batch, dict) else None
+        if captions is None:
+            raise ConfigError("cond=text but the batches carry no 'caption'; use a datamodule that reads captions "
+                              "(datamodule.captions=sidecar|csv|datalist, or captioned shards).")
+        return [str(c) for c in captions]
+
+    def encode_text(self, captions: list[str]) -> dict:
+        """Captions as the text-conditional backbone takes them (the empty caption is the unconditional one)."""
+        return self.text_input(list(captions), self.device)
+
+    def setup(self, stage: str) -> None:
+        # a frozen text encoder runs in the run's precision (bf16 halves its memory); it is no submodule
+        if self.has_text and hasattr(self.text_input, "set_precision") and self._trainer is not None:
+            self.text_input.set_precision(self.trainer.precision)
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
@@ -261,7 +307,10 @@ class DiffusionModule(pl.LightningModule):
             u_center = (k + 0.5) / self.val_buckets  # bucket k = k-th quantile band of the training density
             _, noise = self._noise(x, g)
             u = torch.full((x.shape[0],), u_center, device=x.device)
-            loss = self.objective.loss(with_label(self.ema.module, self._labels(batch)), x, u, noise, cond).mean()
+            net = with_label(self.ema.module, self._labels(batch))
+            if self.has_text:
+                net = with_text(self.ema.module, self.encode_text(self._captions(batch)))
+            loss = self.objective.loss(net, x, u, noise, cond).mean()
             self.log(f"val/loss_bucket{k}", loss, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
             losses.append(loss)
         self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, prog_bar=True, sync_dist=True,
@@ -285,13 +334,19 @@ class DiffusionModule(pl.LightningModule):
     def sample(self, num: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                cond: torch.Tensor | None = None, use_ema: bool = True, batch_size: int | None = None,
                shape: tuple[int, ...] | list[int] | None = None, label: torch.Tensor | None = None,
-               guidance: float = 1.0, **options) -> torch.Tensor:
+               guidance: float = 1.0, text: list[str] | None = None, **options) -> torch.Tensor:
         """Draw ``num`` samples shaped ``(num, *data_shape)`` with the EMA weights by default.
 
         ``shape`` replaces ``data_shape`` for fully convolutional backbones (e.g. a whole file's length for a
         vocoder); ``cond`` holds one condition per sample. A class-conditional model takes ``label`` (one class
-        per sample; None: unconditional, the null label) and classifier-free ``guidance`` (1: plain conditional).
+        per sample; None: unconditional, the null label) and classifier-free ``guidance`` (1: plain conditional);
+        a text-conditional one takes ``text``, one prompt per sample (None: unconditional, the empty caption).
         """
+        if text is not None and not self.has_text:
+            raise ConfigError("prompt= needs a text-conditional checkpoint (trained with cond=text); this one "
+                              "is not: drop prompt= (or use label= for a class-conditional one).")
+        if text is not None and len(text) != num:
+            raise ConfigError(f"Got {len(text)} prompts for {num} samples; pass one per sample.")
         if label is not None and not self.num_classes:
             raise ConfigError("label= needs a class-conditional checkpoint (trained with cond=class); this one "
                               "is unconditional.")
@@ -317,7 +372,10 @@ class DiffusionModule(pl.LightningModule):
         for start in range(0, num, bs):
             n = min(bs, num - start)
             c = cond[start:start + n] if cond is not None else None
-            den = self._denoiser(net, c, None if label is None else label[start:start + n], n, guidance)
+            if self.has_text:
+                den = self._text_denoiser(net, c, None if text is None else text[start:start + n], n, guidance)
+            else:
+                den = self._denoiser(net, c, None if label is None else label[start:start + n], n, guidance)
             if d.get("clip_denoised") is not None:
                 lo, hi = d["clip_denoised"]
                 den = clipped(den, lo, hi)
@@ -338,6 +396,18 @@ class DiffusionModule(pl.LightningModule):
             return self.objective.denoiser(with_label(net, lab), cc)(x, sigma)
 
         return guided(cond_denoiser, label, self.num_classes, guidance)
+
+    def _text_denoiser(self, net, c, text: list[str] | None, n: int, guidance: float):
+        null = self.encode_text([""] * n)
+        if text is None:  # unconditional draw from a text-conditional model: the empty caption, no guidance
+            return self.objective.denoiser(with_text(net, null), c)
+
+        def cond_denoiser(x, sigma, t):
+            reps = x.shape[0] // n  # guidance doubles the batch; the other condition follows
+            cc = c if c is None or reps == 1 else torch.cat([c] * reps)
+            return self.objective.denoiser(with_text(net, t), cc)(x, sigma)
+
+        return guided(cond_denoiser, self.encode_text(text), null, guidance)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())

@@ -2,6 +2,7 @@
 
     python -m src.sample ckpt=PATH num_samples=N [sampler=dpmpp_2m steps=32 seed=0 ema=true device=cpu] out=DIR
     python -m src.sample ckpt=PATH label=3|all guidance=2.0 num_samples=N out=DIR   (class-conditional models)
+    python -m src.sample ckpt=PATH prompt="a red circle"|prompts=FILE guidance=3 num_samples=N out=DIR   (text)
 
 Writes N files in the format of the checkpoint's domain (its media writer) under DIR. A domain may add
 options of its own (``DOMAIN.sample_options``), e.g. the audio domain's ``mel_from=FILE.wav``, which makes
@@ -10,6 +11,9 @@ A class-conditional checkpoint (trained with cond=class) takes ``label=N`` (N sa
 ``label=all`` (N samples of every class, files ``PREFIX_cKKK_*``, and ``PREFIX_grid.png`` with one row per
 class: images, or spectrograms for audio); ``guidance=W`` is the classifier-free guidance weight (1: none,
 0: unconditional).
+A text-conditional checkpoint (trained with cond=text) takes ``prompt="..."`` or ``prompts=FILE`` (one prompt per
+line): N samples per prompt, files ``PREFIX_pKKK_*`` named by the prompt's index, ``prompts.txt`` beside them
+(line K: prompt K) and, for several prompts, ``PREFIX_grid.png`` with one row per prompt.
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ DEFAULTS = {
     "prefix": "sample",
     "label": None,        # class-conditional checkpoints: a class index, or all (one row per class)
     "guidance": 1.0,      # classifier-free guidance weight: 1 plain conditional, 0 unconditional, >1 stronger
+    "prompt": None,       # text-conditional checkpoints: one prompt
+    "prompts": None,      # text-conditional checkpoints: a file with one prompt per line
 }
 
 USAGE = ("usage: python -m src.sample ckpt=PATH num_samples=N out=DIR "
-         "[sampler=NAME steps=K seed=S ema=true device=cpu label=N|all guidance=W] "
+         "[sampler=NAME steps=K seed=S ema=true device=cpu label=N|all prompt=TEXT|prompts=FILE guidance=W] "
          "[options of the checkpoint's domain]")
 
 
@@ -95,10 +101,40 @@ def check_options(cfg) -> None:
     label = cfg.label
     if label is not None and label != "all" and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
         raise ConfigError(f"label must be a class index (0, 1, ...) or all; got {label!r}.")
+    read_prompts(cfg)
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out} is an existing file; pass a folder for the samples (it is created if "
                           "missing).")
+
+
+def read_prompts(cfg) -> list[str] | None:
+    """``prompt=`` or ``prompts=FILE`` as the list of prompts to draw (None: neither), checked."""
+    if cfg.prompt is not None and cfg.prompts is not None:
+        raise ConfigError("Pass prompt= or prompts=FILE, not both.")
+    if (cfg.prompt is not None or cfg.prompts is not None) and cfg.label is not None:
+        raise ConfigError("label= is for class-conditional checkpoints and prompt=/prompts= for text-conditional "
+                          "ones; pass one of them.")
+    if cfg.prompt is not None:
+        text = " ".join(str(cfg.prompt).split())
+        if not text:
+            raise ConfigError('prompt= is empty; give a prompt (prompt="a red circle"), or drop prompt= for '
+                              "unconditional samples.")
+        return [text]
+    if cfg.prompts is None:
+        return None
+    path = Path(str(cfg.prompts)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"prompts={path} is not a file; pass a text file with one prompt per line.")
+    try:
+        lines = [" ".join(line.split()) for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"prompts={path} cannot be read as UTF-8 text ({e}); pass a text file with one prompt "
+                          "per line.") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ConfigError(f"prompts={path} holds no prompt; write one prompt per line.")
+    return lines
 
 
 def domain_input(cfg, domain, run_cfg: dict, num: int, device) -> tuple:
@@ -132,9 +168,12 @@ def sample(cfg) -> list[Path]:
     num = int(cfg.num_samples)
     kwargs = dict(sampler=cfg.sampler, steps=cfg.steps, seed=seed, use_ema=bool(cfg.ema),
                   batch_size=int(cfg.batch_size), shape=shape, guidance=float(cfg.guidance))
-    if cfg.label is None:
-        if module.num_classes and float(cfg.guidance) != 1.0:
-            print("note: guidance= acts only with label=; drawing unconditional samples")
+    prompts = read_prompts(cfg)
+    if prompts is not None:
+        paths = sample_prompts(module, media, prompts, cfg, cond, num, out, kwargs)
+    elif cfg.label is None:
+        if (module.num_classes or getattr(module, "has_text", False)) and float(cfg.guidance) != 1.0:
+            print("note: guidance= acts only with label= or prompt=; drawing unconditional samples")
         x = module.sample(num, cond=cond, **kwargs)
         paths = media.save(x, out, prefix=cfg.prefix)
     else:
@@ -150,6 +189,24 @@ def sample(cfg) -> list[Path]:
         print("classes: " + ", ".join(f"{c}={names[c] if c < len(names) else c}" for c in labels))
     print(f"wrote {len(paths)} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s (seed={seed}; pass "
           f"seed={seed} to draw the same ones again)")
+    return paths
+
+
+def sample_prompts(module, media, prompts: list[str], cfg, cond, num: int, out: Path, kwargs: dict) -> list[Path]:
+    """``num`` samples per prompt, files ``PREFIX_pKKK_*`` by prompt index; ``prompts.txt`` (line K: prompt K)."""
+    if not getattr(module, "has_text", False):
+        raise ConfigError(f"prompt= needs a text-conditional checkpoint (trained with cond=text); {cfg.ckpt} is "
+                          f"{'class-conditional: use label=' if module.num_classes else 'not: drop prompt='} "
+                          "and prompts=.")
+    paths, rows = [], []
+    for k, prompt in enumerate(prompts):
+        x = module.sample(num, cond=cond, text=[prompt] * num, **kwargs)
+        paths += media.save(x, out, prefix=f"{cfg.prefix}_p{k:03d}")
+        rows.append(x)
+    (out / "prompts.txt").write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
+    if len(prompts) > 1 and hasattr(media, "save_grid"):  # media that can show a row per prompt
+        media.save_grid(torch.cat(rows), num, out / f"{cfg.prefix}_grid.png")
+    print(f"prompts: {len(prompts)} (file index = line of {out / 'prompts.txt'})")
     return paths
 
 

@@ -186,7 +186,10 @@ def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback
 def module_cond(cond: dict | None, dm) -> dict | None:
     """``cond=class``: the class count and names from the datamodule's label map (``dm.classes``) or the config."""
     cond = dict(cond or {})
-    if cond.pop("kind", "none") != "class":
+    kind = cond.pop("kind", "none")
+    if kind == "text":
+        return text_cond(cond, dm)
+    if kind != "class":
         return None
     classes = getattr(dm, "classes", None) or cond.get("classes")
     num = cond.get("num_classes") or (len(classes) if classes else None)
@@ -195,6 +198,23 @@ def module_cond(cond: dict | None, dm) -> dict | None:
                           "cond.num_classes=N (and make the batches carry 'label').")
     classes = list(classes) if classes else [str(i) for i in range(int(num))]
     return {"num_classes": int(num), "classes": classes, "drop_prob": float(cond.get("drop_prob", 0.1))}
+
+
+TEXT_KEYS = ("encoder", "encoder_path", "drop_prob", "max_length", "cache", "dim", "layers", "heads")
+
+
+def text_cond(cond: dict, dm) -> dict:
+    """``cond=text``: the text encoder's settings (checked here, before any work) for the model; the datamodule
+    must read captions."""
+    from .backbones.text import check_text_cond
+
+    if not getattr(dm, "has_captions", False):
+        raise ConfigError("cond=text needs captions, but datamodule.captions=none; set datamodule.captions="
+                          "sidecar|csv|datalist (cond=text sets auto).")
+    out = {"kind": "text", **{k: cond[k] for k in TEXT_KEYS if cond.get(k) is not None}}
+    if out.get("encoder_path"):
+        out["encoder_path"] = str(Path(str(out["encoder_path"])).expanduser().resolve())
+    return check_text_cond(out)
 
 
 def train(cfg: DictConfig) -> dict:

@@ -76,16 +76,40 @@ class ResidualLayer(nn.Module):
         return (x + residual) / math.sqrt(2.0), skip
 
 
+class CrossAttention1d(nn.Module):
+    """Each time step attends to the text tokens; zero-initialised output, so it starts as the identity."""
+
+    def __init__(self, channels: int, context_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.attn = nn.MultiheadAttention(channels, max(1, channels // 16), kdim=context_dim, vdim=context_dim,
+                                          batch_first=True)
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        q = self.norm(h.transpose(1, 2))
+        out, _ = self.attn(q, context.to(q.dtype), context.to(q.dtype), need_weights=False)
+        return h + out.transpose(1, 2)
+
+
 class DiffWave(nn.Module):
     def __init__(self, in_channels: int = 1, out_channels: int | None = None, residual_layers: int = 30,
                  residual_channels: int = 64, dilation_cycle: int = 10, embed_dim: int = 512,
-                 cond_channels: int = 0, noise_scale: float = 1000.0, num_classes: int = 0):
+                 cond_channels: int = 0, noise_scale: float = 1000.0, num_classes: int = 0,
+                 context_dim: int = 0, cross_attention_every: int = 4):
         super().__init__()
         self.size_multiple = 1  # fully convolutional at full resolution: any length
         c = residual_channels
         self.cond_channels = cond_channels
         # class labels join the noise embedding (num_classes + 1 entries, the last the null label)
         self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
+        # text (cond=text): the pooled embedding joins the noise embedding (a FiLM-like shift of every layer's
+        # input), and every cross_attention_every-th layer attends to the per-token embeddings
+        self.text_pool = nn.Linear(context_dim, embed_dim) if context_dim else None
+        self.cross = nn.ModuleDict({str(i): CrossAttention1d(residual_channels, context_dim)
+                                    for i in range(residual_layers) if (i + 1) % max(1, cross_attention_every) == 0
+                                    or i == residual_layers - 1}) if context_dim else None
         self.input = nn.Conv1d(in_channels, c, 1)
         self.embed = NoiseEmbedding(embed_dim, noise_scale)
         self.upsampler = MelUpsampler(cond_channels) if cond_channels else None
@@ -100,7 +124,8 @@ class DiffWave(nn.Module):
         return 1 + 2 * sum(layer.dilated.dilation[0] for layer in self.layers)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None,
-                label: torch.Tensor | None = None):
+                label: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None):
         if x.ndim != 3:
             raise ValueError(f"The diffwave backbone takes waveforms shaped (B, C, L), got {tuple(x.shape)}.")
         if cond is not None:
@@ -117,8 +142,14 @@ class DiffWave(nn.Module):
             if self.class_embed is None:
                 raise ValueError("This diffwave backbone was built without classes but got labels; set cond=class.")
             emb = emb + self.class_embed(label)
+        if context is not None:
+            if self.text_pool is None:
+                raise ValueError("This diffwave backbone was built without text but got text; set cond=text.")
+            emb = emb + self.text_pool(pooled.to(emb.dtype))
         skips = 0
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if context is not None and str(i) in self.cross:
+                h = self.cross[str(i)](h, context)
             h, skip = layer(h, emb, cond)
             skips = skips + skip
         h = F.relu(self.skip(skips / math.sqrt(len(self.layers))))
@@ -127,10 +158,11 @@ class DiffWave(nn.Module):
 
 def build_diffwave(in_channels: int = 1, out_channels: int | None = None, preset: str = "base",
                    mel_conditioning: bool = False, n_mels: int = 80, num_classes: int = 0,
-                   **overrides) -> nn.Module:
+                   context_dim: int = 0, **overrides) -> nn.Module:
     if preset not in PRESETS:
         raise ConfigError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     check_keys(DiffWave, overrides, "backbone", "backbone.name=diffwave")
     kwargs = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return DiffWave(in_channels=in_channels, out_channels=out_channels,
-                    cond_channels=n_mels if mel_conditioning else 0, num_classes=num_classes, **kwargs)
+                    cond_channels=n_mels if mel_conditioning else 0, num_classes=num_classes,
+                    context_dim=context_dim, **kwargs)

@@ -54,8 +54,13 @@ class UNetBackbone(nn.Module):
         self.size_multiple = 2 ** (len(net.down_blocks) - 1)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None,
-                label: torch.Tensor | None = None):
-        # class labels go through MONAI's own class embedding (num_class_embeds), added to the time embedding
+                label: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None):
+        # class labels go through MONAI's own class embedding (num_class_embeds), added to the time embedding;
+        # text: per-token embeddings are the cross-attention context, the pooled one takes the class slot
+        # (build_unet makes that embedding a linear map of it)
+        if context is not None:
+            return self.net(x, timesteps=noise_level * self.noise_scale, context=context, class_labels=pooled)
         return self.net(x, timesteps=noise_level * self.noise_scale, context=cond, class_labels=label)
 
 
@@ -74,8 +79,11 @@ def checkpoint_blocks(net: DiffusionModelUNet) -> None:
 
 def build_unet(spatial_dims: int = 2, in_channels: int = 3, out_channels: int | None = None,
                preset: str = "small", activation_checkpointing: bool = False, num_classes: int = 0,
-               **overrides) -> nn.Module:
-    """``num_classes > 0`` adds a class embedding of ``num_classes + 1`` entries; the last is the null label."""
+               context_dim: int = 0, **overrides) -> nn.Module:
+    """``num_classes > 0`` adds a class embedding of ``num_classes + 1`` entries; the last is the null label.
+    ``context_dim > 0`` (cond=text): cross-attention to text embeddings of that width (MONAI's
+    ``with_conditioning``) in every attention level and the middle block, and the pooled text embedding added
+    to the time embedding through a linear map."""
     if preset not in PRESETS:
         raise ConfigError(f"Unknown backbone.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     if spatial_dims not in (2, 3):
@@ -87,8 +95,12 @@ def build_unet(spatial_dims: int = 2, in_channels: int = 3, out_channels: int | 
         kwargs[key] = tuple(kwargs[key])
     if num_classes:
         kwargs["num_class_embeds"] = int(num_classes) + 1
+    if context_dim:
+        kwargs.update(with_conditioning=True, cross_attention_dim=int(context_dim), num_class_embeds=1)
     net = DiffusionModelUNet(spatial_dims=spatial_dims, in_channels=in_channels,
                              out_channels=out_channels or in_channels, **kwargs)
+    if context_dim:
+        net.class_embedding = nn.Linear(int(context_dim), net.class_embedding.embedding_dim)
     if activation_checkpointing:
         checkpoint_blocks(net)
     return UNetBackbone(net)

@@ -109,6 +109,13 @@ def curves_section(runs: list[Run]) -> str:
     return note + '<div class="plots">' + "".join(drawn) + "</div>"
 
 
+def _prompt_rows(prompts: list[str]) -> str:
+    """A text model's preview rows, one per prompt (empty without prompts)."""
+    if not prompts:
+        return ""
+    return html.escape(", one row per prompt: " + "; ".join(f'{i}: "{p}"' for i, p in enumerate(prompts)))
+
+
 def samples_section(runs: list[Run], max_steps: int, max_clips: int) -> str:
     parts = []
     for r in runs:
@@ -126,7 +133,7 @@ def samples_section(runs: list[Run], max_steps: int, max_clips: int) -> str:
             parts.append(f'<div class="sample-step" data-step="{step}"><h4>step {step}</h4>')
             if files[0].suffix == ".png":
                 parts.append(f"<figure>{_img(media.image_grid(files), 'sample-grid', f'samples at step {step}')}"
-                             f"<figcaption>{len(files)} EMA samples</figcaption></figure>")
+                             f"<figcaption>{len(files)} EMA samples{_prompt_rows(r.prompts)}</figcaption></figure>")
             elif files[0].suffix == ".wav":
                 for f in files[:max_clips]:
                     audio = media.data_uri(f.read_bytes(), "audio/wav")

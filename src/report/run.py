@@ -25,6 +25,7 @@ class Run:
     config: dict
     log: RunLog | None
     samples: dict[int, list[Path]] = field(default_factory=dict)  # step -> files, in sample order
+    prompts: list[str] = field(default_factory=list)  # the rows of a text model's previews (samples/prompts.txt)
     checkpoints: list[tuple[str, int, int]] = field(default_factory=list)  # (name, step or -1, bytes)
     results: list[tuple[Path, dict]] = field(default_factory=list)  # *.metrics.json files and their content
     wandb_id: str | None = None
@@ -68,6 +69,9 @@ def load_run(path: str | Path) -> Run:
         m = SAMPLE.match(f.name)
         if m:
             run.samples.setdefault(int(m.group(1)), []).append(f)
+    prompts = path / "samples" / "prompts.txt"
+    if prompts.is_file() and not (config.get("privacy") or {}).get("patient_data"):  # never written then, either
+        run.prompts = prompts.read_text(encoding="utf-8").splitlines()
     run.checkpoints = [checkpoint_info(c) for c in sorted((path / "checkpoints").glob("*.ckpt"))]
     for f in sorted(path.rglob("*.metrics.json")):
         if "wandb" in f.relative_to(path).parts:

@@ -146,8 +146,9 @@ class AudioFolder(FileItems):
     what, unreadable = "audio file", (sf.LibsndfileError, RuntimeError, OSError, ValueError)
 
     def __init__(self, files: list[AudioFile], sample_rate: int, length: int, channels: int,
-                 random_crop: bool, transform: ClipTransform, labels: list[int] | None = None):
-        super().__init__(files, labels)
+                 random_crop: bool, transform: ClipTransform, labels: list[int] | None = None,
+                 captions: list[str] | None = None):
+        super().__init__(files, labels, captions)
         self.sample_rate, self.length, self.channels = sample_rate, length, channels
         self.random_crop, self.transform = random_crop, transform
 
@@ -295,17 +296,15 @@ class AudioDataModule(DiffusionDataModule):
             files, labels = self.labelled_files()
             train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
             args = (self.sample_rate, self.length, self.channels)
-
-            def pick(idx):
-                return None if labels is None else [labels[i] for i in idx]
-
             self.train_set = AudioFolder([files[i] for i in train_idx], *args, True, self.transform,
-                                         labels=pick(train_idx))
+                                         **self.item_extras(labels, train_idx))
             self.val_set = AudioFolder([files[i] for i in val_idx], *args, False, self.transform,
-                                       labels=pick(val_idx))
+                                       **self.item_extras(labels, val_idx))
         else:
             if self.label_source != "none":
                 raise self.no_builtin_labels()
+            if self.has_captions:
+                raise self.no_builtin_captions()
             full = SyntheticAudio(self.builtin_size, self.length, self.sample_rate, self.channels, self.seed,
                                   self.transform)
             train_idx, val_idx = split_indices(len(full), self.val_fraction, self.seed)

@@ -89,15 +89,17 @@ class AudioMedia:
         Image.fromarray(grid).save(path)
         return path
 
-    def to_wandb(self, samples: torch.Tensor, key: str = "samples", classes: list[str] | None = None) -> dict:
-        """A player and a spectrogram per clip; ``classes`` (each clip's class caption) joins their captions."""
+    def to_wandb(self, samples: torch.Tensor, key: str = "samples", classes: list[str] | None = None,
+                 row_kind: str = "class") -> dict:
+        """A player and a spectrogram per clip; ``classes`` (each clip's class caption, or its prompt with
+        ``row_kind="prompt"``) joins their captions."""
         import wandb
 
         waves = for_listening(to_waveforms(samples))
         audio, spectrograms = [], []
         for i, wave in enumerate(waves):
             data = wave[0].numpy() if wave.shape[0] == 1 else wave.T.numpy()
-            name = f"EMA sample {i}" + (f", class {classes[i]}" if classes else "")
+            name = f"EMA sample {i}" + (f", {row_kind} {classes[i]}" if classes else "")
             audio.append(wandb.Audio(data, sample_rate=self.sample_rate, caption=name))
             spectrograms.append(wandb.Image(spectrogram_image(wave, self.sample_rate, self.n_mels),
                                             caption=f"{name}: log-mel spectrogram"))

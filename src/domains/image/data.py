@@ -107,8 +107,8 @@ class ImageFolder(FileItems):
     what, unreadable = "image", UNREADABLE
 
     def __init__(self, files: list[Path], resolution: int, channels: int, random_flip: bool,
-                 labels: list[int] | None = None):
-        super().__init__(files, labels)
+                 labels: list[int] | None = None, captions: list[str] | None = None):
+        super().__init__(files, labels, captions)
         self.resolution, self.channels, self.random_flip = resolution, channels, random_flip
 
     def load(self, i: int) -> torch.Tensor:
@@ -118,15 +118,28 @@ class ImageFolder(FileItems):
             return to_tensor(img, self.resolution, self.channels, flip)
 
 
+SHAPE_NAMES = ("circle", "square", "triangle")
+# named colours in [-1, 1] RGB; a shape's colour is called by the nearest one (cond=text on the built-in data)
+COLOUR_NAMES = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1),
+                "cyan": (-1, 1, 1), "magenta": (1, -1, 1), "white": (1, 1, 1), "black": (-1, -1, -1),
+                "grey": (0, 0, 0)}
+
+
+def colour_name(rgb) -> str:
+    rgb = np.asarray(rgb, dtype=np.float32)
+    return min(COLOUR_NAMES, key=lambda k: float(((np.asarray(COLOUR_NAMES[k]) - rgb) ** 2).sum()))
+
+
 class SyntheticShapes(Dataset):
     """Built-in data: coloured circles, squares and triangles on smooth gradients, one image per index.
 
     Deterministic per index and generated on the fly, so nothing is downloaded or stored.
     """
 
-    def __init__(self, size: int, resolution: int, channels: int, seed: int = 0, random_flip: bool = False):
+    def __init__(self, size: int, resolution: int, channels: int, seed: int = 0, random_flip: bool = False,
+                 with_captions: bool = False):
         self.size, self.resolution, self.channels, self.seed = size, resolution, channels, seed
-        self.random_flip = random_flip
+        self.random_flip, self.with_captions = random_flip, with_captions
         r = resolution
         yy, xx = np.mgrid[0:r, 0:r].astype(np.float32) / max(r - 1, 1)
         self.yy, self.xx = yy, xx
@@ -135,12 +148,23 @@ class SyntheticShapes(Dataset):
         return self.size
 
     def render(self, i: int) -> np.ndarray:
+        return self.draw(i)[0]
+
+    def caption(self, i: int) -> str:
+        """What image ``i`` shows, in words: ``a red circle and a blue square`` (later shapes lie on top)."""
+        return self.draw(i)[1]
+
+    def captions(self) -> list[str]:
+        return [self.caption(i) for i in range(self.size)]
+
+    def draw(self, i: int) -> tuple[np.ndarray, str]:
         rng = np.random.default_rng([self.seed, i])
         c0, c1 = rng.uniform(-1, 1, (2, 3)).astype(np.float32) * 0.6
         angle = rng.uniform(0, 2 * np.pi)
         ramp = np.cos(angle) * self.xx + np.sin(angle) * self.yy
         ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
         img = c0[:, None, None] * (1 - ramp) + c1[:, None, None] * ramp
+        words = []
         for _ in range(rng.integers(1, 4)):
             kind = rng.integers(0, 3)
             cx, cy = rng.uniform(0.2, 0.8, 2)
@@ -153,15 +177,17 @@ class SyntheticShapes(Dataset):
                 mask = (self.yy - cy > -s) & (np.abs(self.xx - cx) < (self.yy - cy + s) / 2)
             colour = rng.uniform(-1, 1, 3).astype(np.float32)
             img = np.where(mask[None], colour[:, None, None], img)
+            words.append(f"a {colour_name(colour)} {SHAPE_NAMES[kind]}")
         if self.channels == 1:
             img = img.mean(0, keepdims=True)
-        return np.clip(img, -1, 1).astype(np.float32)
+        return np.clip(img, -1, 1).astype(np.float32), " and ".join(words)
 
     def __getitem__(self, i: int) -> dict:
-        x = torch.from_numpy(self.render(i))
+        img, caption = self.draw(i)
+        x = torch.from_numpy(img)
         if self.random_flip and bool(torch.randint(0, 2, (1,)).item()):
             x = x.flip(-1)
-        return {"x": x}
+        return {"x": x, "caption": caption} if self.with_captions else {"x": x}
 
 
 class ImageDataModule(DiffusionDataModule):
@@ -202,19 +228,19 @@ class ImageDataModule(DiffusionDataModule):
         if self.path:
             files, labels = self.labelled_files()
             train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
-
-            def pick(idx):
-                return None if labels is None else [labels[i] for i in idx]
-
             self.train_set = ImageFolder([files[i] for i in train_idx], self.resolution, self.channels,
-                                         self.random_flip, labels=pick(train_idx))
+                                         self.random_flip, **self.item_extras(labels, train_idx))
             self.val_set = ImageFolder([files[i] for i in val_idx], self.resolution, self.channels, False,
-                                       labels=pick(val_idx))
+                                       **self.item_extras(labels, val_idx))
         else:
             if self.label_source != "none":
                 raise self.no_builtin_labels()
-            full = SyntheticShapes(self.builtin_size, self.resolution, self.channels, seed=self.seed)
+            # the built-in shapes describe themselves ("a red circle and a blue square"): cond=text needs no files
+            text = self.has_captions
+            full = SyntheticShapes(self.builtin_size, self.resolution, self.channels, seed=self.seed,
+                                   with_captions=text)
             train_idx, val_idx = split_indices(len(full), self.val_fraction, self.seed)
             self.train_set = Subset(SyntheticShapes(self.builtin_size, self.resolution, self.channels,
-                                                    seed=self.seed, random_flip=self.random_flip), train_idx)
+                                                    seed=self.seed, random_flip=self.random_flip,
+                                                    with_captions=text), train_idx)
             self.val_set = Subset(full, val_idx)

@@ -32,12 +32,14 @@ class ImageMedia:
         Image.fromarray(image_grid(samples, nrow=per_row)).save(path)
         return path
 
-    def to_wandb(self, samples: torch.Tensor, key: str = "samples", classes: list[str] | None = None) -> dict:
-        """One grid; with ``classes`` (each sample's class caption, class after class) one row per class."""
+    def to_wandb(self, samples: torch.Tensor, key: str = "samples", classes: list[str] | None = None,
+                 row_kind: str = "class") -> dict:
+        """One grid; with ``classes`` (each sample's class caption, class after class) one row per class
+        (``row_kind="prompt"``: each sample's prompt, one row per prompt)."""
         import wandb
 
         if not classes:
             return {key: wandb.Image(image_grid(samples), caption=f"{len(samples)} EMA samples")}
         rows = list(dict.fromkeys(classes))
-        caption = f"{len(samples)} EMA samples, one row per class: {', '.join(rows)}"
+        caption = f"{len(samples)} EMA samples, one row per {row_kind}: {', '.join(rows)}"
         return {key: wandb.Image(image_grid(samples, nrow=len(samples) // len(rows)), caption=caption)}

@@ -56,10 +56,17 @@ class CachedItems(Dataset):
 
     def __init__(
         self, volumes: Dataset, index: Sequence[tuple[int, int | None]], axis: int, augment: Compose,
-        labels: Sequence[int] | None = None,
+        labels: Sequence[int] | None = None, captions: Sequence[str] | None = None,
     ):
         self.volumes, self.index, self.axis, self.augment = volumes, list(index), axis, augment
         self.labels = None if labels is None else list(labels)  # class label per volume (cond=class)
+        self.volume_captions = None if captions is None else list(captions)  # caption per volume (cond=text)
+
+    def captions(self) -> list[str] | None:
+        """Each item's caption (its volume's), in item order; None without captions."""
+        if self.volume_captions is None:
+            return None
+        return [self.volume_captions[v] for v, _ in self.index]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -69,6 +76,8 @@ class CachedItems(Dataset):
         item = augment_item(self.volumes[v][KEY], s, self.axis, self.augment)
         if self.labels is not None:
             item["label"] = self.labels[v]
+        if self.volume_captions is not None:
+            item["caption"] = self.volume_captions[v]
         return item
 
 
@@ -215,6 +224,43 @@ class MRIDataModule(DiffusionDataModule):
         index = {c: i for i, c in enumerate(classes)}
         return classes, {k: index[v] for k, v in names.items()}
 
+    # ---- captions (cond=text) ---------------------------------------------------------------------
+    def _caption_of(self, items: list[dict]) -> dict[str, str]:
+        """``{item path: caption}`` for the items that have one (sidecar, CSV or, for a datalist .json path, the
+        ``datamodule.captions_column`` key of each entry); the others are counted and dropped."""
+        from datamodules.captions import file_captions, keep_captioned, sidecar_fix
+
+        root = Path(self.path).expanduser()
+        source = self.caption_source
+        if source == "datalist" or (self.caption_source_given == "auto" and root.is_file()
+                                    and root.suffix.lower() == ".json"):
+            source = "datalist"
+            found = self._datalist_captions(root, items)
+        else:
+            folder = root.parent if root.is_file() else root
+            found = file_captions([Path(it[KEY]) for it in items], folder, source, self.captions_csv,
+                                  self.captions_column)
+        keep, captions = keep_captioned([Path(it[KEY]).name for it in items], found, self.max_bad_fraction,
+                                        sidecar_fix(source))
+        return {items[i][KEY]: c for i, c in zip(keep, captions)}
+
+    def _datalist_captions(self, root: Path, items: list[dict]) -> list[tuple[str | None, str]]:
+        from datamodules.captions import CaptionError, clean
+
+        from .io import load_datalist
+
+        if not (root.is_file() and root.suffix.lower() == ".json"):
+            raise CaptionError(f"datamodule.captions=datalist needs a datalist .json as datamodule.path, got {root}; "
+                               "use sidecar or csv captions for a folder.")
+        content = json.loads(root.read_text())
+        text: dict[str, str] = {}
+        for key in (self.datalist_key, self.datalist_val_key):
+            if key in content:
+                for entry, it in zip(content[key], load_datalist(root, key)):
+                    text[it[KEY]] = clean(entry.get(self.captions_column) if isinstance(entry, dict) else None)
+        why = f"no '{self.captions_column}' in its datalist entry"
+        return [(text.get(it[KEY]) or None, why) for it in items]
+
     # ---- setup ------------------------------------------------------------------------------------
     def _items(self, counter: BadInputCounter) -> tuple[list[dict], list[dict] | None, int]:
         if not self.path:
@@ -299,8 +345,15 @@ class MRIDataModule(DiffusionDataModule):
             return
         if self.label_source != "none" and not self.path:
             raise self.no_builtin_labels()
+        if self.has_captions and not self.path:
+            raise self.no_builtin_captions()
         counter = BadInputCounter("volume", self.max_bad_fraction)
         train_items, val_items, total = self._items(counter)
+        caption_of = None
+        if self.has_captions:  # volumes without a caption are dropped (counted) before they are cached
+            caption_of = self._caption_of(train_items + (val_items or []))
+            train_items = [it for it in train_items if it[KEY] in caption_of]
+            val_items = None if val_items is None else [it for it in val_items if it[KEY] in caption_of]
         if val_items is None:
             train_ids, val_ids = split_indices(len(train_items), self.val_fraction, self.seed)
             items = train_items
@@ -337,10 +390,12 @@ class MRIDataModule(DiffusionDataModule):
         if self.label_source != "none":
             self.folder_classes()
             labels = [self._label_of[it[KEY]] for it in items]
+        captions = None if caption_of is None else [caption_of[it[KEY]] for it in items]
         self.train_set = CachedItems(
-            volumes, train_index, axis, augment_chain(self.shape, True, self._flip_axis()), labels
+            volumes, train_index, axis, augment_chain(self.shape, True, self._flip_axis()), labels, captions
         )
-        self.val_set = CachedItems(volumes, val_index, axis, augment_chain(self.shape, False, None), labels)
+        self.val_set = CachedItems(volumes, val_index, axis, augment_chain(self.shape, False, None), labels,
+                                   captions)
         self.num_volumes = {"train": len(train_ids), "val": len(val_ids)}
         what = "volumes" if self.mode == "volume" else f"slices (axis {axis})"
         log.info(
