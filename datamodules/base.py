@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.errors import ConfigError, ProjectError, positive_int
 
+from .captions import CAPTION_SOURCES, ShardCaption, file_captions, keep_captioned, sidecar_fix
+
 log = logging.getLogger(__name__)
 
 
@@ -306,8 +308,6 @@ class DiffusionDataModule(pl.LightningDataModule):
     # ---- captions (cond=text) -----------------------------------------------------------------------------
     @staticmethod
     def _caption_source(captions, captions_csv) -> str:
-        from .captions import CAPTION_SOURCES
-
         source = "none" if captions is None else str(captions)
         if source not in CAPTION_SOURCES:
             raise ConfigError(f"datamodule.captions must be one of {', '.join(CAPTION_SOURCES)}, got '{source}'.")
@@ -327,8 +327,6 @@ class DiffusionDataModule(pl.LightningDataModule):
 
     def caption_items(self, items: list, root: Path) -> tuple[list[int], list[str]]:
         """Indices of ``items`` (``_scan``'s records) that have a caption, and their captions."""
-        from .captions import file_captions, keep_captioned, sidecar_fix
-
         paths = [self.item_path(item) for item in items]
         found = file_captions(paths, root, self.caption_source, self.captions_csv, self.captions_column)
         names = [_relative_name(p, root) for p in paths]
@@ -427,8 +425,6 @@ class DiffusionDataModule(pl.LightningDataModule):
 
     def item_decoder(self, train: bool):
         """``shard_decoder`` plus the sample's class label (or caption) when this datamodule reads them."""
-        from .captions import ShardCaption
-
         decode = self.shard_decoder(train)
         if self.has_captions:
             decode = ShardCaption(decode)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from .base import DataError
+from src.errors import ProjectError
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ CAPTION_SOURCES = ("none", "auto", "sidecar", "csv", "datalist")
 COMPOUND_SUFFIXES = (".nii.gz",)
 
 
-class CaptionError(DataError):
-    """Captions that cannot be read from the data as asked."""
+class CaptionError(ProjectError, ValueError):
+    """Captions that cannot be read from the data as asked (missing past the limit, a bad CSV, ...)."""
 
 
 def sidecar_path(path: str | Path) -> Path:

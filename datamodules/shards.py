@@ -3,6 +3,7 @@
     python -m datamodules.shards --domain image --src ~/my_pngs --out ~/my_shards [--max-count 1000]
         [--max-size 256MB] [--val-fraction 0.05] [--seed 0] [--overwrite]
         [--labels none|folders|csv] [--labels-csv FILE.csv] [--labels-column label]
+        [--captions none|sidecar|csv] [--captions-csv FILE.csv] [--captions-column caption]
 
 writes ``shard-000000.tar ...`` (training), ``val-000000.tar ...`` (validation: the same split, seed and
 skipped files as training from the folder with ``datamodule.val_fraction`` and ``seed``) and ``summary.json``
@@ -11,7 +12,9 @@ skipped files as training from the folder with ``datamodule.val_fraction`` and `
 Shards close at ``--max-count`` samples or before passing ``--max-size`` bytes. Training reads them with
 ``datamodule.path=OUT`` (see ``datamodules/stream.py``). With ``--labels folders`` (the first-level subfolder
 of each file) or ``--labels csv`` every sample's json also holds its class ``label`` (index) and ``class``
-(name), and ``summary.json`` the label map ``classes``, which ``cond=class`` reads.
+(name), and ``summary.json`` the label map ``classes``, which ``cond=class`` reads. With ``--captions sidecar``
+(``FILE.txt`` beside each file) or ``--captions csv`` every sample gets a ``KEY.txt`` member, its caption, which
+``cond=text`` reads (a ``caption`` key in ``KEY.json`` is read too); files without a caption are skipped.
 
 What a domain provides for shards (its ``DOMAIN.shard_codec`` names the module behind ``--domain``):
 
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import DataError, split_indices
+from .captions import file_captions
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +175,8 @@ def existing_outputs(out: Path) -> list[Path]:
 def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int = 1000,
                  max_size: int | str = "256MB", val_fraction: float = 0.05, seed: int = 0,
                  overwrite: bool = False, labels: str = "none", labels_csv: str | Path | None = None,
-                 labels_column: str = "label") -> dict:
+                 labels_column: str = "label", captions: str = "none", captions_csv: str | Path | None = None,
+                 captions_column: str = "caption") -> dict:
     """Pack every readable item under ``src`` into shards under ``out``; returns (and writes) the summary.
 
     ``labels``: ``none``, ``folders`` or ``csv`` (``labels_column`` of ``labels_csv``) adds class labels."""
@@ -186,6 +191,10 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
         raise DataError(f"--labels must be none, folders or csv, got '{labels}'.")
     if labels == "csv" and not labels_csv:
         raise DataError("--labels csv needs --labels-csv FILE.csv (columns file,label).")
+    if captions not in ("none", "sidecar", "csv"):
+        raise DataError(f"--captions must be none, sidecar or csv, got '{captions}'.")
+    if captions == "csv" and not captions_csv:
+        raise DataError("--captions csv needs --captions-csv FILE.csv (columns file,caption).")
     old = existing_outputs(out)
     if old and not overwrite:
         names = ", ".join(p.name for p in old[:3]) + (", ..." if len(old) > 3 else "")
@@ -212,6 +221,16 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
     if not good:
         raise DataError(f"None of the {len(items)} files under {src} could be read, e.g. "
                         f"{skipped[0]['path']} ({skipped[0]['reason']}).")
+    caption_of: list[str] | None = None
+    if captions != "none":  # files without a caption are skipped, as unreadable ones are
+        found = file_captions(good, src, captions, captions_csv, captions_column)
+        skipped += [{"path": p.relative_to(src).as_posix(), "reason": why}
+                    for p, (text, why) in zip(good, found) if not text]
+        caption_of = [text for text, _ in found if text]
+        good = [p for p, (text, _) in zip(good, found) if text]
+        if not good:
+            raise DataError(f"None of the files under {src} has a caption, e.g. {skipped[-1]['path']} "
+                            f"({skipped[-1]['reason']}); add them or pack with --captions none.")
     train_idx, val_idx = split_indices(len(good), val_fraction, seed)
     classes = label_of = None
     if labels != "none":
@@ -235,6 +254,8 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
             meta = {"path": rel, **meta}
             if classes is not None:
                 meta["label"], meta["class"] = label_of[i], classes[label_of[i]]
+            if caption_of is not None:
+                members = {**members, "txt": caption_of[i].encode("utf-8")}
             sink.write(key, {**members, "json": json.dumps(meta, sort_keys=True).encode()})
         sink.close()
         splits[split] = sink.shards
@@ -417,11 +438,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels-csv", default=None, help="with --labels csv: CSV with a file column (relative "
                     "to --src) and a label column")
     ap.add_argument("--labels-column", default="label", help="the CSV's label column (default label)")
+    ap.add_argument("--captions", default="none", choices=("none", "sidecar", "csv"),
+                    help="a KEY.txt caption per sample: sidecar (FILE.txt beside each file) or csv")
+    ap.add_argument("--captions-csv", default=None, help="with --captions csv: CSV with a file column (relative "
+                    "to --src) and a caption column")
+    ap.add_argument("--captions-column", default="caption", help="the CSV's caption column (default caption)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         s = write_shards(args.domain, args.src, args.out, args.max_count, args.max_size, args.val_fraction,
-                         args.seed, args.overwrite, args.labels, args.labels_csv, args.labels_column)
+                         args.seed, args.overwrite, args.labels, args.labels_csv, args.labels_column,
+                         args.captions, args.captions_csv, args.captions_column)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -436,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{', ...' if len(s['classes']) > 10 else ''})")
     print(f"summary: {Path(args.out) / SUMMARY}")
     print(f"train with: python -m src.train domain={args.domain} datamodule.path={args.out}"
-          + (" cond=class" if s.get("classes") else ""))
+          + (" cond=class" if s.get("classes") else " cond=text" if args.captions != "none" else ""))
     return 0
 
 

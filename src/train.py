@@ -18,6 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from datamodules import build_datamodule
 
 from .backbones import check_data_shape
+from .backbones.text import check_text_cond
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from . import threads
@@ -206,8 +207,6 @@ TEXT_KEYS = ("encoder", "encoder_path", "drop_prob", "max_length", "cache", "dim
 def text_cond(cond: dict, dm) -> dict:
     """``cond=text``: the text encoder's settings (checked here, before any work) for the model; the datamodule
     must read captions."""
-    from .backbones.text import check_text_cond
-
     if not getattr(dm, "has_captions", False):
         raise ConfigError("cond=text needs captions, but datamodule.captions=none; set datamodule.captions="
                           "sidecar|csv|datalist (cond=text sets auto).")

@@ -132,6 +132,7 @@ class PretrainedTextEncoder:
         import transformers
 
         folder = check_encoder_folder(kind, path)
+        transformers.utils.logging.disable_progress_bar()  # one bar per load would fill the run's log
         model_cls = transformers.CLIPTextModel if kind == "clip" else transformers.T5EncoderModel
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -25,9 +25,10 @@ from monai.transforms import Compose
 from torch.utils.data import Dataset
 
 from datamodules.base import BadInputCounter, DataError, DiffusionDataModule, split_indices
+from datamodules.captions import CaptionError, clean, file_captions, keep_captioned, sidecar_fix
 from src.errors import fraction, positive_int
 
-from .io import check_headers, discover
+from .io import check_headers, discover, load_datalist
 from .shards import MRIShardDecoder
 from .transforms import (
     KEY,
@@ -228,8 +229,6 @@ class MRIDataModule(DiffusionDataModule):
     def _caption_of(self, items: list[dict]) -> dict[str, str]:
         """``{item path: caption}`` for the items that have one (sidecar, CSV or, for a datalist .json path, the
         ``datamodule.captions_column`` key of each entry); the others are counted and dropped."""
-        from datamodules.captions import file_captions, keep_captioned, sidecar_fix
-
         root = Path(self.path).expanduser()
         source = self.caption_source
         if source == "datalist" or (self.caption_source_given == "auto" and root.is_file()
@@ -245,10 +244,6 @@ class MRIDataModule(DiffusionDataModule):
         return {items[i][KEY]: c for i, c in zip(keep, captions)}
 
     def _datalist_captions(self, root: Path, items: list[dict]) -> list[tuple[str | None, str]]:
-        from datamodules.captions import CaptionError, clean
-
-        from .io import load_datalist
-
         if not (root.is_file() and root.suffix.lower() == ".json"):
             raise CaptionError(f"datamodule.captions=datalist needs a datalist .json as datamodule.path, got {root}; "
                                "use sidecar or csv captions for a folder.")
