@@ -125,6 +125,8 @@ class DiffusionModule(pl.LightningModule):
         self.backbone = build_backbone(backbone)
         if self.has_text:  # the built-in encoder trains inside the backbone, so EMA and checkpoints cover it
             self.backbone = TextConditioned(self.backbone, text_encoder)
+            if text_encoder is None:
+                self.backbone.set_null(self.encode_text([""]))
         self.perf = {"compile": False, "channels_last": False, **(perf or {})}
         self.memory_format = channels_last_format(len(self.data_shape)) if self.perf["channels_last"] else None
         if self.memory_format is not None:

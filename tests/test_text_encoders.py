@@ -142,3 +142,47 @@ def test_guidance_concatenates_text_conditions_of_different_lengths():
 
     out = guided(den, a, b, 3.0)(torch.zeros(2, 1), torch.ones(2))
     assert torch.allclose(out, torch.full((2, 1), 1 + 3 * (3 - 1.0)))  # u + w (c - u)
+
+
+FLOW = {"family": "flow", "time_density": "logit_normal", "sigma_max": 80.0, "sampler": "euler", "steps": 2,
+        "clip_denoised": None, "sampler_options": {}}
+
+
+@pytest.mark.parametrize("kind", ["builtin", "t5"])
+def test_a_text_model_trains_samples_with_prompts_and_keeps_frozen_weights_out(encoders, kind):
+    from src.module import DiffusionModule
+
+    cond = {"kind": "text", "encoder": kind, "max_length": 8, "dim": 16, "heads": 2, "layers": 1}
+    if kind != "builtin":
+        cond["encoder_path"] = str(encoders[kind])
+    m = DiffusionModule(backbone={"name": "unet", "preset": "tiny", "spatial_dims": 2, "in_channels": 1},
+                        diffusion=FLOW, data_shape=[1, 8, 8], cond=cond)
+    batch = {"x": torch.randn(2, 1, 8, 8), "caption": ["a red circle", "a blue square"]}
+    loss = m.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and m.backbone.net.net.class_embedding.weight.grad is not None
+    x = m.sample(2, text=["a red circle", "a blue square"], guidance=3.0, steps=2)
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+    assert m.sample(1, steps=2).shape == (1, 1, 8, 8)  # no prompt: the empty caption
+    # a tool that knows nothing of text calls the backbone plainly: the empty caption
+    assert m.backbone(torch.randn(1, 1, 8, 8), torch.full((1,), 0.5)).shape == (1, 1, 8, 8)
+    keys = list(m.state_dict())
+    assert any(k.startswith("backbone.encoder.") for k in keys) == (kind == "builtin")
+    assert not any("null_" in k or "shared" in k or "block.0.layer" in k for k in keys)
+    with pytest.raises(ConfigError, match="Got 1 prompts for 2 samples"):
+        m.sample(2, text=["a red circle"], steps=2)
+
+
+def test_prompts_on_a_model_without_text_are_refused():
+    from src.module import DiffusionModule
+
+    m = DiffusionModule(backbone={"name": "unet", "preset": "tiny", "spatial_dims": 2, "in_channels": 1},
+                        diffusion=FLOW, data_shape=[1, 8, 8])
+    with pytest.raises(ConfigError, match="prompt= needs a text-conditional checkpoint"):
+        m.sample(1, text=["a red circle"], steps=2)
+    with pytest.raises(ConfigError, match="cond=text and class labels"):
+        DiffusionModule(backbone={"name": "unet", "preset": "tiny", "in_channels": 1}, diffusion=FLOW,
+                        data_shape=[1, 8, 8], cond={"kind": "text", "num_classes": 3})
+    with pytest.raises(ConfigError, match="backbone.name=diffusers_unet2d takes no text"):
+        DiffusionModule(backbone={"name": "diffusers_unet2d", "in_channels": 1}, diffusion=FLOW,
+                        data_shape=[1, 8, 8], cond={"kind": "text"})

@@ -198,11 +198,25 @@ class TextConditioned(nn.Module):
         super().__init__()
         self.net, self.encoder = net, encoder
         self.size_multiple = getattr(net, "size_multiple", 1)
+        # a frozen encoder's embeddings of the empty caption (set_null): what a call without text uses
+        self.register_buffer("null_context", None, persistent=False)
+        self.register_buffer("null_pooled", None, persistent=False)
+
+    def set_null(self, text: dict) -> None:
+        self.null_context, self.null_pooled = text["context"][:1].detach(), text["pooled"][:1].detach()
+
+    def null_text(self, n: int, device) -> dict:
+        """The empty caption for ``n`` samples: tools that know nothing of text (restoration, anomaly maps)
+        then use the model unconditionally."""
+        if self.encoder is not None:
+            ids = torch.full((n, 1), ByteTokenizer.START, dtype=torch.long, device=device)
+            return {"ids": ids, "mask": torch.ones_like(ids, dtype=torch.bool)}
+        return {"context": self.null_context.expand(n, -1, -1), "pooled": self.null_pooled.expand(n, -1)}
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, cond: torch.Tensor | None = None,
                 text: dict | None = None):
         if text is None:
-            raise ValueError("A text-conditional backbone needs text (the empty caption when unconditional).")
+            text = self.null_text(x.shape[0], x.device)
         if "ids" in text:
             context, pooled = self.encoder(text["ids"], text["mask"])
         else:
