@@ -1,9 +1,9 @@
-"""Image quality in a fixed CPU budget on real handwritten digits (docs/image_quality.md).
+"""Image quality in a fixed CPU budget on real handwritten digits (docs/studies/image_quality.md).
 
     python -m benchmarks.image_quality data --root /tmp/iq                     # digits as PNG class folders
     python -m benchmarks.image_quality train --root /tmp/iq --name flow_lr1e-3 --minutes 10 --overrides diffusion=flow
-    python -m benchmarks.image_quality eval --root /tmp/iq --name flow_lr1e-3 --json docs/image_quality.json
-    python -m benchmarks.image_quality reference --root /tmp/iq --json docs/image_quality.json
+    python -m benchmarks.image_quality eval --root /tmp/iq --name flow_lr1e-3 --json docs/studies/data/image_quality.json
+    python -m benchmarks.image_quality reference --root /tmp/iq --json docs/studies/data/image_quality.json
 
 Data: scikit-learn's ``load_digits`` (1,797 real 8x8 digits) upsampled to 16x16 PNGs, one subfolder per
 digit, with a fixed stratified split (300 held out, never trained on). Scorer: an MLP classifier and a PCA

@@ -3,7 +3,7 @@ from the training clamp (t = 0.9999, sigma ~ 1e4) and from ``diffusion.sigma_max
 
     python -m benchmarks.saturation CKPT [--num 64] [--seed 0]
 
-Only for flow-matching image checkpoints; the same seeds for every row (docs/sampling.md has a run).
+Only for flow-matching image checkpoints; the same seeds for every row (docs/studies/sampling.md has a run).
 """
 
 from __future__ import annotations

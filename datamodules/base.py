@@ -240,7 +240,7 @@ class ShardLabel:
 class DiffusionDataModule(pl.LightningDataModule):
     """Base class: subclasses build ``self.train_set`` / ``self.val_set`` in ``setup``, set ``data_shape``.
 
-    Class labels (``cond=class``, README "Class conditioning"): ``labels`` is ``none``, ``folders`` (the
+    Class labels (``cond=class``, docs/guide/conditioning.md): ``labels`` is ``none``, ``folders`` (the
     first-level subfolder of each file), ``csv`` (``labels_column`` of ``labels_csv``, whose ``file`` column
     names each file relative to ``datamodule.path``) or ``auto`` (csv when ``labels_csv`` is given, else
     folders); shards carry the label in each sample's json and the class names in ``summary.json``.

@@ -163,7 +163,7 @@ def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path
                     "--reference", str(test), "--quiet"])
     printed = capsys.readouterr().out
     assert summary["geometry"]["reorientation"] == "as is"
-    # the preset's sampler defaults travel in the checkpoint and reach the CLI (docs/reconstruction.md tuned them)
+    # the preset's sampler defaults travel in the checkpoint and reach the CLI (docs/studies/reconstruction.md tuned them)
     assert (summary["num_samples"], summary["eta"], summary["refine_tv"]) == (4, 1.0, 0.15)
     assert summary["resample"] == 4 and summary["resample_sigmas"] == [0.05, 5.0]
     # per volume: data-consistency residual and distance from zero-filled, in the JSON and on the console

@@ -17,7 +17,7 @@ PRESETS: dict[str, dict] = {
                   norm_num_groups=32, num_head_channels=32),
     # four levels, no attention but MONAI's middle block (on 1/8 of the side): a wide receptive field for
     # little compute; on 128x96 slices about 8x faster to train than "tiny", whose middle-block attention
-    # runs on (H/2)x(W/2) tokens (docs/reconstruction.md, "Prior")
+    # runs on (H/2)x(W/2) tokens (docs/studies/reconstruction.md, "Prior")
     "compact": dict(channels=(16, 32, 64, 64), attention_levels=(False, False, False, False), num_res_blocks=1,
                     norm_num_groups=8, num_head_channels=16),
     "base": dict(channels=(128, 256, 256, 512), attention_levels=(False, False, True, True), num_res_blocks=2,

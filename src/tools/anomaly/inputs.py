@@ -1,6 +1,6 @@
 """Scans and files in and out of the detector's model space, per domain.
 
-MRI follows the training convention (docs/mri.md): with ``s`` the ``intensity_percentile`` of ``|voxel|``,
+MRI follows the training convention (docs/design/mri.md): with ``s`` the ``intensity_percentile`` of ``|voxel|``,
 ``m -> clip(2 m / s - 1, -1, 1)``. A slice model screens the volume slice by slice along
 ``datamodule.slice_axis``; a volume model screens it whole (tiled when larger than its training shape).
 Maps come back in the input's own intensity units (``|difference| * s / 2``).

@@ -112,7 +112,7 @@ def check_model(module, run_config: dict | None, name: str) -> None:
     if scaling != INTENSITY_SCALING:
         raise CheckpointError(f"Checkpoint {name} scales intensities by '{scaling}', which reconstruction "
                               f"cannot invert; it needs models trained with the '{INTENSITY_SCALING}' "
-                              "convention of the mri domain (docs/mri.md).")
+                              "convention of the mri domain (docs/design/mri.md).")
 
 
 class Reconstructor:
@@ -146,7 +146,7 @@ class Reconstructor:
         self.module = module.to(self.device).eval()
         self.name = name
         self.steps = int(steps or module.diffusion_cfg.get("steps") or 50)
-        # the defaults the training config chose for this prior (experiment=recon_prior: docs/reconstruction.md)
+        # the defaults the training config chose for this prior (experiment=recon_prior: docs/studies/reconstruction.md)
         tuned = dict((run_config or {}).get("reconstruction") or {})
         self.eta = float(eta if eta is not None else tuned.get("eta", 0.85))
         self.num_samples = int(tuned.get("num_samples", 1))
