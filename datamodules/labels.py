@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from datamodules.base import DataError
+from src.errors import DataError
 
 
 class LabelError(DataError):

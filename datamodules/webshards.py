@@ -1,4 +1,6 @@
-"""Webdataset shards: pack a folder (``python -m datamodules.shards``) and find the shards a run reads.
+"""Webdataset shards: pack a folder with a domain's shard codec, and find the shards a run reads.
+
+The command line (``datamodules/shards.py``, an entry point that asks the domain registry for the codec):
 
     python -m datamodules.shards --domain image --src ~/my_pngs --out ~/my_shards [--max-count 1000]
         [--max-size 256MB] [--val-fraction 0.05] [--seed 0] [--overwrite]
@@ -30,17 +32,23 @@ What a domain provides for shards (its ``DOMAIN.shard_codec`` names the module b
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from .base import DataError, split_indices
+import webdataset as wds
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import base_plus_ext
+
+from src.errors import DataError
+
+from .items import split_indices
+from .labels import csv_labels, folder_labels
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +58,6 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # a URL scheme webdataset can open (pipe:, http://, s3://, file://...); two letters at least, so C:\ is a path
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-# ---- the domain registry -------------------------------------------------------------------------------
-def shard_codecs():
-    """``--domain`` name -> the module implementing the interface above (the domains that have one)."""
-    from src.domains import parts
-
-    return parts("shard_codec", "--domain", DataError)
-
-
-def shard_domain(name: str):
-    """The module implementing shard packing for ``name``, or a DataError listing the domains that have one."""
-    mod = shard_codecs().get(name)
-    if not getattr(mod, "EXTENSIONS", None):
-        raise DataError(f"domain {name} has no shard support yet ({mod.__name__} defines no EXTENSIONS).")
-    return mod
 
 
 def matched_extension(name: str, extensions) -> str | None:
@@ -135,8 +127,6 @@ class _ShardSink:
     _size: int = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
-        import webdataset as wds
-
         size = tar_bytes(key, members)
         full = self._count >= self.max_count or tar_file_size(self._size + size) > self.max_size
         if self._writer is not None and full:
@@ -168,14 +158,23 @@ def existing_outputs(out: Path) -> list[Path]:
                   if p.name == SUMMARY or (p.name.startswith(prefixes) and ".tar" in p.name))
 
 
-def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int = 1000,
-                 max_size: int | str = "256MB", val_fraction: float = 0.05, seed: int = 0,
-                 overwrite: bool = False, labels: str = "none", labels_csv: str | Path | None = None,
-                 labels_column: str = "label") -> dict:
-    """Pack every readable item under ``src`` into shards under ``out``; returns (and writes) the summary.
+def check_codec(mod: ModuleType, domain: str) -> ModuleType:
+    """``mod`` when it implements the shard interface above, else a DataError naming the domain."""
+    if not getattr(mod, "EXTENSIONS", None):
+        raise DataError(f"domain {domain} has no shard support yet ({mod.__name__} defines no EXTENSIONS).")
+    return mod
+
+
+def pack_folder(codec: ModuleType, domain: str, src: str | Path, out: str | Path, max_count: int = 1000,
+                max_size: int | str = "256MB", val_fraction: float = 0.05, seed: int = 0,
+                overwrite: bool = False, labels: str = "none", labels_csv: str | Path | None = None,
+                labels_column: str = "label") -> dict:
+    """Pack every readable item under ``src`` into shards under ``out`` with the shard ``codec`` (the module
+    of the interface above) of ``domain``; returns (and writes) the summary. ``datamodules.shards.write_shards``
+    does the same for a domain named in the registry.
 
     ``labels``: ``none``, ``folders`` or ``csv`` (``labels_column`` of ``labels_csv``) adds class labels."""
-    mod = shard_domain(domain)
+    mod = check_codec(codec, domain)
     src, out = Path(src).expanduser(), Path(out).expanduser()
     max_size = parse_size(max_size)
     if max_count < 1 or max_size < 1:
@@ -215,8 +214,6 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
     train_idx, val_idx = split_indices(len(good), val_fraction, seed)
     classes = label_of = None
     if labels != "none":
-        from src.labels import csv_labels, folder_labels
-
         classes, label_of = (folder_labels(src, good) if labels == "folders" else
                              csv_labels(Path(labels_csv).expanduser(), good, src, column=labels_column))
 
@@ -270,8 +267,7 @@ def is_shard_path(path) -> bool:
 
 
 def expand(pattern: str) -> list[str]:
-    from webdataset.shardlists import expand_urls  # braces and '::' lists, exactly as webdataset reads them
-
+    # braces and '::' lists, exactly as webdataset reads them
     urls = expand_urls(pattern)
     return [u if is_url(u) else str(Path(u.removeprefix("file://")).expanduser()) for u in urls]
 
@@ -329,8 +325,6 @@ def summary_source(url: str) -> str | None:
 
 
 def _read_summary_file(source: str | None) -> dict:
-    import webdataset as wds
-
     if source is None:
         return {}
     try:
@@ -362,13 +356,9 @@ def summary_classes(urls: list[str], path) -> list[str]:
 
 def count_samples(url: str) -> int:
     """Samples in one shard, grouped by key as webdataset groups them; local tars read headers only."""
-    from webdataset.tariterators import base_plus_ext
-
     n, last = 0, None
     try:
         if is_url(url):
-            import webdataset as wds
-
             stream = wds.gopen(url)
             tf = tarfile.open(fileobj=stream, mode="r|*")
         else:
@@ -397,48 +387,3 @@ def shard_counts(urls: list[str]) -> list[int]:
         info = summaries[source].get(shard_name(url))
         counts.append(int(info["samples"]) if info else count_samples(url))
     return counts
-
-
-# ---- command line ---------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m datamodules.shards",
-                                 description="Pack a folder into webdataset tar shards for streaming.")
-    ap.add_argument("--domain", required=True, help=f"one of {', '.join(shard_codecs())}")
-    ap.add_argument("--src", required=True, help="folder of source files (searched recursively)")
-    ap.add_argument("--out", required=True, help="folder for shard-*.tar, val-*.tar and summary.json")
-    ap.add_argument("--max-count", type=int, default=1000, help="samples per shard at most (default 1000)")
-    ap.add_argument("--max-size", default="256MB", help="bytes per shard at most, e.g. 256MB, 1GB")
-    ap.add_argument("--val-fraction", type=float, default=0.05,
-                    help="share held out in val-*.tar; match datamodule.val_fraction (default 0.05)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the train/val split; match the run's seed")
-    ap.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
-    ap.add_argument("--labels", default="none", choices=("none", "folders", "csv"),
-                    help="class labels in each sample's json: folders (first-level subfolder) or csv")
-    ap.add_argument("--labels-csv", default=None, help="with --labels csv: CSV with a file column (relative "
-                    "to --src) and a label column")
-    ap.add_argument("--labels-column", default="label", help="the CSV's label column (default label)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        s = write_shards(args.domain, args.src, args.out, args.max_count, args.max_size, args.val_fraction,
-                         args.seed, args.overwrite, args.labels, args.labels_csv, args.labels_column)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    n_shards = {k: sum(1 for v in s["shards"].values() if v["split"] == k) for k in ("train", "val")}
-    print(f"packed {s['samples']['train']} training samples into {n_shards['train']} shards and "
-          f"{s['samples']['val']} validation samples into {n_shards['val']} shards under {args.out}")
-    if s["skipped"]:
-        print(f"skipped {len(s['skipped'])} unreadable files, e.g. "
-              + "; ".join(f"{x['path']} ({x['reason']})" for x in s["skipped"][:3]))
-    if s.get("classes"):
-        print(f"labels: {len(s['classes'])} classes ({', '.join(s['classes'][:10])}"
-              f"{', ...' if len(s['classes']) > 10 else ''})")
-    print(f"summary: {Path(args.out) / SUMMARY}")
-    print(f"train with: python -m src.train domain={args.domain} datamodule.path={args.out}"
-          + (" cond=class" if s.get("classes") else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import LambdaCallback, LearningRateMonitor, Mod
 from pytorch_lightning.strategies import ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
 
-from datamodules import build_datamodule
+from src.domains import build_datamodule
 
 from .backbones import check_data_shape
 from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback

@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from datamodules import DataError, build_datamodule
+from src.domains import build_datamodule
+from src.errors import DataError
 from src.errors import ConfigError, ProjectError
 from src.sample import DEFAULTS, check_options
 from src.train import train

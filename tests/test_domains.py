@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import src.domains as domains
-from datamodules import DataError, DiffusionDataModule, build_datamodule
+from datamodules import DiffusionDataModule
+from src.domains import build_datamodule
+from src.errors import DataError
 from src.backbones import build_backbone, check_data_shape, size_multiple
 from src.errors import ConfigError
 from src.media import build_media

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import build_datamodule
-from datamodules.base import DataError
+from src.domains import build_datamodule
+from src.errors import DataError
 from src.domains.mri.geometry import Geometry, GeometryError, Reorientation, match
 from src.tools.reconstruction.fft import fft2c
 from src.tools.reconstruction.masks import undersampling_mask

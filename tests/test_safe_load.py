@@ -58,7 +58,7 @@ def _image_cfg(compose_cfg, out, *extra):
 
 
 def _module(cfg):
-    from datamodules import build_datamodule
+    from src.domains import build_datamodule
     from src.module import DiffusionModule
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
