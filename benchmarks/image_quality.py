@@ -180,7 +180,7 @@ def evaluate(root: Path, name: str, scorer: Scorer, grid: list[tuple], n: int = 
     ``step``: post-hoc EMA as of that training step (a shorter run's weights, to compare runs at equal steps)."""
     import torch
 
-    from src.checkpoint import module_from_checkpoint
+    from src.latent.stage import module_from_checkpoint
 
     torch.set_num_threads(1)
     run = root / "runs" / name
@@ -216,7 +216,7 @@ def save_grid(root: Path, name: str, weights: str, sampler: str, steps: int, pat
     """A small PNG: 10 x 10 samples (one row per digit for a class-conditional run)."""
     import torch
 
-    from src.checkpoint import module_from_checkpoint
+    from src.latent.stage import module_from_checkpoint
     from src.media import image_grid
 
     run = root / "runs" / name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from src.checkpoint import module_from_checkpoint
+from src.latent.stage import module_from_checkpoint
 from src.media import to_uint8
 
 RUNS = [("euler", 50), ("heun", 25), ("heun", 16), ("heun", 8), ("dpmpp_2m", 32), ("dpmpp_2m", 16)]

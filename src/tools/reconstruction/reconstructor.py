@@ -19,16 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.base import DataError
 from src.backbones import size_multiple
-from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.checkpoint import CheckpointError
 from src.domains.mri.data import INTENSITY_SCALING
 from src.domains.mri.geometry import Geometry, Reorientation, calibration_reference, match
 from src.env_check import native_cpu_bf16, resolve_device
-from src.errors import ConfigError
+from src.errors import ConfigError, DataError
 from src.inverse.sampler import RESAMPLE_SIGMAS, sample_posterior
 from src.inverse.tv import tv_refine
-from src.latent.stage import require_pixel_space
+from src.latent.stage import module_from_checkpoint, require_pixel_space
 
 from .masks import center_region, centre_hann_window
 from .measurement import Measurement, as_measurement, robust_max, zero_filled
