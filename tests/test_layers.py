@@ -10,6 +10,7 @@ on the line (or the line above) naming it optional (``# optional heavy dependenc
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -104,35 +105,34 @@ def _targets(module: str, is_package: bool, node: ast.AST, modules: dict[str, Pa
     return out
 
 
+def _visit(node: ast.AST, in_function: bool, module: str, path: Path, lines: list[str],
+           modules: dict[str, Path], edges: set[str], problems: list[str]) -> None:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            targets = [t for t in _targets(module, path.name == "__init__.py", child, modules) if t in modules]
+            edges.update(t for t in targets if t != module)
+            where = f"{path.relative_to(ROOT)}:{child.lineno}"
+            if in_function and targets:
+                problems.append(f"{where} imports project module {targets[0]} inside a function")
+            elif in_function:
+                above = lines[child.lineno - 2] if child.lineno > 1 else ""
+                if not (OPTIONAL.search(lines[child.lineno - 1]) or OPTIONAL.search(above)
+                        or OPTIONAL.search(lines[child.end_lineno - 1])):
+                    problems.append(f"{where} imports a third-party module inside a function without a "
+                                    "'# optional heavy dependency: NAME' comment")
+        nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        _visit(child, nested, module, path, lines, modules, edges, problems)
+
+
+@functools.cache
 def read_imports() -> tuple[dict[str, set[str]], list[str]]:
     """(module -> project modules it imports, problems with imports inside functions)."""
     modules = all_modules()
     edges: dict[str, set[str]] = {m: set() for m in modules}
-    problems = []
+    problems: list[str] = []
     for module, path in modules.items():
         source = path.read_text()
-        lines = source.splitlines()
-        tree = ast.parse(source)
-
-        def visit(node: ast.AST, in_function: bool) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.Import, ast.ImportFrom)):
-                    targets = [t for t in _targets(module, path.name == "__init__.py", child, modules)
-                               if t in modules]
-                    edges[module].update(t for t in targets if t != module)
-                    where = f"{path.relative_to(ROOT)}:{child.lineno}"
-                    if in_function and targets:
-                        problems.append(f"{where} imports project module {targets[0]} inside a function")
-                    elif in_function:
-                        above = lines[child.lineno - 2] if child.lineno > 1 else ""
-                        if not (OPTIONAL.search(lines[child.lineno - 1]) or OPTIONAL.search(above)
-                                or OPTIONAL.search(lines[child.end_lineno - 1])):
-                            problems.append(f"{where} imports a third-party module inside a function without a "
-                                            "'# optional heavy dependency: NAME' comment")
-                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                                  ast.Lambda)))
-
-        visit(tree, False)
+        _visit(ast.parse(source), False, module, path, source.splitlines(), modules, edges[module], problems)
     return edges, problems
 
 
