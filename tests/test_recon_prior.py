@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from src.domains import build_datamodule
-from src.errors import DataError
+from src.domains.mri.fft import fft2c
 from src.domains.mri.geometry import Geometry, GeometryError, Reorientation, match
-from src.tools.reconstruction.fft import fft2c
-from src.tools.reconstruction.masks import undersampling_mask
+from src.errors import DataError
 from src.reconstruct import Reconstructor, main
+from src.tools.reconstruction.masks import undersampling_mask
 
 from .mri_helpers import phantom, write_dicom_series
 from .test_mri_train import run

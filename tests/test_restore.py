@@ -15,8 +15,8 @@ from src.restore import main
 from src.tools.prior import Prior
 from src.tools.restoration import Declipping, Identity, LowPass, Problem, Restorer, box_mask
 from src.tools.restoration.baselines import wiener
-from src.tools.restoration.metrics import image_metrics, log_spectral_distance, si_sdr
 from src.tools.restoration.noise import estimate_noise_std
+from src.tools.restoration.scores import image_metrics, log_spectral_distance, si_sdr
 from src.tools.tiling import Tiling, blend
 
 from .restore_helpers import make_checkpoint

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..env_check import import_torchaudio
 from .plots import plt, png
 
 
@@ -36,10 +37,8 @@ def image_grid(files: list[Path], max_items: int = 16) -> bytes:
 
 def mel_spectrogram(wav: Path, n_mels: int = 64) -> bytes:
     """Log-mel spectrogram of a WAV file (torchaudio), drawn with matplotlib; low frequencies at the bottom."""
-    import soundfile as sf
+    import soundfile as sf  # sound and torch only for audio runs
     import torch
-
-    from ..env_check import import_torchaudio
 
     torchaudio = import_torchaudio()
     data, rate = sf.read(wav, dtype="float32", always_2d=True)

@@ -18,26 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import DataError
+from src.errors import DataError
+from src.fileio import NIFTI_SUFFIXES, is_nifti, nifti_suffix  # noqa: F401 - shards.py and data.py import them here
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")  # longest first: "a.nii.gz" is gzipped NIfTI, not ".gz"
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 
 
 class HeaderError(Exception):
     """One volume cannot be used; the message says why (the caller adds the file name)."""
-
-
-def nifti_suffix(path: str | Path) -> str | None:
-    """``".nii.gz"`` or ``".nii"`` (as the name ends, case-insensitively), None for any other file."""
-    name = Path(path).name.lower()
-    return next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
-
-
-def is_nifti(path: str | Path) -> bool:
-    return nifti_suffix(path) is not None
 
 
 def _stamp(path: Path) -> str:

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from src.checkpoint import CheckpointError
-from src.errors import ConfigError
-
-from ..domains import INTENSITY_SCALING, DataError
-from ..files import kind_of, read_audio, read_image, read_nifti, write_image, write_nifti, write_npy
+from src.domains.mri.data import INTENSITY_SCALING
+from src.errors import ConfigError, DataError
+from src.fileio import kind_of, read_audio, read_image, read_nifti, write_image, write_nifti, write_npy
 
 MAP_KINDS = {"mri": ("nifti", "npy"), "image": ("image", "npy"), "audio": ("npy",)}
 
