@@ -62,8 +62,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 # ---- the tools' files: one reader and writer per format, each failure a DataError naming the file ----------
-# Pillow, soundfile, nibabel and h5py are imported where a format is read: most callers of this module (training,
-# checkpoints) only write files atomically and need none of them (optional heavy dependencies, named here).
+# Pillow, soundfile, nibabel and h5py are imported where a format is read or written: most callers of this
+# module (training, checkpoints) only write files atomically and need none of them.
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -126,7 +126,7 @@ def existing(path: str | Path, what: str, hint: str = "") -> Path:
 
 def read_image(path: str | Path, channels: int, what: str = "Input") -> np.ndarray:
     """``(channels, H, W)`` float32 in [0, 1]; colour is converted to gray (or gray repeated) as the model needs."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # optional heavy dependency: Pillow
 
     p = existing(path, what)
     try:
@@ -145,7 +145,7 @@ def read_image(path: str | Path, channels: int, what: str = "Input") -> np.ndarr
 
 def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """Boolean ``(H, W)``: True where pixels are missing (any non-black pixel of the mask image)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # optional heavy dependency: Pillow
 
     p = existing(path, "Mask")
     try:
@@ -161,7 +161,7 @@ def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
 
 def write_image(image: np.ndarray, path: str | Path) -> Path:
     """``(C, H, W)`` in [0, 1] -> 8-bit PNG/JPEG/TIFF (written atomically)."""
-    from PIL import Image
+    from PIL import Image  # optional heavy dependency: Pillow
 
     arr = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
     arr = (arr * 255).round().astype(np.uint8)
@@ -173,7 +173,7 @@ def write_image(image: np.ndarray, path: str | Path) -> Path:
 
 def read_audio(path: str | Path, what: str = "Input") -> tuple[np.ndarray, int]:
     """``((C, L) float32, sample rate)`` of a whole recording, in the file's full scale [-1, 1]."""
-    import soundfile as sf
+    import soundfile as sf  # optional heavy dependency: soundfile (libsndfile)
 
     p = existing(path, what)
     try:
@@ -187,7 +187,7 @@ def read_audio(path: str | Path, what: str = "Input") -> tuple[np.ndarray, int]:
 
 def write_audio(wave: np.ndarray, rate: int, path: str | Path) -> Path:
     """``(C, L)`` -> 32-bit float WAV (peaks above full scale kept) or 24-bit FLAC (clipped to [-1, 1])."""
-    import soundfile as sf
+    import soundfile as sf  # optional heavy dependency: soundfile (libsndfile)
 
     p = Path(path).expanduser()
     if p.suffix.lower() == ".flac":
@@ -201,7 +201,7 @@ def write_audio(wave: np.ndarray, rate: int, path: str | Path) -> Path:
 def read_nifti(path: str | Path, what: str = "Input") -> tuple[np.ndarray, np.ndarray, object]:
     """``(float32 array as stored, affine, header)`` of a 2D or 3D NIfTI image (a 4D file with one volume is
     taken as 3D); complex data become magnitudes; NaN or infinite voxels are refused."""
-    import nibabel as nib
+    import nibabel as nib  # optional heavy dependency: nibabel
 
     p = existing(path, what, " (a .nii or .nii.gz volume)")
     try:
@@ -223,7 +223,7 @@ def read_nifti(path: str | Path, what: str = "Input") -> tuple[np.ndarray, np.nd
 def write_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, header=None) -> Path:
     """``volume`` as stored (axes as given) into a float32 NIfTI, atomically; ``header`` (e.g. the input's)
     keeps its geometry, never its free-text fields."""
-    import nibabel as nib
+    import nibabel as nib  # optional heavy dependency: nibabel
 
     p = Path(path).expanduser()
     img = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine,
@@ -238,7 +238,7 @@ def write_nifti(volume: np.ndarray, affine: np.ndarray, path: str | Path, header
 
 def open_hdf5(path: str | Path, what: str = "Input", hint: str = ""):
     """An HDF5 file opened read-only (the input is never modified), or a DataError naming it."""
-    import h5py
+    import h5py  # optional heavy dependency: h5py
 
     p = existing(path, what, hint)
     if not h5py.is_hdf5(p):

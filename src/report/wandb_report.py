@@ -33,8 +33,8 @@ def _keys(runs: list[Run], prefix: str, default: list[str]) -> list[str]:
 
 
 def runset(runs: list[Run], entity: str, project: str, name: str) -> wr.Runset:
-    import wandb_workspaces.reports.v2 as wr  # wandb-workspaces: heavy, only when a W&B report is asked for
-    from wandb_workspaces import expr
+    import wandb_workspaces.reports.v2 as wr  # optional heavy dependency: wandb-workspaces
+    from wandb_workspaces import expr  # optional heavy dependency: wandb-workspaces
 
     return wr.Runset(entity=entity, project=project, name=name,
                      filters=[expr.Metric("ID").isin([r.wandb_id for r in runs])])
@@ -77,7 +77,7 @@ def results_markdown(runs: list[Run]) -> str | None:
 
 def build_report(runs: list[Run], target: str, title: str | None = None) -> wr.Report:
     """The report object (not saved): blocks, panels, keys and run filters for ``runs``."""
-    import wandb_workspaces.reports.v2 as wr  # wandb-workspaces: heavy, only when a W&B report is asked for
+    import wandb_workspaces.reports.v2 as wr  # optional heavy dependency: wandb-workspaces
 
     entity, project = parse_target(target)
     for r in runs:
@@ -114,8 +114,8 @@ def build_report(runs: list[Run], target: str, title: str | None = None) -> wr.R
 
 def save_report(report: wr.Report) -> str:
     """Save on the W&B server; a server that cannot be reached or refuses is a one-line ReportError."""
-    import requests  # wandb: heavy, only when a W&B report is saved
-    import wandb
+    import requests  # optional heavy dependency: wandb (and its requests)
+    import wandb  # optional heavy dependency: wandb
 
     try:
         wandb.Api()  # the report API resolves its run sets through it; without a login it has no server

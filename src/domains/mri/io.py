@@ -16,7 +16,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
 from src.errors import DataError
 from src.fileio import NIFTI_SUFFIXES, is_nifti, nifti_suffix  # noqa: F401 - shards.py and data.py import them here
@@ -45,7 +47,7 @@ def item(path: Path, reader: str) -> dict:
 
 
 def _dicom_candidates(files: list[Path]) -> list[Path]:
-    from pydicom.misc import is_dicom
+    from pydicom.misc import is_dicom  # optional heavy dependency: pydicom (DICOM folders only)
 
     out = []
     for f in files:
@@ -73,7 +75,7 @@ def scan_folder(root: Path) -> list[dict]:
 
 def load_datalist(path: Path, key: str) -> list[dict]:
     """Items of one list (``training``, ``validation``, ...) of an MSD/Decathlon datalist, via MONAI."""
-    from monai.data import load_decathlon_datalist
+    from monai.data import load_decathlon_datalist  # optional heavy dependency: MONAI (datalists only)
 
     try:
         with open(path) as f:
@@ -142,9 +144,6 @@ def discover(
 
 def nifti_header(path: str, select_channel: int | None) -> tuple[float, ...]:
     """Voxel spacing (mm) of a NIfTI volume, after checking it is 3D (or 4D with a channel chosen)."""
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-
     try:
         img = nib.load(path)
         shape = tuple(int(n) for n in img.shape)
@@ -186,8 +185,8 @@ def _check_spacing(spacing) -> tuple[float, ...]:
 
 def dicom_header(folder: str) -> tuple[float, ...]:
     """Voxel spacing (mm) of a DICOM series folder, after checking the slices form one regular 3D volume."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    import pydicom  # optional heavy dependency: pydicom (DICOM folders only)
+    from pydicom.errors import InvalidDicomError  # optional heavy dependency: pydicom
 
     files = _dicom_candidates(sorted(p for p in Path(folder).iterdir() if p.is_file()))
     slices, unreadable = [], []

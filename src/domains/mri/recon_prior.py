@@ -120,7 +120,7 @@ def load_image_volume(path: Path, reader: str) -> tuple[np.ndarray, np.ndarray]:
     if reader == "nifti":
         volume, affine, _ = read_slices(path, what="Training file")
         return volume, np.asarray(affine)
-    from monai.transforms import LoadImage  # MONAI's DICOM reader: heavy, only for DICOM folders
+    from monai.transforms import LoadImage  # optional heavy dependency: MONAI's DICOM reader (DICOM folders only)
 
     img = LoadImage(image_only=True, reader="PydicomReader")(str(path))
     arr = np.abs(np.asarray(img, dtype=np.float32))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from src.backbones import size_multiple
 from src.checkpoint import CheckpointError
@@ -342,7 +343,5 @@ def resolve_network_precision(precision: str, device: torch.device) -> str:
 def _progress(total: int, enabled: bool, num_samples: int):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     unit = "slice" if num_samples == 1 else "slice-sample"
     return tqdm(total=total, unit=unit, desc="reconstructing", dynamic_ncols=True)
