@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 from src.errors import ConfigError
 from src.registry import check_keys
@@ -65,8 +66,6 @@ def checkpoint_blocks(net: DiffusionModelUNet) -> None:
     Trades about one extra forward pass for storing only block inputs: what lets large 3D volumes fit.
     torch's checkpoint_wrapper keeps state-dict keys unchanged, so checkpoints load either way.
     """
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
     net.down_blocks = nn.ModuleList([checkpoint_wrapper(b) for b in net.down_blocks])
     net.middle_block = checkpoint_wrapper(net.middle_block)
     net.up_blocks = nn.ModuleList([checkpoint_wrapper(b) for b in net.up_blocks])
