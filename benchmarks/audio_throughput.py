@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules import build_datamodule  # noqa: E402
+from src.domains import build_datamodule  # noqa: E402
 from src.module import DiffusionModule  # noqa: E402
 
 

@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules import DataError, build_datamodule  # noqa: E402
+from src.domains import build_datamodule  # noqa: E402
+from src.errors import DataError  # noqa: E402
 from datamodules.shards import shard_domain, write_shards  # noqa: E402
 
 

@@ -80,7 +80,7 @@ FULL_TRAIN = {
     "mri": ["backbone.preset=small", "datamodule.shape=[32,32,32]", "datamodule.batch_size=8"],
     "memory": ["backbone.preset=base", "datamodule.resolution=64", "datamodule.batch_size=64"],
 }
-# the experiment=recon_prior defaults at the size of the CPU figure in docs/reconstruction.md
+# the experiment=recon_prior defaults at the size of the CPU figure in docs/studies/reconstruction.md
 FULL_RECON = {"size": 128, "preset": "compact", "family": "edm", "steps": 20, "num_samples": 4, "resample": 4,
               "refine_tv": 0.15, "slices": 8, "batch_size": 8, "cs_iters": 300}
 WORKERS = ["datamodule.num_workers=6"]  # on the GPU machine's 16 cores, so the step never waits for data

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement docs/benchmarks.md still lacks, in one run of under 8 minutes, as one markdown table
+# Every GPU measurement docs/studies/benchmarks.md still lacks, in one run of under 8 minutes, as one markdown table
 # ($OUT/gpu_check.md when $OUT is set, else benchmarks/results/gpu_check.md). See "GPU check" in that file.
 #
 #   bash benchmarks/gpu_check.sh [--tiny] [--peak-tflops X] [--budget-s S] [--only image,recon] [--out FILE]

@@ -1,9 +1,9 @@
-"""Image quality in a fixed CPU budget on real handwritten digits (docs/image_quality.md).
+"""Image quality in a fixed CPU budget on real handwritten digits (docs/studies/image_quality.md).
 
     python -m benchmarks.image_quality data --root /tmp/iq                     # digits as PNG class folders
     python -m benchmarks.image_quality train --root /tmp/iq --name flow_lr1e-3 --minutes 10 --overrides diffusion=flow
-    python -m benchmarks.image_quality eval --root /tmp/iq --name flow_lr1e-3 --json docs/image_quality.json
-    python -m benchmarks.image_quality reference --root /tmp/iq --json docs/image_quality.json
+    python -m benchmarks.image_quality eval --root /tmp/iq --name flow_lr1e-3 --json docs/studies/data/image_quality.json
+    python -m benchmarks.image_quality reference --root /tmp/iq --json docs/studies/data/image_quality.json
 
 Data: scikit-learn's ``load_digits`` (1,797 real 8x8 digits) upsampled to 16x16 PNGs, one subfolder per
 digit, with a fixed stratified split (300 held out, never trained on). Scorer: an MLP classifier and a PCA
@@ -180,7 +180,7 @@ def evaluate(root: Path, name: str, scorer: Scorer, grid: list[tuple], n: int = 
     ``step``: post-hoc EMA as of that training step (a shorter run's weights, to compare runs at equal steps)."""
     import torch
 
-    from src.checkpoint import module_from_checkpoint
+    from src.latent.stage import module_from_checkpoint
 
     torch.set_num_threads(1)
     run = root / "runs" / name
@@ -216,7 +216,7 @@ def save_grid(root: Path, name: str, weights: str, sampler: str, steps: int, pat
     """A small PNG: 10 x 10 samples (one row per digit for a class-conditional run)."""
     import torch
 
-    from src.checkpoint import module_from_checkpoint
+    from src.latent.stage import module_from_checkpoint
     from src.media import image_grid
 
     run = root / "runs" / name

@@ -1,4 +1,4 @@
-"""The study behind docs/restoration.md: tiny priors trained here, restoration and anomaly scores on held-out data.
+"""The study behind docs/studies/restoration.md: tiny priors trained here, restoration and anomaly scores on held-out data.
 
     python benchmarks/restoration_study.py data    OUT   # write the training sets
     python benchmarks/restoration_study.py train   OUT [image audio mri]  # tiny priors (python -m src.train, CPU)
@@ -103,12 +103,9 @@ def train(out: Path, only: list[str] | None = None) -> None:
         print(f"trained {name} in {time.time() - t0:.0f} s", flush=True)
 
 
-def _args(**kw):
-    from types import SimpleNamespace
-
-    base = dict(simulate=True, reference=None, mask=None, mask_box=None, scale=4, noise_std=None, clip_level=None,
-                cutoff=None, seed=0)
-    return SimpleNamespace(**{**base, **kw})
+def _job(prepare, prior, **kw):
+    """A simulated restoration job (the clean file is damaged first and is the reference)."""
+    return prepare(prior, simulate=True, **kw)
 
 
 def eval_images(out: Path, steps: int) -> dict:
@@ -124,8 +121,8 @@ def eval_images(out: Path, steps: int) -> dict:
     for i, face in enumerate(faces):
         path = out / f"heldout_face_{i}.png"
         Image.fromarray((face * 255).round().astype(np.uint8)).resize((32, 32), Image.BICUBIC).save(path)
-        for task, kw in (("inpaint", dict(mask_box=[[8, 10, 16, 12]])), ("super-resolution", dict(scale=4))):
-            job = prepare(_args(task=task, input=path, **kw), restorer.prior)
+        for task, kw in (("inpaint", dict(mask_boxes=[[8, 10, 16, 12]])), ("super-resolution", dict(scale=4))):
+            job = _job(prepare, restorer.prior, task=task, input=path, **kw)
             result = job.from_model(restorer.restore(job.problem, seed=i))
             for name, m in job.metrics(result, job.baseline()).items():
                 for k, v in m.items():
@@ -146,7 +143,7 @@ def eval_audio(out: Path, steps: int) -> dict:
         clip, _ = render(50_000 + i, 16000, 16000)  # 1 s, indices the training set (< builtin_size) never uses
         path = out / f"heldout_clip_{i}.wav"
         sf.write(path, 0.9 * clip.T, 16000, subtype="FLOAT")
-        job = prepare(_args(task="denoise", input=path, noise_std=0.05, seed=i), restorer.prior)
+        job = _job(prepare, restorer.prior, task="denoise", input=path, noise_std=0.05, seed=i)
         result = job.from_model(restorer.restore(job.problem, seed=i))
         rows.append(job.metrics(result, job.baseline()))
     mean = {f"{name}_{k}": float(np.mean([r[name][k] for r in rows])) for name in rows[0] for k in rows[0][name]}

@@ -1,7 +1,7 @@
 """Quality against network evaluations for every sampler, on an analytic Gaussian-mixture problem.
 
-    python -m benchmarks.sampling [--out docs/sampling_quality.png] [--json docs/sampling_quality.json]
-    python -m benchmarks.sampling --matrix [--denoiser-error 0.05] [--out docs/sampling_matrix.png] [--json ...]
+    python -m benchmarks.sampling [--out docs/studies/data/sampling_quality.png] [--json docs/studies/data/sampling_quality.json]
+    python -m benchmarks.sampling --matrix [--denoiser-error 0.05] [--out docs/studies/data/sampling_matrix.png] [--json ...]
 
 The data is a 2-D mixture of 8 Gaussians on a ring; its optimal denoiser is known in closed form, so
 the only error left is the sampler's discretisation. Error = sliced Wasserstein-1 distance between
@@ -181,19 +181,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="4,8,16,32,64,128", help="comma list of sampler step counts")
     ap.add_argument("--samples", type=int, default=8000, help="points drawn per sampler and step count")
-    ap.add_argument("--out", default=None, help="plot (default docs/sampling_quality.png, or "
-                    "docs/sampling_matrix.png with --matrix)")
+    ap.add_argument("--out", default=None, help="plot (default docs/studies/data/sampling_quality.png, or "
+                    "docs/studies/data/sampling_matrix.png with --matrix)")
     ap.add_argument("--json", default=None, help="the measured errors as JSON (default beside the plot)")
     ap.add_argument("--matrix", action="store_true", help="every sampler on every objective's grid")
     ap.add_argument("--denoiser-error", type=float, default=0.0, help="relative error added to the analytic denoiser")
     args = ap.parse_args()
     if args.matrix:
-        stem = "docs/sampling_matrix" + (f"_err{args.denoiser_error:g}" if args.denoiser_error else "")
+        stem = "docs/studies/data/sampling_matrix" + (f"_err{args.denoiser_error:g}" if args.denoiser_error else "")
         payload = run_matrix([int(s) for s in args.steps.split(",")], args.samples, args.denoiser_error)
         write_json(args.json or stem + ".json", payload)
         plot_matrix(payload, args.out or stem + ".png")
         return
-    args.out, args.json = args.out or "docs/sampling_quality.png", args.json or "docs/sampling_quality.json"
+    args.out, args.json = args.out or "docs/studies/data/sampling_quality.png", args.json or "docs/studies/data/sampling_quality.json"
     payload = run([int(s) for s in args.steps.split(",")], args.samples)
     write_json(args.json, payload)
     plot(payload, args.out)

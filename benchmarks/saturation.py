@@ -3,14 +3,14 @@ from the training clamp (t = 0.9999, sigma ~ 1e4) and from ``diffusion.sigma_max
 
     python -m benchmarks.saturation CKPT [--num 64] [--seed 0]
 
-Only for flow-matching image checkpoints; the same seeds for every row (docs/sampling.md has a run).
+Only for flow-matching image checkpoints; the same seeds for every row (docs/studies/sampling.md has a run).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from src.checkpoint import module_from_checkpoint
+from src.latent.stage import module_from_checkpoint
 from src.media import to_uint8
 
 RUNS = [("euler", 50), ("heun", 25), ("heun", 16), ("heun", 8), ("dpmpp_2m", 32), ("dpmpp_2m", 16)]

@@ -107,7 +107,7 @@ def device_of(cfg) -> torch.device:
 
 
 def in_memory_batches(cfg, n: int) -> list[dict]:
-    from datamodules import build_datamodule
+    from src.domains import build_datamodule
     from src.config import to_plain
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
@@ -125,7 +125,7 @@ def run_framework(cfg, args, backbone_override: dict | None = None) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.strategies import SingleDeviceStrategy
 
-    from datamodules import build_datamodule
+    from src.domains import build_datamodule
     from src.config import to_plain
     from src.distributed import build_strategy
     from src.module import DiffusionModule

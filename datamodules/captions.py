@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.errors import ProjectError
+from src.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ CAPTION_SOURCES = ("none", "auto", "sidecar", "csv", "datalist")
 COMPOUND_SUFFIXES = (".nii.gz",)
 
 
-class CaptionError(ProjectError, ValueError):
+class CaptionError(DataError):
     """Captions that cannot be read from the data as asked (missing past the limit, a bad CSV, ...)."""
 
 

@@ -25,10 +25,14 @@ import logging
 import random
 from dataclasses import asdict, dataclass, fields
 
+import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from .base import BadInputCounter, DataError, call_seeded
-from .shards import shard_name
+from src.errors import DataError
+
+from .items import BadInputCounter, call_seeded
+from .webshards import resolve_shards, shard_counts, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +98,6 @@ def worker_slot() -> tuple[int, int]:
 
 def shard_samples(url: str, declared: int, bad: BadInputCounter):
     """Exactly ``declared`` raw samples of one shard: ``None`` stands for each one that could not be read."""
-    import webdataset as wds
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
     try:
         stream = wds.gopen(url)
     except Exception as e:  # noqa: BLE001 - whatever the scheme, a shard that does not open is missing
@@ -191,8 +192,6 @@ class TrainShardStream(IterableDataset):
         return chunk, slot
 
     def chunk_samples(self, l: int, chunk: int, bad: BadInputCounter):
-        import webdataset as wds
-
         c = self.cfg
         raw = (s for i in self.chunk_shards(l, chunk) for s in shard_samples(c.urls[i], c.counts[i], bad))
         if c.shuffle_buffer <= 1:
@@ -312,8 +311,6 @@ class ShardSource:
     """The shards of one datamodule: finds and counts them once, builds loaders for the current rank."""
 
     def __init__(self, dm):
-        from .shards import resolve_shards, shard_counts
-
         self.dm, self.settings = dm, dm.shard_settings
         self.train_urls, self.val_urls = resolve_shards(dm.path, self.settings.val_path)
         self.train_counts = shard_counts(self.train_urls)

@@ -5,23 +5,16 @@
 
 Writes the per-voxel map (|scan - denoised|, in the scan's intensity units, averaged over --draws partial
 noisings to --noise-level) and MAP.scores.json with the per-volume scores; --likelihood adds bits per dimension
-from the probability-flow ODE. Python: ``src.tools.anomaly.Detector``.
+from the probability-flow ODE. Python: ``src.tools.anomaly.Detector`` (tensors),
+``src.tools.anomaly.screen.screen_file(ScreenOptions(...))`` (files, as this command).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
-
-import numpy as np
 
 from .cli import run_tool
-from .errors import ConfigError
-from .tools.anomaly import Detector
-from .tools.anomaly.inputs import check_output, load, to_input_layout, write_map
-from .tools.files import sibling, write_json
-from .tools.prior import Prior
+from .tools.anomaly.screen import ScreenOptions, screen_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,38 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> dict:
-    out = Path(args.output).expanduser().resolve()
-    for what, other in (("--input", args.input), ("--checkpoint", args.checkpoint)):
-        if Path(other).expanduser().resolve() == out:
-            raise ConfigError(f"--output {out} is the same file as {what}; choose another output name.")
-    prior = Prior.from_checkpoint(args.checkpoint, ("mri", "image", "audio"), "anomaly detection", args.device,
-                                  use_ema=not args.no_ema)
-    check_output(args.output, prior.domain)
-    detector = Detector(prior, noise_level=args.noise_level, draws=args.draws, steps=args.steps,
-                        batch_size=args.batch_size, ode_steps=args.ode_steps, probes=args.probes)
-    scan = load(args.input, prior)
-    t0 = time.perf_counter()
-    amap = to_input_layout(scan, detector.map(scan.x, seed=args.seed))
-    fg = amap[scan.foreground] if scan.foreground.any() else amap.ravel()
-    summary = {"checkpoint": str(args.checkpoint), "domain": prior.domain, "noise_level": detector.noise_level,
-               "steps_run": len(detector.sigmas) - 1, "draws": detector.draws, "seed": args.seed,
-               "score": float(fg.mean()), "score_p99": float(np.percentile(fg, 99)),
-               "foreground_voxels": int(scan.foreground.sum()),
-               "map_units": "absolute difference in the input's intensity units"}
-    if args.likelihood:
-        summary.update(bits_per_dim=detector.bits_per_dim(scan.x, seed=args.seed), ode_steps=detector.ode_steps,
-                       probes=detector.probes, bits_per_dim_units="model space ([-1, 1] intensities), continuous")
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    written = [write_map(args.output, prior.domain, scan, amap),
-               write_json(summary, sibling(args.output, "scores", ".json"))]
-    line = f"score {summary['score']:.4g} (p99 {summary['score_p99']:.4g})"
-    if args.likelihood:
-        line += f", {summary['bits_per_dim']:.4f} bits/dim"
-    print(f"screened {args.input} in {summary['seconds']:.1f} s: {line}")
-    for path in written:
-        print(f"wrote {path}")
-    return summary
+def options(args: argparse.Namespace) -> ScreenOptions:
+    """The parsed command line as the library's options (the only place the namespace is read)."""
+    return ScreenOptions(
+        checkpoint=args.checkpoint, input=args.input, output=args.output, noise_level=args.noise_level,
+        draws=args.draws, steps=args.steps, likelihood=args.likelihood, ode_steps=args.ode_steps,
+        probes=args.probes, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        use_ema=not args.no_ema)
+
+
+def run(args: argparse.Namespace) -> dict:
+    return screen_file(options(args))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,4 +1,7 @@
-"""Checkpoint I/O: atomic writes, and safe loading of a trained model for sampling and reconstruction."""
+"""Checkpoint I/O: atomic writes, safe (weights-only) loading, and sharded folders read as one checkpoint.
+
+Rebuilding the model a checkpoint describes is ``src.latent.stage.module_from_checkpoint`` (the stage knows
+the module classes; this module imports none)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .errors import ProjectError
 from .fileio import atomic_write
-from .safe_load import WeightsOnlyIgnored, read_metadata, safe_torch_load, why
+from .safe_load import SafeEmptyLoadPlanner, WeightsOnlyIgnored, dcp_load, read_metadata, safe_torch_load, why
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def checkpoint_step(path: str | Path) -> int:
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint without unpickling arbitrary code (weights-only whatever the environment says).
 
-    A sharded (FSDP2) checkpoint folder is consolidated in memory, see ``src.consolidate``.
+    A sharded (FSDP2) checkpoint folder is consolidated in memory (``consolidate``).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -102,8 +105,6 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"Checkpoint {path} is a folder without {SHARDED_META}; pass a .ckpt file or "
                               "a sharded checkpoint folder written by src.train.")
     if path.is_dir():
-        from .consolidate import consolidate
-
         ckpt = consolidate(path)
     else:
         ckpt = read_checkpoint_file(path)
@@ -113,28 +114,36 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the DiffusionModule from the checkpoint's own config (allow-listed builders), load weights."""
-    from .latent.stage import module_class
+# ---- sharded (FSDP2) checkpoint folders: ``python -m src.consolidate`` writes one file from them ----------
+SHARDED_FIX = "use a checkpoint folder written by a trainer=fsdp run you trust"
 
-    ckpt = load_checkpoint(path)
-    # training's fast paths (torch.compile, channels-last) are not inference's: compile needs a C compiler
-    hp = {**ckpt["hyper_parameters"], "perf": None}
-    cls = module_class(hp, path)
+
+def load_shards(path: str | Path, keys: set[str]) -> dict:
+    """Read entries (``state_dict``, ``optimizer_0``, ...) of a sharded checkpoint as full tensors, on CPU,
+    in one process (no process group), weights-only: the index and any pickled entry (such as the optimizer's
+    param_groups) go through restricted unpicklers, see ``src.safe_load``."""
+    state: dict = {}
     try:
-        module = cls(**hp)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"Checkpoint {path} describes a model this version cannot build: {e}") from None
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
-    if any(k.startswith("latent.") for k in missing):
-        raise CheckpointError(f"Checkpoint {path} is a latent diffusion model without its autoencoder's weights, so "
-                              "its samples cannot be decoded; use a checkpoint written by src.train.")
-    if missing or unexpected:
-        raise CheckpointError(f"Checkpoint {path} does not match its own model config "
-                              f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. "
-                              f"{(missing or unexpected)[:3]}).")
-    module.eval().to(device)
-    return module, ckpt
+        dcp_load(state, path, SafeEmptyLoadPlanner(keys=keys), no_dist=True)
+    except (pickle.UnpicklingError, WeightsOnlyIgnored, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise refusal(path, e, SHARDED_FIX) from None
+    return state
+
+
+def consolidate(path: str | Path) -> dict:
+    """Read a sharded checkpoint folder into one checkpoint dict with full (unsharded) tensors, on CPU."""
+    path = Path(path).expanduser()
+    if not is_sharded(path):
+        raise CheckpointError(f"{path} is not a sharded checkpoint folder (no {SHARDED_META} inside); "
+                              "pass a checkpoint folder written by a trainer=fsdp run.")
+    meta = read_checkpoint_file(path / SHARDED_META, fix=SHARDED_FIX)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / SHARDED_META} is not the metadata of a sharded checkpoint; {SHARDED_FIX}.")
+    # only the model entry: the optimizer state is twice the model's size and sampling never needs it
+    state = load_shards(path, {"state_dict"})
+    if "state_dict" not in state:
+        raise CheckpointError(f"{path} has no model weights in its shards; was the save interrupted?")
+    return {**meta, "state_dict": state["state_dict"]}
 
 
 def check_resumable(path: str | Path, model: torch.nn.Module) -> None:

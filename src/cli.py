@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from .errors import ProjectError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -19,10 +22,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def run_tool(build_parser, run, argv=None):
     """``run(args)`` of a tool's parsed ``argv``; the project's own errors become one line and exit status 2
     (anything else stays a traceback: it is a bug)."""
-    import sys
-
-    from .errors import ProjectError
-
     args = build_parser().parse_args(argv)
     try:
         return run(args)

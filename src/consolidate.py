@@ -12,45 +12,15 @@ optimizer state is left out: to continue training, resume from the folder itself
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoint import SHARDED_META, CheckpointError, is_sharded, read_checkpoint_file, refusal
+from .checkpoint import CheckpointError, consolidate, load_shards
 from .fileio import atomic_write
-from .safe_load import SafeEmptyLoadPlanner, WeightsOnlyIgnored, dcp_load
 
-_FIX = "use a checkpoint folder written by a trainer=fsdp run you trust"
-
-
-def load_shards(path: str | Path, keys: set[str]) -> dict:
-    """Read entries (``state_dict``, ``optimizer_0``, ...) of a sharded checkpoint as full tensors, on CPU,
-    in one process (no process group), weights-only: the index and any pickled entry (such as the optimizer's
-    param_groups) go through restricted unpicklers, see ``src.safe_load``."""
-    state: dict = {}
-    try:
-        dcp_load(state, path, SafeEmptyLoadPlanner(keys=keys), no_dist=True)
-    except (pickle.UnpicklingError, WeightsOnlyIgnored, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise refusal(path, e, _FIX) from None
-    return state
-
-
-def consolidate(path: str | Path) -> dict:
-    """Read a sharded checkpoint folder into one checkpoint dict with full (unsharded) tensors, on CPU."""
-    path = Path(path).expanduser()
-    if not is_sharded(path):
-        raise CheckpointError(f"{path} is not a sharded checkpoint folder (no {SHARDED_META} inside); "
-                              "pass a checkpoint folder written by a trainer=fsdp run.")
-    meta = read_checkpoint_file(path / SHARDED_META, fix=_FIX)
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path / SHARDED_META} is not the metadata of a sharded checkpoint; {_FIX}.")
-    # only the model entry: the optimizer state is twice the model's size and sampling never needs it
-    state = load_shards(path, {"state_dict"})
-    if "state_dict" not in state:
-        raise CheckpointError(f"{path} has no model weights in its shards; was the save interrupted?")
-    return {**meta, "state_dict": state["state_dict"]}
+__all__ = ["consolidate", "load_shards", "main"]  # the readers live in src.checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib.metadata import version
 
-from .errors import ProjectError
+import torch
+
+from .errors import ConfigError, ProjectError
 
 LOCKED_PAIR = "torch 2.14.1 with torchaudio 2.11.1 (or torch 2.11.0 with torchaudio 2.11.0)"
 
@@ -21,10 +24,6 @@ class EnvironmentMismatch(ProjectError):
 def resolve_device(device, key: str = "--device"):
     """``auto``: the GPU when there is one, else the CPU; a CUDA device asked for on a machine without one is a
     ConfigError naming ``key`` (instead of a failure deep inside torch)."""
-    import torch
-
-    from .errors import ConfigError
-
     sep = "" if key.endswith("=") else " "
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -40,8 +39,6 @@ def resolve_device(device, key: str = "--device"):
 def native_cpu_bf16() -> bool:
     """Whether this CPU runs bf16 matrix products natively (AMX or AVX512-BF16), where bf16 autocast is faster
     than fp32; elsewhere oneDNN emulates it and it is slower."""
-    import torch
-
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and (
             torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
@@ -54,11 +51,7 @@ def import_torchaudio():
     try:
         return importlib.import_module("torchaudio")
     except (OSError, ImportError) as e:
-        import torch
-
         try:
-            from importlib.metadata import version
-
             ta = version("torchaudio")
         except Exception:  # noqa: BLE001 - only for the message
             ta = "not installed"
@@ -69,8 +62,6 @@ def import_torchaudio():
 
 
 def main() -> None:
-    import torch
-
     try:
         ta = import_torchaudio()
     except EnvironmentMismatch as e:

@@ -1,10 +1,13 @@
-"""The project's own error type: a problem with the user's input, config, files or environment.
+"""The project's own error types: a problem with the user's input, config, files or environment.
 
 Command-line tools catch ``ProjectError`` (and only it) and print its message as one line; anything else
 is a bug and stays a traceback. Messages name the file or key and say what to do.
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 
 class ProjectError(Exception):
@@ -13,6 +16,10 @@ class ProjectError(Exception):
 
 class ConfigError(ProjectError, ValueError):
     """A config key or command-line option with a value that cannot work."""
+
+
+class DataError(ProjectError, ValueError):
+    """Bad user data: the message says which file or key and what to do."""
 
 
 def positive_int(value, key: str, minimum: int = 1) -> int:
@@ -45,9 +52,6 @@ def fraction(value, key: str) -> float:
 
 def writable_folder(folder, what: str):
     """Create ``folder`` if needed and check a file can be written in it, before any long work starts."""
-    import tempfile
-    from pathlib import Path
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,9 @@
 
 A domain's metrics class (``DOMAIN.metrics``) is built from the config's ``metrics:`` node, whose ``kind``
 names the domain, and is called as ``metrics(generated, real) -> dict[str, float]`` on tensors shaped
-``(N, C, *spatial)``. ``MetricsCallback`` draws EMA samples with ``module.sample`` and compares them with the first
-validation clips (fixed seed, so two validations of one run, or two runs, see the same noise and data).
+``(N, C, *spatial)`` (the Fréchet distance they share is in ``src.domains.common``). ``MetricsCallback`` draws
+EMA samples with ``module.sample`` and compares them with the first validation clips (fixed seed, so two
+validations of one run, or two runs, see the same noise and data).
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
+from .domains import parts
+from .domains.common import frechet_distance
 from .errors import positive_int
+
+__all__ = ["CALLBACK_KEYS", "MetricsCallback", "build_metrics", "frechet_distance"]
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +29,7 @@ CALLBACK_KEYS = ("num_samples", "sampler", "steps", "batch_size")
 
 def build_metrics(cfg: dict):
     """The metrics class of the domain named by ``metrics.kind``, built from the other keys of the node."""
-    from .domains import parts
-
     return parts("metrics", "metrics.kind").build(cfg, ignore=CALLBACK_KEYS)
-
-
-def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
-    """``|mu1 - mu2|^2 + Tr(cov1 + cov2 - 2 sqrt(cov1 cov2))`` between two Gaussians (as in FID/FAD), by MONAI's
-    ``compute_frechet_distance`` in float64 (which regularises a singular product as pytorch-fid does)."""
-    from monai.metrics.fid import compute_frechet_distance
-
-    mu1, cov1, mu2, cov2 = (t.detach().double().cpu() for t in (mu1, cov1, mu2, cov2))
-    return max(float(compute_frechet_distance(mu1, cov1, mu2, cov2)), 0.0)
 
 
 class MetricsCallback(pl.Callback):

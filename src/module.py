@@ -18,8 +18,9 @@ from .backbones import build_backbone
 from .backbones.text import TextConditioned, build_text, check_text_cond
 from .diffusion import build_objective, clipped, get_sampler
 from .diffusion.guidance import drop_captions, drop_labels, guided
-from .ema import EMA
 from .errors import ConfigError
+from .runtime.ema import EMA
+from .runtime.phema import PowerFunctionEMA
 
 log = logging.getLogger(__name__)
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant to decorrelate (seed, step, rank, micro-batch) streams
@@ -134,11 +135,9 @@ class DiffusionModule(pl.LightningModule):
         ema = dict(ema or {})
         phema = ema.pop("phema", None)
         self.ema = EMA(self.backbone, **ema)
-        # post-hoc EMA (src/phema.py): power-function profiles whose snapshots let any EMA length be rebuilt
+        # post-hoc EMA (src/runtime/phema.py): power-function profiles whose snapshots let any EMA length be rebuilt
         self.phema = None
         if phema:
-            from .phema import PowerFunctionEMA
-
             self.phema = PowerFunctionEMA(self.backbone, **phema)
         if self.perf["compile"]:
             # in-place Module.compile keeps state_dict keys free of `_orig_mod.`, so checkpoints load either way

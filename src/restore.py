@@ -6,23 +6,16 @@
     python -m src.restore --checkpoint audio.ckpt --task declip --clip-level 0.5 --input take.wav --output fixed.wav
 
 Writes OUT, OUT.input.EXT (what the tool was given) and OUT.<baseline>.EXT; with --reference (or --simulate,
-which degrades a clean --input itself) also OUT.metrics.json. Python: ``src.tools.restoration.Restorer``.
+which degrades a clean --input itself) also OUT.metrics.json. Python: ``src.tools.restoration.Restorer`` (tensors),
+``src.tools.restoration.workflow.restore_file(RestoreOptions(...))`` (files, as this command).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 from .cli import run_tool
-from .errors import ConfigError
-from .tools.files import kind_of, sibling, write_json
-from .tools.prior import Prior
-from .tools.restoration import TASKS, Restorer
-
-ALL_TASKS = ("inpaint", "super-resolution", "denoise", "declip", "bandwidth")
+from .tools.restoration.workflow import ALL_TASKS, RestoreOptions, restore_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,58 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_paths(args) -> None:
-    out = Path(args.output).expanduser().resolve()
-    for what, other in (("--input", args.input), ("--reference", args.reference), ("--checkpoint", args.checkpoint),
-                        ("--mask", args.mask)):
-        if other and Path(other).expanduser().resolve() == out:
-            raise ConfigError(f"--output {out} is the same file as {what}; inputs are never overwritten, choose "
-                              "another output name.")
+def options(args: argparse.Namespace) -> RestoreOptions:
+    """The parsed command line as the library's options (the only place the namespace is read)."""
+    return RestoreOptions(
+        checkpoint=args.checkpoint, task=args.task, input=args.input, output=args.output, reference=args.reference,
+        simulate=args.simulate, mask=args.mask, mask_boxes=args.mask_box, scale=args.scale, noise_std=args.noise_std,
+        clip_level=args.clip_level, cutoff=args.cutoff, steps=args.steps, eta=args.eta, seed=args.seed,
+        batch_size=args.batch_size, overlap=args.overlap, device=args.device, use_ema=not args.no_ema,
+        progress=not args.quiet)
 
 
-def run(args) -> dict:
-    check_paths(args)
-    prior = Prior.from_checkpoint(args.checkpoint, ("image", "audio"), "restoration", args.device,
-                                  use_ema=not args.no_ema)
-    domain = prior.domain
-    if args.task not in TASKS[domain]:
-        other = next(d for d, tasks in TASKS.items() if args.task in tasks)
-        raise ConfigError(f"--task {args.task} restores {other} but checkpoint {args.checkpoint} is a {domain} "
-                          f"model; pass a {other} checkpoint, or one of the {domain} tasks: "
-                          f"{', '.join(TASKS[domain])}.")
-    for what, path in (("--input", args.input), ("--output", args.output)):
-        if kind_of(path) != domain:
-            raise ConfigError(f"{what} {path} is not {'an image' if domain == 'image' else 'a sound'} file, but "
-                              f"checkpoint {args.checkpoint} is a {domain} model; pass a "
-                              f"{'.png' if domain == 'image' else '.wav'} file.")
-    restorer = Restorer(prior, steps=args.steps, eta=args.eta, batch_size=args.batch_size, overlap=args.overlap)
-    if domain == "image":
-        from .tools.restoration.image import prepare
-    else:
-        from .tools.restoration.audio import prepare
-    job = prepare(args, prior)
-    for note in job.notes:
-        print(f"note: {note}", file=sys.stderr)
-    t0 = time.perf_counter()
-    result = job.from_model(restorer.restore(job.problem, seed=args.seed, progress=not args.quiet))
-    seconds = time.perf_counter() - t0
-    baseline = job.baseline()
-    written = job.write(args.output, result, baseline)
-    summary = {"task": args.task, "domain": domain, "checkpoint": str(args.checkpoint), "steps": restorer.steps,
-               "eta": restorer.eta, "seed": args.seed, "seconds": round(seconds, 2),
-               "shape": list(result.shape), "baseline": baseline[0], "notes": job.notes}
-    if args.task == "denoise":
-        summary["noise_std"] = round(float(job.noise_std), 6)
-    if job.reference is not None:
-        summary["reference"] = "the --reference file" if args.reference else "the clean --input (--simulate)"
-        summary["metrics"] = job.metrics(result, baseline)
-        written.append(write_json(summary, sibling(args.output, "metrics", ".json")))
-    print(f"restored {args.input} ({args.task}, {restorer.steps} steps) in {seconds:.1f} s")
-    for key, m in (summary.get("metrics") or {}).items():
-        print(f"  {key:<12} " + "   ".join(f"{k} {v:.4f}" for k, v in m.items()))
-    for path in written:
-        print(f"wrote {path}")
-    return summary
+def run(args: argparse.Namespace) -> dict:
+    return restore_file(options(args))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -19,8 +19,14 @@ from functools import cache
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint.metadata as md
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._nested_dict import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 
 class RefusedPickle(pickle.UnpicklingError):
@@ -63,8 +69,6 @@ def safe_torch_load(f, map_location: Any = "cpu", mmap: bool | None = None) -> A
 @cache
 def _index_globals() -> dict:
     """What a DCP ``.metadata`` pickle may name: DCP's own index dataclasses, sizes, layouts and paths."""
-    import torch.distributed.checkpoint.metadata as md
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
 
     allowed = {("torch", "Size"): torch.Size, ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
                ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): _StorageInfo,
@@ -92,7 +96,6 @@ class _IndexUnpickler(pickle.Unpickler):
 
 def read_metadata_file(stream):
     """Unpickle a DCP ``.metadata`` stream with the restricted unpickler above and check it is an index."""
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
 
     try:
         metadata = _IndexUnpickler(stream).load()
@@ -115,8 +118,6 @@ class SafeFileSystemReader(FileSystemReader):
     """DCP's file reader with a restricted unpickler for ``.metadata`` (its own uses the full pickle)."""
 
     def read_metadata(self, *args: Any, **kwargs: Any):
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
         with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as stream:
             metadata = read_metadata_file(stream)
         if getattr(metadata, "storage_meta", None) is None:
@@ -129,8 +130,6 @@ class _WeightsOnlyBytes:
     """``DefaultLoadPlanner.load_bytes`` (which unpickles with the full pickle), weights-only."""
 
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        from torch.distributed.checkpoint._nested_dict import set_element
-
         fqn = read_item.dest_index.fqn
         try:
             obj = safe_torch_load(value)
@@ -153,9 +152,6 @@ class SafeEmptyLoadPlanner(_WeightsOnlyBytes, _EmptyStateDictLoadPlanner):
 def dcp_load(state: dict, path: str | pathlib.Path, planner, no_dist: bool = False) -> None:
     """Fill ``state`` from a sharded folder with the safe reader and ``planner``; DCP's wrapped errors
     (one per rank) come out as the first underlying exception."""
-    from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
     read_metadata(path)  # a refused index, with its reason, before DCP (which hides its read errors) starts
     try:
         _load_state_dict(state, storage_reader=SafeFileSystemReader(path), planner=planner, no_dist=no_dist)
@@ -164,7 +160,6 @@ def dcp_load(state: dict, path: str | pathlib.Path, planner, no_dist: bool = Fal
 
 
 def _first_failure(e: BaseException) -> BaseException:
-    from torch.distributed.checkpoint.api import CheckpointException
 
     while isinstance(e, CheckpointException) and e.failures:
         e = next(iter(e.failures.values()))[0]

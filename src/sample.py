@@ -27,12 +27,12 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from .checkpoint import CheckpointError, module_from_checkpoint
-from .config import expand_home
-from .domains import all_domains, get_domain
+from .checkpoint import CheckpointError
+from .config import expand_home, to_plain
+from .domains import all_domains, build_media, get_domain
 from .env_check import resolve_device
 from .errors import ConfigError, ProjectError, positive_int, writable_folder
-from .media import build_media
+from .latent.stage import module_from_checkpoint
 
 DEFAULTS = {
     "ckpt": None,
@@ -92,17 +92,18 @@ def parse_args(argv: list[str]):
 
 def check_options(cfg) -> None:
     """Refuse values that would otherwise fail deep inside sampling or silently mean something else."""
-    positive_int(cfg.num_samples, "num_samples")
-    positive_int(cfg.batch_size, "batch_size")
-    if cfg.steps is not None:  # steps=0 would fall back to the model's default without a word
-        positive_int(cfg.steps, "steps")
-    if isinstance(cfg.guidance, bool) or not isinstance(cfg.guidance, (int, float)) or cfg.guidance < 0:
-        raise ConfigError(f"guidance must be a number >= 0 (1: no guidance, 0: unconditional); got {cfg.guidance!r}.")
-    label = cfg.label
+    positive_int(cfg["num_samples"], "num_samples")
+    positive_int(cfg["batch_size"], "batch_size")
+    if cfg["steps"] is not None:  # steps=0 would fall back to the model's default without a word
+        positive_int(cfg["steps"], "steps")
+    if isinstance(cfg["guidance"], bool) or not isinstance(cfg["guidance"], (int, float)) or cfg["guidance"] < 0:
+        raise ConfigError("guidance must be a number >= 0 (1: no guidance, 0: unconditional); "
+                          f"got {cfg['guidance']!r}.")
+    label = cfg["label"]
     if label is not None and label != "all" and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
         raise ConfigError(f"label must be a class index (0, 1, ...) or all; got {label!r}.")
     read_prompts(cfg)
-    out = Path(cfg.out).expanduser()
+    out = Path(cfg["out"]).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out} is an existing file; pass a folder for the samples (it is created if "
                           "missing).")
@@ -110,20 +111,20 @@ def check_options(cfg) -> None:
 
 def read_prompts(cfg) -> list[str] | None:
     """``prompt=`` or ``prompts=FILE`` as the list of prompts to draw (None: neither), checked."""
-    if cfg.prompt is not None and cfg.prompts is not None:
+    if cfg["prompt"] is not None and cfg["prompts"] is not None:
         raise ConfigError("Pass prompt= or prompts=FILE, not both.")
-    if (cfg.prompt is not None or cfg.prompts is not None) and cfg.label is not None:
+    if (cfg["prompt"] is not None or cfg["prompts"] is not None) and cfg["label"] is not None:
         raise ConfigError("label= is for class-conditional checkpoints and prompt=/prompts= for text-conditional "
                           "ones; pass one of them.")
-    if cfg.prompt is not None:
-        text = " ".join(str(cfg.prompt).split())
+    if cfg["prompt"] is not None:
+        text = " ".join(str(cfg["prompt"]).split())
         if not text:
             raise ConfigError('prompt= is empty; give a prompt (prompt="a red circle"), or drop prompt= for '
                               "unconditional samples.")
         return [text]
-    if cfg.prompts is None:
+    if cfg["prompts"] is None:
         return None
-    path = Path(str(cfg.prompts)).expanduser()
+    path = Path(str(cfg["prompts"])).expanduser()
     if not path.is_file():
         raise ConfigError(f"prompts={path} is not a file; pass a text file with one prompt per line.")
     try:
@@ -143,51 +144,52 @@ def domain_input(cfg, domain, run_cfg: dict, num: int, device) -> tuple:
     others = [k for k in domain_options() if k not in domain.sample_options and cfg.get(k) is not None]
     if others:
         raise ConfigError(f"{others[0]}= is an option for {domain_options()[others[0]][1]} checkpoints, and "
-                          f"{cfg.ckpt} is a '{domain.name}' model; drop {others[0]}=.")
+                          f"{cfg['ckpt']} is a '{domain.name}' model; drop {others[0]}=.")
     if domain.sample_input is None:
         return None, None
     options = {k: cfg.get(k) for k in domain.sample_options}
-    return domain.load("sample_input")(options, run_cfg, num, str(device), str(cfg.ckpt))
+    return domain.load("sample_input")(options, run_cfg, num, str(device), str(cfg["ckpt"]))
 
 
 def sample(cfg) -> list[Path]:
     check_options(cfg)
-    device = resolve_device(cfg.device, key="device=")
-    module, ckpt = module_from_checkpoint(cfg.ckpt, device=device)
+    device = resolve_device(cfg["device"], key="device=")
+    module, ckpt = module_from_checkpoint(cfg["ckpt"], device=device)
     run_cfg = ckpt.get("run_config") or {}
     if "media" not in run_cfg:
-        raise CheckpointError(f"Checkpoint {cfg.ckpt} has no run_config.media; it was not written by src.train.")
+        raise CheckpointError(f"Checkpoint {cfg['ckpt']} has no run_config.media; it was not written by "
+                              "src.train.")
     media = build_media(run_cfg["media"])
     # media.kind names the domain (older checkpoints may lack domain.name)
     domain = get_domain((run_cfg.get("domain") or {}).get("name") or run_cfg["media"].get("kind"))
-    cond, shape = domain_input(cfg, domain, run_cfg, int(cfg.num_samples), device)
-    seed = int(cfg.seed) if cfg.seed is not None else random.SystemRandom().randrange(2**31)
-    writable_folder(Path(cfg.out).expanduser(), f"out={cfg.out}")
+    cond, shape = domain_input(cfg, domain, run_cfg, int(cfg["num_samples"]), device)
+    seed = int(cfg["seed"]) if cfg["seed"] is not None else random.SystemRandom().randrange(2**31)
+    writable_folder(Path(cfg["out"]).expanduser(), f"out={cfg['out']}")
     t0 = time.perf_counter()
-    out = Path(cfg.out).expanduser()
-    num = int(cfg.num_samples)
-    kwargs = dict(sampler=cfg.sampler, steps=cfg.steps, seed=seed, use_ema=bool(cfg.ema),
-                  batch_size=int(cfg.batch_size), shape=shape, guidance=float(cfg.guidance))
+    out = Path(cfg["out"]).expanduser()
+    num = int(cfg["num_samples"])
+    kwargs = dict(sampler=cfg["sampler"], steps=cfg["steps"], seed=seed, use_ema=bool(cfg["ema"]),
+                  batch_size=int(cfg["batch_size"]), shape=shape, guidance=float(cfg["guidance"]))
     prompts = read_prompts(cfg)
     if prompts is not None:
         paths = sample_prompts(module, media, prompts, cfg, cond, num, out, kwargs)
-    elif cfg.label is None:
-        if (module.num_classes or getattr(module, "has_text", False)) and float(cfg.guidance) != 1.0:
+    elif cfg["label"] is None:
+        if (module.num_classes or getattr(module, "has_text", False)) and float(cfg["guidance"]) != 1.0:
             print("note: guidance= acts only with label= or prompt=; drawing unconditional samples")
         x = module.sample(num, cond=cond, **kwargs)
-        paths = media.save(x, out, prefix=cfg.prefix)
+        paths = media.save(x, out, prefix=cfg["prefix"])
     else:
-        labels = class_labels(cfg.label, module, cfg.ckpt)
+        labels = class_labels(cfg["label"], module, cfg["ckpt"])
         paths, rows = [], []
         for c in labels:
             x = module.sample(num, cond=cond, label=torch.full((num,), c), **kwargs)
-            paths += media.save(x, out, prefix=f"{cfg.prefix}_c{c:03d}")
+            paths += media.save(x, out, prefix=f"{cfg['prefix']}_c{c:03d}")
             rows.append(x)
         if len(labels) > 1 and hasattr(media, "save_grid"):  # media that can show a row per class
-            media.save_grid(torch.cat(rows), num, out / f"{cfg.prefix}_grid.png")
+            media.save_grid(torch.cat(rows), num, out / f"{cfg['prefix']}_grid.png")
         names = module.cond_cfg.get("classes") or []
         print("classes: " + ", ".join(f"{c}={names[c] if c < len(names) else c}" for c in labels))
-    print(f"wrote {len(paths)} samples to {cfg.out} in {time.perf_counter() - t0:.1f}s (seed={seed}; pass "
+    print(f"wrote {len(paths)} samples to {cfg['out']} in {time.perf_counter() - t0:.1f}s (seed={seed}; pass "
           f"seed={seed} to draw the same ones again)")
     return paths
 
@@ -195,17 +197,17 @@ def sample(cfg) -> list[Path]:
 def sample_prompts(module, media, prompts: list[str], cfg, cond, num: int, out: Path, kwargs: dict) -> list[Path]:
     """``num`` samples per prompt, files ``PREFIX_pKKK_*`` by prompt index; ``prompts.txt`` (line K: prompt K)."""
     if not getattr(module, "has_text", False):
-        raise ConfigError(f"prompt= needs a text-conditional checkpoint (trained with cond=text); {cfg.ckpt} is "
+        raise ConfigError(f"prompt= needs a text-conditional checkpoint (trained with cond=text); {cfg['ckpt']} is "
                           f"{'class-conditional: use label=' if module.num_classes else 'not: drop prompt='} "
                           "and prompts=.")
     paths, rows = [], []
     for k, prompt in enumerate(prompts):
         x = module.sample(num, cond=cond, text=[prompt] * num, **kwargs)
-        paths += media.save(x, out, prefix=f"{cfg.prefix}_p{k:03d}")
+        paths += media.save(x, out, prefix=f"{cfg['prefix']}_p{k:03d}")
         rows.append(x)
     (out / "prompts.txt").write_text("".join(f"{p}\n" for p in prompts), encoding="utf-8")
     if len(prompts) > 1 and hasattr(media, "save_grid"):  # media that can show a row per prompt
-        media.save_grid(torch.cat(rows), num, out / f"{cfg.prefix}_grid.png")
+        media.save_grid(torch.cat(rows), num, out / f"{cfg['prefix']}_grid.png")
     print(f"prompts: {len(prompts)} (file index = line of {out / 'prompts.txt'})")
     return paths
 
@@ -224,7 +226,8 @@ def class_labels(label, module, ckpt) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(expand_home(sys.argv[1:] if argv is None else argv))
+    # the options checked against the known keys (OmegaConf), then converted once: the parts get a plain dict
+    cfg = to_plain(parse_args(expand_home(sys.argv[1:] if argv is None else argv)))
     try:
         sample(cfg)
     except ProjectError as e:

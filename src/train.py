@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -10,32 +11,31 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LambdaCallback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.strategies import ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
 
-from datamodules import build_datamodule
-
 from .backbones import check_data_shape
 from .backbones.text import check_text_cond
-from .callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
-from . import threads
 from .config import expand_home, redact, register_resolvers, to_plain
-from .distributed import build_strategy, cluster_plugins
+from .domains import build_datamodule, build_media, plugin_config_dirs
 from .env_check import native_cpu_bf16
 from .errors import ConfigError, ProjectError, one_of
-from .domains import plugin_config_dirs
-from .media import build_media
-from .metrics import MetricsCallback
 from .latent.callbacks import ReconstructionCallback
 from .latent.stage import build_model, is_autoencoder
-from .phema import PHEMASnapshots
-from .preemption import LastCheckpoint, is_preempted, requeue, stop_signal
-from .runfolder import is_fresh, remove_failed_run
-from .runlog import RunLog
-from .metrics_log import MetricsFileLogger, RunEvents, wandb_run_id
+from .metrics import MetricsCallback
+from .runtime import threads
+from .runtime.callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
+from .runtime.distributed import build_strategy, cluster_plugins
+from .runtime.metrics_log import MetricsFileLogger, RunEvents, wandb_run_id
+from .runtime.phema import PHEMASnapshots
+from .runtime.preemption import LastCheckpoint, is_preempted, requeue, stop_signal
+from .runtime.runfolder import is_fresh, remove_failed_run
+from .runtime.runlog import RunLog
 
 log = logging.getLogger("src.train")
 register_resolvers()
@@ -48,14 +48,12 @@ def build_logger(cfg: dict, out: Path, privacy: dict | None = None, run_id: str 
     if name == "none":
         return False
     one_of(name, "logger.name", ("wandb", "none"))
-    from pytorch_lightning.loggers import WandbLogger
-
     mode = cfg.get("mode", "offline")
     one_of(mode, "logger.mode", ("offline", "online", "disabled"))
     os.environ.setdefault("WANDB_SILENT", "true")
     extra = {}
     if privacy.get("patient_data"):
-        import wandb
+        import wandb  # optional heavy dependency: wandb (only for patient-data runs that log to W&B)
 
         # console output names input files, and system metadata holds the command line (datamodule.path)
         extra["settings"] = wandb.Settings(console="off", x_disable_meta=True, x_disable_machine_info=True,
@@ -81,8 +79,6 @@ def drop_wandb_debug_logs(out: Path) -> None:
 
 def _wandb_id(out: Path) -> str:
     """One W&B run per output folder, so a resumed or requeued job continues the same run."""
-    import hashlib
-
     return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
 
 
@@ -113,12 +109,12 @@ def remove_stale_temp_files(out: Path) -> None:
             log.info("Removed %s, left by an interrupted checkpoint write.", tmp)
 
 
-def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+def resume_checkpoint(cfg: dict, out: Path) -> str | None:
     remove_stale_temp_files(out)
     auto = cfg.get("resume", "auto") == "auto"
     own = own_checkpoint(out) if auto else None
     if cfg.get("ckpt_path"):
-        path = Path(cfg.ckpt_path).expanduser()
+        path = Path(cfg["ckpt_path"]).expanduser()
         if not path.exists():
             raise CheckpointError(f"ckpt_path={path} does not exist; pass an existing .ckpt file.")
         # a requeued job repeats its command line: its own newer checkpoint, not ckpt_path, is where it is
@@ -157,25 +153,27 @@ def log_distributed(trainer: pl.Trainer, module) -> None:
                  held)
 
 
-def build_callbacks(cfg: DictConfig, out: Path, plain: dict) -> list[pl.Callback]:
-    s = cfg.sampling
-    privacy = to_plain(cfg.get("privacy"))
+def build_callbacks(cfg: dict, out: Path) -> list[pl.Callback]:
+    """The run's callbacks from the plain config; media writers come from the domain registry here, so the
+    runtime's callbacks never import a domain."""
+    s = cfg["sampling"]
+    privacy = cfg.get("privacy") or {}
     extra: list[pl.Callback] = []
     if cfg.get("metrics"):
-        real_media = build_media(to_plain(cfg.media)) if privacy.get("upload_real_images") else None
-        extra.append(MetricsCallback(to_plain(cfg.metrics), sampler=s.sampler, steps=s.steps, seed=cfg.seed,
-                                     batch_size=s.batch_size, real_media=real_media))
+        real_media = build_media(cfg["media"]) if privacy.get("upload_real_images") else None
+        extra.append(MetricsCallback(cfg["metrics"], sampler=s["sampler"], steps=s["steps"], seed=cfg["seed"],
+                                     batch_size=s["batch_size"], real_media=real_media))
     sample_preview = ReconstructionCallback if is_autoencoder(cfg) else SampleCallback  # stage 1: input/recon pairs
     callbacks = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
-                        every_n_train_steps=cfg.checkpoint.every_n_steps, save_top_k=cfg.checkpoint.keep,
+                        every_n_train_steps=cfg["checkpoint"]["every_n_steps"], save_top_k=cfg["checkpoint"]["keep"],
                         monitor="step", mode="max", save_last=True, enable_version_counter=False),
-        ThroughputCallback(window=max(1, int(cfg.trainer.get("log_every_n_steps", 10)))),
+        ThroughputCallback(window=max(1, int(cfg["trainer"].get("log_every_n_steps", 10)))),
         RunEvents(),  # start/resume, preemption and end in RUN_DIR/metrics.jsonl; final metrics in the W&B summary
-        sample_preview(out / "samples", to_plain(cfg.media), every_n_steps=s.every_n_steps, num=s.num,
-                       sampler=s.sampler, steps=s.steps, seed=cfg.seed, batch_size=s.batch_size,
+        sample_preview(out / "samples", build_media(cfg["media"]), every_n_steps=s["every_n_steps"], num=s["num"],
+                       sampler=s["sampler"], steps=s["steps"], seed=cfg["seed"], batch_size=s["batch_size"],
                        class_names=not privacy.get("patient_data")),
-        RunConfigInCheckpoint(redact(plain, data_path=bool(privacy.get("patient_data"))),
+        RunConfigInCheckpoint(redact(cfg, data_path=bool(privacy.get("patient_data"))),
                               private=bool(privacy.get("patient_data"))),
         LearningRateMonitor(logging_interval="step"),
         PHEMASnapshots(out / "checkpoints"),
@@ -217,35 +215,39 @@ def text_cond(cond: dict, dm) -> dict:
 
 
 def train(cfg: DictConfig) -> dict:
+    """One training run from the composed Hydra config: resolved and converted to plain dicts once, here; every
+    part below receives plain sections."""
     OmegaConf.resolve(cfg)
-    threads.apply(cfg.get("threads", "auto"), cfg.trainer.get("devices"))
-    out = Path(cfg.paths.output_dir).expanduser().resolve()
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     plain = to_plain(cfg)
+    threads.apply(plain.get("threads", "auto"), plain["trainer"].get("devices"))
+    out = Path(plain["paths"]["output_dir"]).expanduser().resolve()
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # the launch rank (RANK, LOCAL_RANK or SLURM_PROCID), known before setup
         OmegaConf.save(cfg, out / "config.yaml")
-    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", every_n_steps=cfg.checkpoint.every_n_steps,
-                          check_every_n_steps=cfg.checkpoint.get("signal_check_every_n_steps", 10))
+    ckpt_cfg = plain["checkpoint"]
+    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", every_n_steps=ckpt_cfg["every_n_steps"],
+                          check_every_n_steps=ckpt_cfg.get("signal_check_every_n_steps", 10))
     last.install()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(plain["seed"], workers=True, verbose=False)
 
-    dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
+    dm = build_datamodule(dict(plain["datamodule"]), seed=plain["seed"])
     threads.limit_worker_threads(dm)
     # pixel-space diffusion, stage=autoencoder or latent diffusion
-    model = build_model(cfg, dm.data_shape, cond=module_cond(to_plain(cfg.get("cond")), dm))
+    model = build_model(plain, dm.data_shape, cond=module_cond(plain.get("cond"), dm))
     if hasattr(model, "backbone"):  # the backbone says which sizes it takes (latent runs: the latent's)
         check_data_shape(model.data_shape, model.backbone)
-    trainer_kwargs = to_plain(cfg.trainer)
+    trainer_kwargs = dict(plain["trainer"])
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)
-    privacy = to_plain(cfg.get("privacy"))
-    ckpt_path = resume_checkpoint(cfg, out)
-    run_id = wandb_run_id(out, ckpt_path, cfg.logger.get("id")) if cfg.logger.get("name") == "wandb" else None
-    wandb_logger = build_logger(to_plain(cfg.logger), out, privacy, run_id)
+    privacy = plain.get("privacy") or {}
+    logger_cfg = plain["logger"]
+    ckpt_path = resume_checkpoint(plain, out)
+    run_id = wandb_run_id(out, ckpt_path, logger_cfg.get("id")) if logger_cfg.get("name") == "wandb" else None
+    wandb_logger = build_logger(logger_cfg, out, privacy, run_id)
     logger = [x for x in (wandb_logger, MetricsFileLogger(out)) if x]  # RUN_DIR/metrics.jsonl for src.report
-    callbacks = [cb for cb in build_callbacks(cfg, out, plain)
+    callbacks = [cb for cb in build_callbacks(plain, out)
                  if logger or not isinstance(cb, LearningRateMonitor)]  # it refuses to run without a logger
-    runlog = RunLog(out / "checkpoints", every_n_steps=cfg.trainer.get("log_every_n_steps", 10))
+    runlog = RunLog(out / "checkpoints", every_n_steps=plain["trainer"].get("log_every_n_steps", 10))
     callbacks += [last, runlog, LambdaCallback(on_fit_start=log_distributed)]
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks,
                          plugins=[AtomicCheckpointIO(), *cluster_plugins()], use_distributed_sampler=False)
@@ -255,7 +257,7 @@ def train(cfg: DictConfig) -> dict:
             private = {"data_path": not privacy.get("upload_data_paths", False),
                        "class_names": bool(privacy.get("patient_data"))}
             # the model's own hyper-parameters, redacted like the config (Lightning's unredacted logging is off)
-            hparams = redact(to_plain(dict(model.hparams_initial)), **private)
+            hparams = redact(dict(model.hparams_initial), **private)
             wandb_logger.log_hyperparams({**hparams, "config": redact(plain, **private),
                                           "backbone_parameters": model.num_parameters()})
     if ckpt_path and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
@@ -281,8 +283,6 @@ def train(cfg: DictConfig) -> dict:
 
 def resume_command(last_ckpt: str) -> str:
     """The command line of this run with ``ckpt_path`` pointing at its ``last.ckpt``."""
-    from hydra.core.hydra_config import HydraConfig
-
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "+ckpt_path="))]
     return " ".join(["python -m src.train", *overrides, f"ckpt_path={last_ckpt}"])
 

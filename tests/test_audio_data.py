@@ -8,7 +8,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from datamodules import DataError, build_datamodule
+from src.domains import build_datamodule
+from src.errors import DataError
 from datamodules.base import ReproducibleItems
 from src.domains.audio.data import AudioDataModule, normalize
 from src.domains.audio.synth import KINDS, render

@@ -1,4 +1,4 @@
-"""The probes of docs/bad_inputs.md: each bad input gets one sentence naming the file or key and what to do,
+"""The probes of docs/guide/bad_inputs.md: each bad input gets one sentence naming the file or key and what to do,
 or is handled correctly (16-bit images scaled by their range). The table's rows name these tests."""
 
 import re
@@ -11,13 +11,14 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from datamodules import DataError, build_datamodule
+from src.domains import build_datamodule
+from src.errors import DataError
 from src.errors import ConfigError, ProjectError
 from src.sample import DEFAULTS, check_options
 from src.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE = ROOT / "docs" / "bad_inputs.md"
+TABLE = ROOT / "docs" / "guide" / "bad_inputs.md"
 FAST = ["experiment=smoke", "logger=none", "trainer.max_steps=1", "sampling.num=0", "trainer.accelerator=cpu"]
 
 
@@ -112,7 +113,7 @@ def test_sample_out_naming_an_existing_file(tmp_path):
         check_options(cfg)
 
 
-# ---- the table in docs/bad_inputs.md: every row is one of the tests of the suite -----------------------
+# ---- the table in docs/guide/bad_inputs.md: every row is one of the tests of the suite -----------------------
 def _rows():
     rows = []
     for line in TABLE.read_text().splitlines():

@@ -83,11 +83,12 @@ def test_class_names_leave_the_machine_only_without_patient_data(tmp_path, priva
 def test_wandb_captions_name_classes_only_when_allowed():
     from types import SimpleNamespace
 
-    from src.callbacks import SampleCallback
+    from src.domains import build_media
+    from src.runtime.callbacks import SampleCallback
 
     module = SimpleNamespace(cond_cfg={"classes": NAMES})
     label = torch.tensor([0, 0, 1, 1])
-    media = {"kind": "image"}
+    media = build_media({"kind": "image"})
     shown = SampleCallback("unused", media, class_names=True)._class_captions(module, label)
     assert shown == [f"0 ({NAMES[0]})"] * 2 + [f"1 ({NAMES[1]})"] * 2
     assert SampleCallback("unused", media, class_names=False)._class_captions(module, label) == ["0", "0", "1", "1"]

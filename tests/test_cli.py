@@ -42,7 +42,7 @@ def test_quickstart_preset_trains_flow_matching_and_samples(compose_cfg, tmp_pat
                        "sampling.num=2", "sampling.steps=3", "checkpoint.every_n_steps=4",
                        "datamodule.num_workers=0", "datamodule.builtin_size=64", "trainer.accelerator=cpu"])
     assert cfg.diffusion.family == "flow" and cfg.backbone.preset == "tiny"
-    assert cfg.diffusion.sampler == "dpmpp_2m_sde" and cfg.diffusion.steps == 32  # docs/image_quality.md
+    assert cfg.diffusion.sampler == "dpmpp_2m_sde" and cfg.diffusion.steps == 32  # docs/studies/image_quality.md
     train(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert len(sorted((tmp_path / "samples").glob("step0000004_*.png"))) == 2

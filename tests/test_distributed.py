@@ -181,8 +181,8 @@ def _write_sharded(path, step=7):
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_sharded_checkpoint_consolidates_into_one_loadable_file(tmp_path):
-    from src.checkpoint import module_from_checkpoint
     from src.consolidate import main
+    from src.latent.stage import module_from_checkpoint
 
     folder = tmp_path / "last.ckpt"
     module = _write_sharded(folder)

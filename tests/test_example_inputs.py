@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from scripts.make_example_inputs import main, make_example_inputs
-from src.tools.reconstruction.fft import ifft2c
-from src.tools.reconstruction.io import read_kspace_h5, read_nifti, read_reference
+from src.domains.mri.fastmri import read_kspace_h5, read_reference, read_slices
+from src.domains.mri.fft import ifft2c
+from src.tools.quality import all_metrics
 from src.tools.reconstruction.measurement import as_measurement, zero_filled
-from src.tools.reconstruction.recon_metrics import all_metrics
 
 
 def test_example_h5_and_nifti_hold_one_phantom(tmp_path):
@@ -22,7 +22,7 @@ def test_example_h5_and_nifti_hold_one_phantom(tmp_path):
     assert np.all(scan.kspace[..., ~mask] == 0) and np.abs(scan.kspace[..., mask]).max() > 0
     assert np.allclose(np.diag(scan.affine)[:3], [0, 0, 3.0]) and scan.affine[0, 1] == 3.0  # 3 mm voxels
     reference = read_reference(paths["h5"])
-    volume, _, _ = read_nifti(paths["nifti"])
+    volume, _, _ = read_slices(paths["nifti"])
     assert np.allclose(volume, reference, atol=1e-6)  # the NIfTI is the same fully sampled magnitude
     # the measured columns are exactly those of the reference's (complex) image: zero-filling beats nothing
     meas = as_measurement(torch.from_numpy(scan.kspace), torch.from_numpy(scan.mask))

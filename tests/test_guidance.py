@@ -171,11 +171,12 @@ def test_training_on_labelled_batches_writes_samples_class_by_class(tmp_path):
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from src.callbacks import SampleCallback
+    from src.domains import build_media
+    from src.runtime.callbacks import SampleCallback
 
     m = tiny_conditional_module(drop_prob=0.2)
     data = [{"x": torch.randn(1, 8, 8), "label": i % 3} for i in range(8)]
-    cb = SampleCallback(tmp_path / "samples", {"kind": "image"}, every_n_steps=2, num=7, steps=2)
+    cb = SampleCallback(tmp_path / "samples", build_media({"kind": "image"}), every_n_steps=2, num=7, steps=2)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
                          limit_val_batches=0)

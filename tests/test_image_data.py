@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import DataError, build_datamodule
+from src.domains import build_datamodule
+from src.errors import DataError
 from datamodules.base import ResumableSampler
 from src.domains.image.data import ImageDataModule, SyntheticShapes
 

@@ -49,7 +49,7 @@ def test_class_names_deduplicate():
 
 
 def test_label_map_round_trips_through_a_checkpoint(tmp_path):
-    from src.checkpoint import module_from_checkpoint
+    from src.latent.stage import module_from_checkpoint
     from src.module import DiffusionModule
 
     classes, _ = folder_labels(tmp_path, _tree(tmp_path, ["zero/a.png", "one/b.png", "two/c.png"]))

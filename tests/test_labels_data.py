@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from datamodules.base import DataError
+from src.errors import DataError
 from datamodules.shards import write_shards
 from src.domains.audio.data import AudioDataModule
 from src.domains.image.data import ImageDataModule

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.checkpoint import CheckpointError
 from src.errors import ConfigError
 from src.latent.diffusion import LatentDiffusionModule
 from src.latent.networks import autoencoder_kwargs, latent_shape
 from src.latent.space import LatentSpace, file_sha256
+from src.latent.stage import module_from_checkpoint
 from src.train import train
 
 from .conftest import compose

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import DataError, build_datamodule
+from src.domains import build_datamodule
+from src.errors import DataError
 from datamodules.base import ReproducibleItems
 from src.domains.mri.data import MRIDataModule
 from src.domains.mri.phantoms import head_phantom

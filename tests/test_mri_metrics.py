@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from src.tools.reconstruction.recon_metrics import all_metrics, nmse, psnr, ssim
+from src.tools.quality import all_metrics, nmse, psnr, ssim
 
 
 def skimage_ssim_bruteforce(ref, x, data_range, win=7):

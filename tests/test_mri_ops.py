@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from src.domains.mri.fft import fft2c, ifft2c, rss
 from src.inverse.operators import Downsampling, Inpainting, LinearOperator, conjugate_gradient
-from src.tools.reconstruction.fft import fft2c, ifft2c, rss
 from src.tools.reconstruction.masks import center_region, undersampling_mask
 from src.tools.reconstruction.operators import MultiCoilMRI, SingleCoilMRI, estimate_sensitivities
 

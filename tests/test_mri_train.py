@@ -124,7 +124,7 @@ def test_nothing_from_the_patient_reaches_wandb(tmp_path):
         assert not any(s.lower() in p.name.lower() for s in PATIENT_STRINGS)
     run_config = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["run_config"]
     assert "private_cohort" not in repr(run_config)
-    # decision (docs/mri.md): the local config.yaml keeps datamodule.path; it does not leave the machine
+    # decision (docs/design/mri.md): the local config.yaml keeps datamodule.path; it does not leave the machine
     assert "private_cohort" in (out / "config.yaml").read_text()
     # every file the run wrote, but for the local record (config.yaml, .hydra/, train.log), is free of
     # patient strings and of this machine's name

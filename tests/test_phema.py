@@ -105,7 +105,8 @@ def test_bad_widths_are_config_errors():
 
 
 def test_cli_end_to_end_on_a_tiny_run(compose_cfg, tmp_path):
-    from src.checkpoint import load_checkpoint, module_from_checkpoint
+    from src.checkpoint import load_checkpoint
+    from src.latent.stage import module_from_checkpoint
     from src.train import train
 
     run = tmp_path / "run"

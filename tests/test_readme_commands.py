@@ -1,4 +1,4 @@
-"""Every ``python -m`` command in the code blocks of README.md and docs/*.md parses as typed.
+"""Every ``python -m`` command in the code blocks of README.md and every page under docs/ parses as typed.
 
 Hydra commands (``src.train``, the overrides of ``benchmarks.train_throughput``) are composed with their
 overrides; argparse tools parse their flags with their own parser; ``src.sample`` with its own parser.
@@ -17,7 +17,7 @@ import pytest
 from tests.cli_parsers import capture_parser
 from tests.conftest import ROOT, compose
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 NOT_OURS = {"pytest", "pip"}
 
 
@@ -70,6 +70,14 @@ def as_typed(rest: str, home: Path) -> list[str]:
 def test_the_readme_commands_are_found():
     found = {p.values[0] for p in commands()}
     assert {"src.train", "src.sample", "src.reconstruct", "datamodules.shards"} <= found
+
+
+def test_every_docs_page_is_read():
+    """The pages moved into docs/guide, docs/design and docs/studies are all checked."""
+    pages = {doc.relative_to(ROOT).as_posix() for doc in DOCS}
+    assert {"docs/guide/bad_inputs.md", "docs/design/mri.md", "docs/studies/reconstruction.md"} <= pages
+    ids = {p.id.split(":")[0] for p in commands()}
+    assert {"README.md", "docs/studies/image_quality.md", "docs/design/mri.md"} <= ids
 
 
 @pytest.mark.parametrize("module,rest", commands())

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import build_datamodule
-from datamodules.base import DataError
+from src.domains import build_datamodule
+from src.domains.mri.fft import fft2c
 from src.domains.mri.geometry import Geometry, GeometryError, Reorientation, match
-from src.tools.reconstruction.fft import fft2c
-from src.tools.reconstruction.masks import undersampling_mask
+from src.errors import DataError
 from src.reconstruct import Reconstructor, main
+from src.tools.reconstruction.masks import undersampling_mask
 
 from .mri_helpers import phantom, write_dicom_series
 from .test_mri_train import run
@@ -163,7 +163,7 @@ def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path
                     "--reference", str(test), "--quiet"])
     printed = capsys.readouterr().out
     assert summary["geometry"]["reorientation"] == "as is"
-    # the preset's sampler defaults travel in the checkpoint and reach the CLI (docs/reconstruction.md tuned them)
+    # the preset's sampler defaults travel in the checkpoint and reach the CLI (docs/studies/reconstruction.md tuned them)
     assert (summary["num_samples"], summary["eta"], summary["refine_tv"]) == (4, 1.0, 0.15)
     assert summary["resample"] == 4 and summary["resample_sigmas"] == [0.05, 5.0]
     # per volume: data-consistency residual and distance from zero-filled, in the JSON and on the console

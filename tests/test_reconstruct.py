@@ -12,14 +12,14 @@ import torch
 
 from src.diffusion.objectives import DDPMObjective
 from src.diffusion.samplers import sample_ddim
-from src.inverse import Inpainting, projection_step, sample_posterior
+from src.domains.mri.fft import fft2c, ifft2c, rss
 from src.errors import ConfigError
+from src.inverse import Inpainting, projection_step, sample_posterior
 from src.module import DiffusionModule
 from src.reconstruct import Reconstructor, main
-from src.tools.reconstruction.fft import fft2c, ifft2c, rss
+from src.tools.quality import all_metrics
 from src.tools.reconstruction.masks import undersampling_mask
 from src.tools.reconstruction.measurement import as_measurement
-from src.tools.reconstruction.recon_metrics import all_metrics
 
 SIZE = 32
 DIFFUSION = dict(family="ddpm", schedule="linear", num_timesteps=1000, prediction="eps", sampler="ddim",

@@ -21,7 +21,7 @@ from PIL import Image
 from src.report import ReportError
 from src.report.__main__ import main as report_main
 from src.report.media import mri_slices
-from src.report.metrics_file import read_metrics
+from src.report.metrics_jsonl import read_metrics
 from src.report.page import build_html, write_html
 from src.report.run import config_differences, load_run
 from tests.conftest import ROOT, run_module, run_modules_together

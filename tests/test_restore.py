@@ -15,8 +15,8 @@ from src.restore import main
 from src.tools.prior import Prior
 from src.tools.restoration import Declipping, Identity, LowPass, Problem, Restorer, box_mask
 from src.tools.restoration.baselines import wiener
-from src.tools.restoration.metrics import image_metrics, log_spectral_distance, si_sdr
 from src.tools.restoration.noise import estimate_noise_std
+from src.tools.restoration.scores import image_metrics, log_spectral_distance, si_sdr
 from src.tools.tiling import Tiling, blend
 
 from .restore_helpers import make_checkpoint
@@ -281,3 +281,14 @@ def test_cli_stereo_recording_at_another_rate_is_restored_per_channel(ckpts, tmp
     kept = np.abs(clipped) < 0.45 * (1 - 1e-3)
     assert np.allclose(wave[kept], clipped[kept], atol=1e-6)  # unclipped samples of both channels come back
     assert "resampled from 22050 Hz" in capsys.readouterr().err
+
+
+def test_tool_json_holds_no_nan_or_infinity(tmp_path):
+    """JSON has no NaN or infinity: such a metric is written as null and named under "non_finite"."""
+    from src.fileio import write_json
+
+    path = write_json({"metrics": {"exact": {"psnr": float("inf"), "ssim": np.float32(1.0)},
+                                   "empty": {"psnr": float("nan")}}}, tmp_path / "m.json")
+    data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert data["metrics"]["exact"] == {"psnr": None, "ssim": 1.0} and data["metrics"]["empty"]["psnr"] is None
+    assert data["non_finite"] == {"metrics.exact.psnr": "inf", "metrics.empty.psnr": "nan"}

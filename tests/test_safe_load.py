@@ -58,7 +58,7 @@ def _image_cfg(compose_cfg, out, *extra):
 
 
 def _module(cfg):
-    from datamodules import build_datamodule
+    from src.domains import build_datamodule
     from src.module import DiffusionModule
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
@@ -290,7 +290,7 @@ def test_fsdp_resume_refuses_a_crafted_optimizer_entry(one_rank_group, tmp_path,
 
 # ---- inference ignores training's perf switches ----------------------------------------------------------------
 def test_a_compiled_run_samples_without_compiling(compose_cfg, tmp_path):
-    from src.checkpoint import module_from_checkpoint
+    from src.latent.stage import module_from_checkpoint
     from src.sample import main
 
     cfg = _image_cfg(compose_cfg, tmp_path, "perf.compile=true", "perf.channels_last=true")

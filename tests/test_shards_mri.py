@@ -11,7 +11,7 @@ import pytest
 import torch
 from webdataset.tariterators import tarfile_samples
 
-from datamodules import build_datamodule
+from src.domains import build_datamodule
 from datamodules.base import call_seeded
 from datamodules.shards import resolve_shards, write_shards
 

@@ -111,9 +111,8 @@ def test_shards_carry_captions_packed_from_sidecars(tmp_path):
 
 
 def test_mri_captions_from_a_datalist_key(tmp_path):
-    from tests.mri_helpers import phantom, write_nifti
-
     from src.domains.mri.data import MRIDataModule
+    from tests.mri_helpers import phantom, write_nifti
 
     entries = []
     for i in range(4):

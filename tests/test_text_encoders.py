@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from src.backbones import build_backbone
-from src.backbones.text import (ByteTokenizer, BuiltinTextEncoder, PretrainedTextEncoder, TextConditioned,
-                                check_encoder_folder, check_text_cond)
+from src.backbones.text import (
+    BuiltinTextEncoder,
+    ByteTokenizer,
+    PretrainedTextEncoder,
+    TextConditioned,
+    check_encoder_folder,
+    check_text_cond,
+)
 from src.diffusion.guidance import cat_conditions, guided
 from src.errors import ConfigError
 

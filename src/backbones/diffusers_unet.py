@@ -1,4 +1,4 @@
-"""diffusers' UNet2DModel behind the backbone call (needs the optional `bench` extra).
+"""diffusers' UNet2DModel behind the backbone call (diffusers is imported only when this backbone is built).
 
 Used to compare pipelines on one network: the same UNet2DModel trained by this framework and by a
 diffusers-style loop (benchmarks/train_throughput.py).
@@ -26,9 +26,9 @@ def build_diffusers_unet2d(in_channels: int = 3, sample_size: int = 32, block_ou
                            attention_levels=(False, False, True), layers_per_block: int = 1,
                            norm_num_groups: int = 32, out_channels: int | None = None) -> nn.Module:
     try:
-        from diffusers import UNet2DModel
+        from diffusers import UNet2DModel  # optional heavy dependency: diffusers (slow to import, only this backbone)
     except ImportError:
-        raise ConfigError("backbone diffusers_unet2d needs diffusers: pip install -e '.[bench]'.") from None
+        raise ConfigError("backbone diffusers_unet2d needs diffusers: run bash scripts/setup.sh.") from None
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels))
     net = UNet2DModel(sample_size=sample_size, in_channels=in_channels, out_channels=out_channels or in_channels,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 from src.errors import ConfigError
 from src.registry import check_keys
@@ -17,7 +18,7 @@ PRESETS: dict[str, dict] = {
                   norm_num_groups=32, num_head_channels=32),
     # four levels, no attention but MONAI's middle block (on 1/8 of the side): a wide receptive field for
     # little compute; on 128x96 slices about 8x faster to train than "tiny", whose middle-block attention
-    # runs on (H/2)x(W/2) tokens (docs/reconstruction.md, "Prior")
+    # runs on (H/2)x(W/2) tokens (docs/studies/reconstruction.md, "Prior")
     "compact": dict(channels=(16, 32, 64, 64), attention_levels=(False, False, False, False), num_res_blocks=1,
                     norm_num_groups=8, num_head_channels=16),
     "base": dict(channels=(128, 256, 256, 512), attention_levels=(False, False, True, True), num_res_blocks=2,
@@ -70,8 +71,6 @@ def checkpoint_blocks(net: DiffusionModelUNet) -> None:
     Trades about one extra forward pass for storing only block inputs: what lets large 3D volumes fit.
     torch's checkpoint_wrapper keeps state-dict keys unchanged, so checkpoints load either way.
     """
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
     net.down_blocks = nn.ModuleList([checkpoint_wrapper(b) for b in net.down_blocks])
     net.middle_block = checkpoint_wrapper(net.middle_block)
     net.up_blocks = nn.ModuleList([checkpoint_wrapper(b) for b in net.up_blocks])

@@ -146,7 +146,7 @@ class FlowMatchingObjective:
     negligible against the noise. Starting at the training clamp ``t_max`` (sigma ~ 1e4) instead makes the
     first step shrink sigma by a factor of ~1e4 / steps, which second-order and Langevin steps cannot take:
     Heun's trapezoid weights the end-point slope by ``(s - s') / (2 s')`` and amplifies the denoiser's error
-    there (saturated samples; docs/sampling.md has the measurement).
+    there (saturated samples; docs/studies/sampling.md has the measurement).
     """
 
     default_sampler = "dpmpp_2m"

@@ -3,8 +3,10 @@
 A domain is a package exporting ``DOMAIN``, a ``src.domains.registry.Domain`` record of its parts. The
 built-ins are listed in ``BUILTIN``; more come from ``DIFFUSION_DOMAINS`` (comma-separated importable
 modules, each exporting ``DOMAIN``) and from the Python entry-point group ``diffusion_framework.domains``
-(each entry point loads a ``Domain`` or a module exporting ``DOMAIN``). The core (module, CLIs, callbacks,
-shard writer) asks this registry and never names a domain.
+(each entry point loads a ``Domain`` or a module exporting ``DOMAIN``). This registry builds a domain's
+parts (``build_datamodule``, ``build_media``, ``shard_codec``); the engine and the shared data layer never
+import it, entry points (``src.train``, ``src.sample``, ``python -m datamodules.shards``) and applications
+ask it and hand the parts down.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib
 import os
 from importlib.metadata import entry_points
 
-from src.errors import ConfigError
+from src.errors import ConfigError, DataError
 from src.registry import Registry
 
 from .registry import Domain
@@ -76,10 +78,34 @@ def parts(part: str, key: str, error: type[Exception] = ConfigError) -> Registry
                     error)
 
 
+def build_datamodule(cfg: dict, seed: int = 0):
+    """The ``DiffusionDataModule`` of the domain ``cfg["name"]`` names (``datamodule.*`` keys)."""
+    return parts("datamodule", "datamodule.name", DataError).build(cfg, seed=seed)
+
+
+def build_media(cfg: dict):
+    """The media writer of the domain ``cfg["kind"]`` names (``media.*`` keys; old checkpoints name media so)."""
+    return parts("media", "media.kind").build(cfg)
+
+
+def shard_codecs() -> Registry:
+    """``--domain`` name -> the module packing that domain's shards (the domains that have one)."""
+    return parts("shard_codec", "--domain", DataError)
+
+
+def shard_codec(name: str):
+    """The module packing shards for domain ``name`` (see ``datamodules/webshards.py``), or a DataError
+    listing the domains that have one."""
+    mod = shard_codecs().get(name)
+    if not getattr(mod, "EXTENSIONS", None):
+        raise DataError(f"domain {name} has no shard support yet ({mod.__name__} defines no EXTENSIONS).")
+    return mod
+
+
 def plugin_config_dirs() -> list[str]:
     """Config folders of plugin domains, for Hydra's search path (built-ins live in ``configs/``)."""
     return [d.config_dir for d in all_domains().values() if d.config_dir]
 
 
-__all__ = ["BUILTIN", "Domain", "ENTRY_POINT_GROUP", "ENV_VAR", "all_domains", "get_domain", "parts",
-           "plugin_config_dirs", "plugins"]
+__all__ = ["BUILTIN", "Domain", "ENTRY_POINT_GROUP", "ENV_VAR", "all_domains", "build_datamodule", "build_media",
+           "get_domain", "parts", "plugin_config_dirs", "plugins", "shard_codec", "shard_codecs"]

@@ -25,7 +25,7 @@ from src.diffusion.samplers import ddim_step
 from .operators import LinearOperator
 
 DataStep = Callable[[torch.Tensor, int], torch.Tensor]
-RESAMPLE_SIGMAS = (0.05, 5.0)  # where time travel paid on the real-head study (docs/reconstruction.md)
+RESAMPLE_SIGMAS = (0.05, 5.0)  # where time travel paid on the real-head study (docs/studies/reconstruction.md)
 
 
 def sample_posterior(denoiser, x: torch.Tensor, sigmas: torch.Tensor, data_step: DataStep, eta: float = 0.85,

@@ -16,10 +16,12 @@ import pytorch_lightning as pl
 import torch
 from monai.losses import PatchAdversarialLoss
 from monai.metrics import PSNRMetric, SSIMMetric
+from pytorch_lightning.strategies import DDPStrategy
+from torch.distributed.fsdp import register_fsdp_forward_method
 
-from src.ema import EMA
 from src.errors import ConfigError
 from src.module import step_seed, unpack, warmup_cosine
+from src.runtime.ema import EMA
 
 from .networks import autoencoder_kwargs, build_autoencoder, build_discriminator, build_perceptual, kl_divergence
 
@@ -79,8 +81,6 @@ class AutoencoderModule(pl.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        from pytorch_lightning.strategies import DDPStrategy
-
         strategy = self._trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, DDPStrategy) and self.discriminator is not None:
             # before DDP wraps the module: the discriminator is unused in warm-up and in the autoencoder's backward
@@ -93,8 +93,6 @@ class AutoencoderModule(pl.LightningModule):
         shard_module = getattr(self._trainer.strategy if self._trainer is not None else None, "shard_module", None)
         if shard_module is None:
             return
-        from torch.distributed.fsdp import register_fsdp_forward_method
-
         shard_module(self.autoencoder, trainable=True)
         shard_module(self.ema.module, trainable=False)
         for net in (self.autoencoder, self.ema.module):

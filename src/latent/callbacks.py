@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from src.callbacks import SampleCallback
+from src.runtime.callbacks import SampleCallback
 
 
 class ReconstructionCallback(SampleCallback):

@@ -10,8 +10,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
+from torch import nn
 
 from src.errors import ConfigError
 

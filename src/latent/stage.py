@@ -5,10 +5,17 @@ checkpoint rebuilds."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from src.checkpoint import CheckpointError
-from src.config import to_plain
+import torch
+
+from src.checkpoint import CheckpointError, load_checkpoint
 from src.errors import ConfigError
+from src.module import DiffusionModule
+
+from .autoencoder import AutoencoderModule
+from .diffusion import LatentDiffusionModule
+from .space import read_autoencoder
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +28,11 @@ def is_autoencoder(cfg) -> bool:
     return stage_name(cfg) == "autoencoder"
 
 
-def build_model(cfg, data_shape: list[int], **extra):
-    """The run's LightningModule from the resolved config and the datamodule's ``data_shape``; ``extra``: more
-    DiffusionModule arguments (e.g. class conditioning), which stage 1 (an unconditional autoencoder) ignores."""
-    from src.module import DiffusionModule
-
-    latent = to_plain(cfg.get("latent"))
+def build_model(cfg: dict, data_shape: list[int], **extra):
+    """The run's LightningModule from the resolved config (a plain dict, converted once by the entry point) and
+    the datamodule's ``data_shape``; ``extra``: more DiffusionModule arguments (e.g. class conditioning), which
+    stage 1 (an unconditional autoencoder) ignores."""
+    latent = dict(cfg.get("latent") or {})
     stage = stage_name(cfg)
     if stage not in ("diffusion", "autoencoder"):
         raise ConfigError(f"Unknown stage '{stage}'; choose diffusion or autoencoder.")
@@ -34,19 +40,14 @@ def build_model(cfg, data_shape: list[int], **extra):
         if latent.get("autoencoder"):
             raise ConfigError("stage=autoencoder trains the autoencoder itself; drop latent.autoencoder=, which is "
                               "for the diffusion run that follows.")
-        from .autoencoder import AutoencoderModule
-
-        return AutoencoderModule(autoencoder=to_plain(cfg.autoencoder), data_shape=data_shape,
-                                 loss=to_plain(cfg.get("loss")), discriminator=to_plain(cfg.get("discriminator")),
-                                 optim=to_plain(cfg.optim), ema=to_plain(cfg.ema), seed=cfg.seed)
-    common = dict(backbone=to_plain(cfg.backbone), diffusion=to_plain(cfg.diffusion), data_shape=data_shape,
-                  optim=to_plain(cfg.optim), ema=to_plain(cfg.ema), seed=cfg.seed, val_buckets=cfg.val_buckets,
-                  perf=to_plain(cfg.get("perf")), **extra)
+        return AutoencoderModule(autoencoder=cfg["autoencoder"], data_shape=data_shape,
+                                 loss=cfg.get("loss") or {}, discriminator=cfg.get("discriminator") or {},
+                                 optim=cfg["optim"], ema=cfg["ema"], seed=cfg["seed"])
+    common = dict(backbone=cfg["backbone"], diffusion=cfg["diffusion"], data_shape=data_shape,
+                  optim=cfg["optim"], ema=cfg["ema"], seed=cfg["seed"], val_buckets=cfg["val_buckets"],
+                  perf=cfg.get("perf") or {}, **extra)
     if not latent.get("autoencoder"):
         return DiffusionModule(**common)
-    from .diffusion import LatentDiffusionModule
-    from .space import read_autoencoder
-
     arch, weights, source = read_autoencoder(latent["autoencoder"], use_ema=bool(latent.get("use_ema", True)))
     model = LatentDiffusionModule(**common, latent={"arch": arch, "source": source,
                                                     "scale_factor": latent.get("scale_factor"),
@@ -63,12 +64,30 @@ def module_class(hp: dict, path) -> type:
         raise CheckpointError(f"Checkpoint {path} is a stage=autoencoder checkpoint, which does not sample; pass it "
                               "as latent.autoencoder= to a diffusion run and sample from that run's checkpoint.")
     if hp.get("latent"):
-        from .diffusion import LatentDiffusionModule
-
         return LatentDiffusionModule
-    from src.module import DiffusionModule
-
     return DiffusionModule
+
+
+def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the DiffusionModule from the checkpoint's own config (allow-listed builders), load weights."""
+    ckpt = load_checkpoint(path)
+    # training's fast paths (torch.compile, channels-last) are not inference's: compile needs a C compiler
+    hp = {**ckpt["hyper_parameters"], "perf": None}
+    cls = module_class(hp, path)
+    try:
+        module = cls(**hp)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"Checkpoint {path} describes a model this version cannot build: {e}") from None
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if any(k.startswith("latent.") for k in missing):
+        raise CheckpointError(f"Checkpoint {path} is a latent diffusion model without its autoencoder's weights, so "
+                              "its samples cannot be decoded; use a checkpoint written by src.train.")
+    if missing or unexpected:
+        raise CheckpointError(f"Checkpoint {path} does not match its own model config "
+                              f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. "
+                              f"{(missing or unexpected)[:3]}).")
+    module.eval().to(device)
+    return module, ckpt
 
 
 def require_pixel_space(module, path, tool: str) -> None:

@@ -1,14 +1,11 @@
-"""Reports of one or several runs: a self-contained HTML page (``python -m src.report``) and a W&B report."""
+"""Reports of one or several runs: a self-contained HTML page (``python -m src.report``) and a W&B report.
 
-from ..errors import ProjectError
+Python: ``write_report(run_dirs, out="report.html", wandb=None, title=None, max_sample_steps=12, max_clips=4)``
+returns the page's path, the runs as read and the W&B report's URL; ``main(argv)`` is the command line.
+"""
 
+from .builder import ReportResult, write_report
+from .cli import main
+from .errors import ReportError
 
-class ReportError(ProjectError):
-    """A folder or option the report cannot use; the message names it and says what to pass instead."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m src.report`` (see ``__main__``), also callable as ``src.report.main``."""
-    from .__main__ import main as cli
-
-    return cli(argv)
+__all__ = ["ReportError", "ReportResult", "main", "write_report"]

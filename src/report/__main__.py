@@ -1,48 +1,10 @@
-"""``python -m src.report RUN_DIR [RUN_DIR ...] --out report.html [--wandb ENTITY/PROJECT]``."""
+"""``python -m src.report RUN_DIR [RUN_DIR ...] --out report.html [--wandb ENTITY/PROJECT]`` (see ``cli``)."""
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from . import ReportError
-from .page import write_html
-from .run import load_run
+from .cli import build_parser, main
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m src.report",
-                                description="A self-contained HTML report of one or several training runs, "
-                                            "and optionally the same report on a W&B server.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (paths.output_dir of training runs)")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
-    p.add_argument("--wandb", metavar="ENTITY/PROJECT",
-                   help="also save a W&B report over these runs (uploaded with `wandb sync`) to ENTITY/PROJECT")
-    p.add_argument("--title", help="title of the W&B report")
-    p.add_argument("--max-sample-steps", type=int, default=12,
-                   help="sample steps shown per image run, evenly spread (a third of it for audio and MRI)")
-    p.add_argument("--max-clips", type=int, default=4, help="audio clips or MRI volumes shown per sample step")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.max_sample_steps < 1 or args.max_clips < 1:
-            raise ReportError("--max-sample-steps and --max-clips must be at least 1.")
-        runs = [load_run(p) for p in args.runs]
-        out = write_html(runs, args.out, max_sample_steps=args.max_sample_steps, max_clips=args.max_clips)
-        print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB)")
-        if args.wandb:
-            from .wandb_report import build_report, save_report
-
-            report = build_report(runs, args.wandb, title=args.title)
-            print(f"saved W&B report {save_report(report)}")
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,8 +7,13 @@ import io
 import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
 
+from ..env_check import import_torchaudio
 from .plots import plt, png
 
 
@@ -18,8 +23,6 @@ def data_uri(data: bytes, mime: str) -> str:
 
 def image_grid(files: list[Path], max_items: int = 16) -> bytes:
     """The sample PNGs of one step tiled into one PNG (at their own resolution; the page scales it up)."""
-    from PIL import Image
-
     images = [Image.open(f).convert("RGB") for f in files[:max_items]]
     w, h = max(i.width for i in images), max(i.height for i in images)
     cols = math.ceil(math.sqrt(len(images)))
@@ -36,11 +39,6 @@ def image_grid(files: list[Path], max_items: int = 16) -> bytes:
 
 def mel_spectrogram(wav: Path, n_mels: int = 64) -> bytes:
     """Log-mel spectrogram of a WAV file (torchaudio), drawn with matplotlib; low frequencies at the bottom."""
-    import soundfile as sf
-    import torch
-
-    from ..env_check import import_torchaudio
-
     torchaudio = import_torchaudio()
     data, rate = sf.read(wav, dtype="float32", always_2d=True)
     wave = torch.from_numpy(data.mean(1))
@@ -59,8 +57,6 @@ def mel_spectrogram(wav: Path, n_mels: int = 64) -> bytes:
 
 def mri_slices(nifti: Path) -> bytes:
     """Three orthogonal middle slices (sagittal, coronal, axial) of a NIfTI volume; one slice for a 2D file."""
-    import nibabel as nib
-
     vol = np.abs(np.asarray(nib.load(nifti).dataobj)).astype(np.float32)
     vol = vol.reshape(vol.shape[:3]) if vol.ndim > 3 else vol
     if vol.ndim == 3 and min(vol.shape) > 1:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from ..checkpoint import checkpoint_step  # reads the step with a weights-only, memory-mapped load
 from ..config import redact
-from . import ReportError
-from .metrics_file import FILENAME, RunLog, read_metrics
+from .errors import ReportError
+from .metrics_jsonl import FILENAME, RunLog, read_metrics
 
 SAMPLE = re.compile(r"^step(\d+)_(\d+)(\.png|\.wav|\.nii\.gz|\.nii)$")
 HINT = "pass the paths.output_dir of a training run (the folder holding config.yaml, checkpoints/ and samples/)"
@@ -88,8 +89,6 @@ def load_run(path: str | Path) -> Run:
 
 def checkpoint_info(path: Path) -> tuple[str, int, int]:
     """Name, stored ``global_step`` (-1 when unreadable) and size of a checkpoint file or sharded folder."""
-    from ..checkpoint import checkpoint_step  # reads the step with a weights-only, memory-mapped load
-
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
     return path.name, checkpoint_step(path), size
 

@@ -6,12 +6,14 @@ curves, media browsers of the logged samples, and markdown for the config differ
 
 from __future__ import annotations
 
-import wandb_workspaces.reports.v2 as wr
-from wandb_workspaces import expr
+from typing import TYPE_CHECKING
 
-from . import ReportError
+from .errors import ReportError
 from .page import MAIN_ROWS, _numeric_rows, domain_metric_names
 from .run import Run, config_differences
+
+if TYPE_CHECKING:
+    import wandb_workspaces.reports.v2 as wr
 
 # what SampleCallback logs per media kind (the media writers' to_wandb keys under "samples/ema")
 MEDIA_KEYS = {"image": ["samples/ema"], "audio": ["samples/ema/audio", "samples/ema/spectrogram"],
@@ -31,6 +33,9 @@ def _keys(runs: list[Run], prefix: str, default: list[str]) -> list[str]:
 
 
 def runset(runs: list[Run], entity: str, project: str, name: str) -> wr.Runset:
+    import wandb_workspaces.reports.v2 as wr  # optional heavy dependency: wandb-workspaces
+    from wandb_workspaces import expr  # optional heavy dependency: wandb-workspaces
+
     return wr.Runset(entity=entity, project=project, name=name,
                      filters=[expr.Metric("ID").isin([r.wandb_id for r in runs])])
 
@@ -72,6 +77,8 @@ def results_markdown(runs: list[Run]) -> str | None:
 
 def build_report(runs: list[Run], target: str, title: str | None = None) -> wr.Report:
     """The report object (not saved): blocks, panels, keys and run filters for ``runs``."""
+    import wandb_workspaces.reports.v2 as wr  # optional heavy dependency: wandb-workspaces
+
     entity, project = parse_target(target)
     for r in runs:
         if not r.wandb_id:
@@ -107,8 +114,8 @@ def build_report(runs: list[Run], target: str, title: str | None = None) -> wr.R
 
 def save_report(report: wr.Report) -> str:
     """Save on the W&B server; a server that cannot be reached or refuses is a one-line ReportError."""
-    import requests
-    import wandb
+    import requests  # optional heavy dependency: wandb (and its requests)
+    import wandb  # optional heavy dependency: wandb
 
     try:
         wandb.Api()  # the report API resolves its run sets through it; without a login it has no server

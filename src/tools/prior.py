@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from src.backbones import size_multiple
-from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.checkpoint import CheckpointError
 from src.env_check import resolve_device
 from src.errors import ConfigError
+from src.latent.stage import module_from_checkpoint
 
 
 @dataclass

@@ -21,9 +21,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import DataError, DiffusionDataModule, FileItems, Subset, probe_folder, split_indices
+from datamodules.base import DiffusionDataModule, FileItems, Subset, probe_folder, split_indices
 from src.env_check import import_torchaudio
-from src.errors import fraction, positive_int
+from src.errors import DataError, fraction, positive_int
 
 from .mel import LogMel
 from .synth import SyntheticAudio

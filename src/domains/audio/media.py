@@ -11,7 +11,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
+from PIL import Image
 
 from .mel import log_mel
 
@@ -63,8 +65,6 @@ class AudioMedia:
         self.sample_rate, self.subtype, self.n_mels = int(sample_rate), subtype, n_mels
 
     def save(self, samples: torch.Tensor, out_dir: Path, prefix: str = "sample") -> list[Path]:
-        import soundfile as sf
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -77,8 +77,6 @@ class AudioMedia:
     def save_grid(self, samples: torch.Tensor, per_row: int, path: Path, pad: int = 2) -> Path:
         """One PNG of log-mel spectrograms, ``per_row`` samples per row (``src.sample label=all``: a row per
         class), low frequencies at the bottom of each tile."""
-        from PIL import Image
-
         tiles = [spectrogram_image(w, self.sample_rate, self.n_mels) for w in to_waveforms(samples)]
         h, w = tiles[0].shape[:2]
         rows = -(-len(tiles) // per_row)
@@ -93,7 +91,7 @@ class AudioMedia:
                  row_kind: str = "class") -> dict:
         """A player and a spectrogram per clip; ``classes`` (each clip's class caption, or its prompt with
         ``row_kind="prompt"``) joins their captions."""
-        import wandb
+        import wandb  # optional heavy dependency: wandb (only when logging to W&B)
 
         waves = for_listening(to_waveforms(samples))
         audio, spectrograms = [], []

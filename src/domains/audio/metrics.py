@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from src.metrics import frechet_distance
+from src.domains.common import frechet_distance
 
 from .media import to_waveforms
 from .mel import log_mel, torchaudio

@@ -12,8 +12,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from datamodules.base import DataError, DiffusionDataModule, FileItems, Subset, probe_folder, split_indices
-from src.errors import fraction, positive_int
+from datamodules.base import DiffusionDataModule, FileItems, Subset, probe_folder, split_indices
+from src.errors import DataError, fraction, positive_int
 
 log = logging.getLogger(__name__)
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from src.media import image_grid, to_uint8
+from src.domains.common import image_grid, to_uint8
 
 
 class ImageMedia:
     extension = ".png"
 
     def save(self, samples: torch.Tensor, out_dir: Path, prefix: str = "sample") -> list[Path]:
-        from PIL import Image
-
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, img in enumerate(to_uint8(samples)):
@@ -27,8 +26,6 @@ class ImageMedia:
 
     def save_grid(self, samples: torch.Tensor, per_row: int, path: Path) -> Path:
         """One picture with ``per_row`` samples per row (``src.sample label=all``: a row per class)."""
-        from PIL import Image
-
         Image.fromarray(image_grid(samples, nrow=per_row)).save(path)
         return path
 
@@ -36,7 +33,7 @@ class ImageMedia:
                  row_kind: str = "class") -> dict:
         """One grid; with ``classes`` (each sample's class caption, class after class) one row per class
         (``row_kind="prompt"``: each sample's prompt, one row per prompt)."""
-        import wandb
+        import wandb  # optional heavy dependency: wandb (only when logging to W&B)
 
         if not classes:
             return {key: wandb.Image(image_grid(samples), caption=f"{len(samples)} EMA samples")}

@@ -24,11 +24,12 @@ from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose
 from torch.utils.data import Dataset
 
-from datamodules.base import BadInputCounter, DataError, DiffusionDataModule, split_indices
+from datamodules.base import BadInputCounter, DiffusionDataModule, split_indices
 from datamodules.captions import CaptionError, clean, file_captions, keep_captioned, sidecar_fix
-from src.errors import fraction, positive_int
+from datamodules.labels import class_names
+from src.errors import DataError, fraction, positive_int
 
-from .io import check_headers, discover, load_datalist
+from .io import NIFTI_SUFFIXES, check_headers, discover, load_datalist
 from .shards import MRIShardDecoder
 from .transforms import (
     KEY,
@@ -197,10 +198,6 @@ class MRIDataModule(DiffusionDataModule):
         return self._classes
 
     def _datalist_labels(self, root: Path) -> tuple[list[str], dict[str, int]]:
-        from src.labels import class_names
-
-        from .io import NIFTI_SUFFIXES, load_datalist
-
         try:
             content = json.loads(root.read_text())
         except (OSError, json.JSONDecodeError) as e:

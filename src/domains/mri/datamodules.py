@@ -4,22 +4,21 @@
 
 from __future__ import annotations
 
-from datamodules.base import DataError
+from src.errors import DataError
 from src.registry import accepted_keys, check_keys
+
+from .data import MRIDataModule
+from .recon_prior import ReconPriorDataModule
 
 GRIDS = ("resampled", "acquisition")
 
 
 def mri_datamodule(grid: str = "resampled", seed: int = 0, **cfg):
-    from .data import MRIDataModule
-
     if grid not in GRIDS:
         raise DataError(f"datamodule.grid must be one of {', '.join(GRIDS)}, got {grid!r}.")
     if grid == "resampled":
         check_keys(MRIDataModule, cfg, "datamodule", "the mri datamodule", DataError)
         return MRIDataModule(seed=seed, **cfg)
-    from .recon_prior import ReconPriorDataModule
-
     if cfg.get("spacing") is not None:
         raise DataError("datamodule.grid=acquisition never resamples (the prior learns the scans' own pixel "
                         "size); drop datamodule.spacing.")

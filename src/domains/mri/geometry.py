@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import nibabel as nib
 import numpy as np
 import torch
 
+from src.domains.mri.fft import fft2c, ifft2c
 from src.errors import ProjectError
 
 OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
@@ -60,8 +62,6 @@ class Geometry:
 
 def in_plane_from_affine(affine: np.ndarray, shape: tuple[int, int]) -> tuple[tuple[float, float], tuple[str, str]]:
     """Pixel size and axis letters of the first two array axes of an ``(H, W, slices)`` array."""
-    import nibabel as nib
-
     a = np.asarray(affine, dtype=np.float64)
     pixel = tuple(float(np.linalg.norm(a[:3, i])) for i in range(2))
     codes = nib.orientations.aff2axcodes(a)
@@ -144,8 +144,6 @@ def center_columns(width: int, center_fraction: float) -> tuple[int, int]:
 
 def calibration_reference(kspace: torch.Tensor, intensity: dict) -> float:
     """``s`` of the contract from k-space ``(S, H, W)`` or ``(S, C, H, W)`` (only its centre columns are used)."""
-    from src.tools.reconstruction.fft import ifft2c
-
     k = torch.as_tensor(kspace)
     lo, hi = center_columns(k.shape[-1], float(intensity["center_fraction"]))
     low = torch.zeros_like(k)
@@ -161,7 +159,5 @@ def calibration_reference(kspace: torch.Tensor, intensity: dict) -> float:
 
 def image_reference(volume: np.ndarray | torch.Tensor, intensity: dict) -> float:
     """``s`` for a magnitude volume ``(S, H, W)``: that of its (zero-phase) k-space."""
-    from src.tools.reconstruction.fft import fft2c
-
     x = torch.as_tensor(np.asarray(volume, dtype=np.float32)).to(torch.complex64)
     return calibration_reference(fft2c(x), intensity)

@@ -16,28 +16,20 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
-from datamodules.base import DataError
+from src.errors import DataError
+from src.fileio import NIFTI_SUFFIXES, is_nifti, nifti_suffix  # noqa: F401 - shards.py and data.py import them here
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")  # longest first: "a.nii.gz" is gzipped NIfTI, not ".gz"
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ""}
 
 
 class HeaderError(Exception):
     """One volume cannot be used; the message says why (the caller adds the file name)."""
-
-
-def nifti_suffix(path: str | Path) -> str | None:
-    """``".nii.gz"`` or ``".nii"`` (as the name ends, case-insensitively), None for any other file."""
-    name = Path(path).name.lower()
-    return next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
-
-
-def is_nifti(path: str | Path) -> bool:
-    return nifti_suffix(path) is not None
 
 
 def _stamp(path: Path) -> str:
@@ -55,7 +47,7 @@ def item(path: Path, reader: str) -> dict:
 
 
 def _dicom_candidates(files: list[Path]) -> list[Path]:
-    from pydicom.misc import is_dicom
+    from pydicom.misc import is_dicom  # optional heavy dependency: pydicom (DICOM folders only)
 
     out = []
     for f in files:
@@ -83,7 +75,7 @@ def scan_folder(root: Path) -> list[dict]:
 
 def load_datalist(path: Path, key: str) -> list[dict]:
     """Items of one list (``training``, ``validation``, ...) of an MSD/Decathlon datalist, via MONAI."""
-    from monai.data import load_decathlon_datalist
+    from monai.data import load_decathlon_datalist  # optional heavy dependency: MONAI (datalists only)
 
     try:
         with open(path) as f:
@@ -152,9 +144,6 @@ def discover(
 
 def nifti_header(path: str, select_channel: int | None) -> tuple[float, ...]:
     """Voxel spacing (mm) of a NIfTI volume, after checking it is 3D (or 4D with a channel chosen)."""
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-
     try:
         img = nib.load(path)
         shape = tuple(int(n) for n in img.shape)
@@ -196,8 +185,8 @@ def _check_spacing(spacing) -> tuple[float, ...]:
 
 def dicom_header(folder: str) -> tuple[float, ...]:
     """Voxel spacing (mm) of a DICOM series folder, after checking the slices form one regular 3D volume."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    import pydicom  # optional heavy dependency: pydicom (DICOM folders only)
+    from pydicom.errors import InvalidDicomError  # optional heavy dependency: pydicom
 
     files = _dicom_candidates(sorted(p for p in Path(folder).iterdir() if p.is_file()))
     slices, unreadable = [], []

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
+from src.domains.common import image_grid
 from src.errors import ConfigError
-from src.media import image_grid
 
 from .transforms import sample_magnitude
 
@@ -62,8 +63,6 @@ class MRIMedia:
         return [*in_plane, self.spacing[self.slice_axis]]  # a 2D slice: third entry is the slice thickness
 
     def save(self, samples: torch.Tensor, out_dir: Path, prefix: str = "sample") -> list[Path]:
-        import nibabel as nib
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -92,7 +91,7 @@ class MRIMedia:
         return image_grid(views * 2 - 1)
 
     def to_wandb(self, samples: torch.Tensor, key: str = "samples") -> dict:
-        import wandb
+        import wandb  # optional heavy dependency: wandb (only when logging to W&B)
 
         what = "tri-planar middle slices" if self.mode == "volume" else "slices"
         return {key: wandb.Image(self.pictures(samples), caption=f"{len(samples)} EMA samples, {what}")}

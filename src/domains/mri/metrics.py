@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import MultiScaleSSIMMetric
 
+from src.domains.common import frechet_distance
 from src.errors import ConfigError
-from src.metrics import frechet_distance
 
 from .transforms import sample_magnitude
 

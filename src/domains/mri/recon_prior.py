@@ -4,7 +4,7 @@
 plane: every slice keeps its file's pixel size, is transposed/flipped onto one orientation when its axes
 differ only so, and is centre-cropped or zero-padded to one matrix (``datamodule.shape``, or the most
 common matrix of the files). Files on another pixel size are skipped and named (resampling would teach
-the prior a grid no scanner acquired). The grid and the intensity reference (``src/geometry.py``) become
+the prior a grid no scanner acquired). The grid and the intensity reference (``src/domains/mri/geometry.py``) become
 ``self.geometry``, which training writes into every checkpoint for ``src.reconstruct`` to check.
 
 What each file gives (the image ``src.reconstruct`` sees for that kind of file):
@@ -12,7 +12,7 @@ What each file gives (the image ``src.reconstruct`` sees for that kind of file):
 - fastMRI single-coil HDF5: ``|ifft2c(kspace)|`` at the k-space grid (the ``reconstruction_esc`` target
   when there is no ``kspace``); multi-coil: the root-sum-of-squares of the coil images (or
   ``reconstruction_rss``). Pixel size from ``ismrmrd_header``; axes by fastMRI's display convention
-  (``src/mri/io.py: display_affine``).
+  (``src/domains/mri/fastmri.py: display_affine``).
 - NIfTI / DICOM: array axes 0 and 1 in plane and slices along axis 2 (as ``src.reconstruct`` reads NIfTI);
   pixel size and axes from the affine.
 
@@ -23,18 +23,23 @@ foreground test), so a full fastMRI training folder needs no more memory than it
 from __future__ import annotations
 
 import logging
+import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from datamodules.base import BadInputCounter, DataError, DiffusionDataModule, split_indices
+from src.domains.mri.fastmri import display_affine, read_slices
+from src.domains.mri.fft import ifft2c, rss
 from src.domains.mri.geometry import (
+    OPPOSITE,
     Geometry,
     GeometryError,
     Reorientation,
@@ -45,6 +50,7 @@ from src.domains.mri.geometry import (
     image_reference,
     match,
 )
+from src.domains.mri.io import scan_folder
 from src.errors import fraction
 
 log = logging.getLogger(__name__)
@@ -70,8 +76,6 @@ class Volume:
 
 def ismrmrd_space(header, space: str, shape: tuple[int, int]) -> tuple[float, float] | None:
     """In-plane pixel size (mm) of ``encodedSpace`` or ``reconSpace`` in an ISMRMRD header, or None."""
-    import xml.etree.ElementTree as ET
-
     if header is None:
         return None
     try:
@@ -87,14 +91,10 @@ def ismrmrd_space(header, space: str, shape: tuple[int, int]) -> tuple[float, fl
 
 
 def h5_affine(pixel: tuple[float, float]) -> np.ndarray:
-    from src.tools.reconstruction.io import display_affine
-
     return display_affine((pixel[0], pixel[1], 1.0))
 
 
 def probe_h5(path: Path, intensity: dict) -> Volume:
-    import h5py
-
     with h5py.File(path, "r") as f:
         header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
         if "kspace" in f and f["kspace"].dtype.kind == "c" and f["kspace"].ndim in (3, 4):
@@ -118,11 +118,9 @@ def probe_h5(path: Path, intensity: dict) -> Volume:
 def load_image_volume(path: Path, reader: str) -> tuple[np.ndarray, np.ndarray]:
     """Magnitude volume ``(S, H, W)`` of a NIfTI file or DICOM series and the affine of ``(H, W, S)``."""
     if reader == "nifti":
-        from src.tools.reconstruction.io import read_nifti
-
-        volume, affine, _ = read_nifti(path, what="Training file")
+        volume, affine, _ = read_slices(path, what="Training file")
         return volume, np.asarray(affine)
-    from monai.transforms import LoadImage
+    from monai.transforms import LoadImage  # optional heavy dependency: MONAI's DICOM reader (DICOM folders only)
 
     img = LoadImage(image_only=True, reader="PydicomReader")(str(path))
     arr = np.abs(np.asarray(img, dtype=np.float32))
@@ -148,10 +146,6 @@ def crop_or_pad(x: torch.Tensor, matrix: Sequence[int]) -> torch.Tensor:
 
 def h5_slices(vol: Volume, index) -> torch.Tensor:
     """Magnitude slices of an HDF5 file on its own grid, ``(n, H, W)``."""
-    import h5py
-
-    from src.tools.reconstruction.fft import ifft2c, rss
-
     with h5py.File(vol.path, "r") as f:
         data = torch.as_tensor(np.asarray(f[vol.key][index]))
     if vol.kind == "image":
@@ -256,10 +250,6 @@ class ReconPriorDataModule(DiffusionDataModule):
     def _scan(self) -> list[Volume]:
         if self._volumes is not None:
             return self._volumes
-        import h5py
-
-        from .io import scan_folder
-
         root = self.path
         if not root.exists():
             raise DataError(f"datamodule.path={root} does not exist; pass a folder of fastMRI .h5 files, NIfTI "
@@ -331,10 +321,6 @@ class ReconPriorDataModule(DiffusionDataModule):
             vol.data = x.numpy()
             low = x
         else:
-            import h5py
-
-            from src.tools.reconstruction.fft import ifft2c, rss
-
             with h5py.File(vol.path, "r") as f:
                 width = f[vol.key].shape[-1]
                 if vol.kind == "kspace" and vol.geometry.matrix == matrix and vol.reorient.identity:
@@ -375,8 +361,6 @@ class ReconPriorDataModule(DiffusionDataModule):
 
 def _transposed(found: Geometry, target: Geometry) -> bool:
     """Whether ``found``'s axis letters match ``target``'s only after swapping rows and columns."""
-    from src.domains.mri.geometry import OPPOSITE
-
     def same(a, t):
         return a == t or OPPOSITE.get(a) == t
 

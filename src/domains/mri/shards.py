@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import torch
 from monai.transforms import Compose
 
@@ -36,8 +37,6 @@ def pack_sample(path: Path) -> tuple[dict[str, bytes], dict]:
     if path.is_dir():
         raise ValueError("is a DICOM series, which shards do not hold yet; convert it to NIfTI "
                          "(e.g. with dcm2niix) before packing, or train from the folder")
-    import nibabel as nib
-
     try:
         # select_channel=0 lets 4D files through: which volume to train on is datamodule.select_channel
         spacing = nifti_header(str(path), select_channel=0)

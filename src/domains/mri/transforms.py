@@ -17,6 +17,7 @@ import gzip
 import math
 from collections.abc import Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,6 @@ class NiftiBytesReader(NibabelReader):
         return True
 
     def read(self, data, **kwargs):
-        import nibabel as nib
-
         (item,) = data if isinstance(data, (tuple, list)) else (data,)
         raw = gzip.decompress(item.data) if item.gzipped else item.data
         self.filenames = (str(item),)

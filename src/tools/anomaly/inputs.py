@@ -1,6 +1,6 @@
 """Scans and files in and out of the detector's model space, per domain.
 
-MRI follows the training convention (docs/mri.md): with ``s`` the ``intensity_percentile`` of ``|voxel|``,
+MRI follows the training convention (docs/design/mri.md): with ``s`` the ``intensity_percentile`` of ``|voxel|``,
 ``m -> clip(2 m / s - 1, -1, 1)``. A slice model screens the volume slice by slice along
 ``datamodule.slice_axis``; a volume model screens it whole (tiled when larger than its training shape).
 Maps come back in the input's own intensity units (``|difference| * s / 2``).
@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from src.checkpoint import CheckpointError
-from src.errors import ConfigError
-
-from ..domains import INTENSITY_SCALING, DataError
-from ..files import kind_of, read_audio, read_image, read_nifti, write_image, write_nifti, write_npy
+from src.domains.mri.data import INTENSITY_SCALING
+from src.errors import ConfigError, DataError
+from src.fileio import kind_of, read_audio, read_image, read_nifti, write_image, write_nifti, write_npy
 
 MAP_KINDS = {"mri": ("nifti", "npy"), "image": ("image", "npy"), "audio": ("npy",)}
 

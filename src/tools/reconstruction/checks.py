@@ -14,7 +14,6 @@ says so. (Hand-written: no installed library validates MRI reconstructions witho
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,17 +108,18 @@ def pick_slices(meas: Measurement, count: int) -> Measurement:
     return Measurement(kspace=meas.kspace[idx], mask=mask)
 
 
-# ---- the CLI's use of these checks (src.reconstruct) ----------------------------------------------------
-def check_geometry(reconstructor, meas, affine, args):
+# ---- the workflow's use of these checks (src.tools.reconstruction.workflow) -----------------------------
+def check_geometry(reconstructor, meas: Measurement, affine, input_name: str = "the input",
+                   method: str = "diffusion"):
     """The input's grid against the checkpoint's contract: reoriented (a note), refused, or with
-    --method auto dropped for the baselines (a warning). Returns (reconstructor or None, summary entry)."""
+    ``method="auto"`` dropped for the baselines (a warning). Returns (reconstructor or None, summary entry)."""
     found = geometry_from_affine(affine, meas.shape)
     if reconstructor.geometry is None:
         return reconstructor, None
     try:
-        turn = reconstructor.orient(found, what=f"--input {Path(args.input).name}")
+        turn = reconstructor.orient(found, what=f"--input {input_name}")
     except GeometryError as e:
-        if args.method != "auto":
+        if method != "auto":
             raise
         print(f"warning: {e} --method auto falls back to the baselines.", file=sys.stderr)
         return None, {"model": reconstructor.geometry.describe(), "input": found.describe(),
@@ -135,8 +135,10 @@ def check_geometry(reconstructor, meas, affine, args):
                            "reorientation": turn.describe(), "matrix": note or "as trained"}
 
 
-def choose_method(reconstructor, meas, args) -> tuple[str, dict]:
-    """--method auto: the candidate that best predicts held-out measured columns (src/recon_checks.py)."""
+def choose_method(reconstructor, meas: Measurement, cs_lambda: float = 0.01, cs_iters: int = 300,
+                  seed: int = 0) -> tuple[str, dict]:
+    """--method auto: the candidate (diffusion with ``reconstructor`` unless None, TV with ``cs_lambda`` and
+    ``cs_iters``, zero-filled) that best predicts held-out measured columns."""
     sub = pick_slices(meas, 4)
     fit, held = holdout(sub)
     if not bool(held.any()):
@@ -144,9 +146,9 @@ def choose_method(reconstructor, meas, args) -> tuple[str, dict]:
         print(f"warning: too few measured columns to cross-validate; --method auto uses {method}.",
               file=sys.stderr)
         return method, {"held_out_columns": 0}
-    errors = {"zero-filled": 1.0, "cs": holdout_error(sub, held, tv_complex(fit, args.cs_lambda, args.cs_iters))}
+    errors = {"zero-filled": 1.0, "cs": holdout_error(sub, held, tv_complex(fit, cs_lambda, cs_iters))}
     if reconstructor is not None:
-        trial = reconstructor.run(fit, num_samples=1, seed=args.seed)
+        trial = reconstructor.run(fit, num_samples=1, seed=seed)
         errors["diffusion"] = holdout_error(sub, held, trial.complex_image)
     method = min(errors, key=errors.get)
     if reconstructor is not None and method != "diffusion":

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from datamodules.base import DataError
+from src.domains.mri.fft import fft2c, ifft2c, rss
 from src.domains.mri.transforms import reference_intensity
+from src.errors import DataError
 from src.inverse.operators import LinearOperator
 from src.inverse.tv import tv_reconstruct
 
-from .fft import fft2c, ifft2c, rss
 from .masks import columns_from_kspace, undersampling_mask
 from .operators import MultiCoilMRI, SingleCoilMRI, estimate_sensitivities
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from monai.apps.reconstruction.networks.nets.utils import sensitivity_map_expand, sensitivity_map_reduce
 
-from datamodules.base import DataError
+from src.domains.mri.fft import fft2c, ifft2c, rss
+from src.errors import DataError
 from src.inverse.operators import LinearOperator
 
-from .fft import fft2c, ifft2c, rss
 from .masks import center_region, centre_hann_window
 
 

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from datamodules.base import DataError
 from src.backbones import size_multiple
-from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.checkpoint import CheckpointError
 from src.domains.mri.data import INTENSITY_SCALING
 from src.domains.mri.geometry import Geometry, Reorientation, calibration_reference, match
 from src.env_check import native_cpu_bf16, resolve_device
-from src.errors import ConfigError
+from src.errors import ConfigError, DataError
 from src.inverse.sampler import RESAMPLE_SIGMAS, sample_posterior
 from src.inverse.tv import tv_refine
-from src.latent.stage import require_pixel_space
+from src.latent.stage import module_from_checkpoint, require_pixel_space
 
 from .masks import center_region, centre_hann_window
 from .measurement import Measurement, as_measurement, robust_max, zero_filled
@@ -112,7 +112,7 @@ def check_model(module, run_config: dict | None, name: str) -> None:
     if scaling != INTENSITY_SCALING:
         raise CheckpointError(f"Checkpoint {name} scales intensities by '{scaling}', which reconstruction "
                               f"cannot invert; it needs models trained with the '{INTENSITY_SCALING}' "
-                              "convention of the mri domain (docs/mri.md).")
+                              "convention of the mri domain (docs/design/mri.md).")
 
 
 class Reconstructor:
@@ -146,7 +146,7 @@ class Reconstructor:
         self.module = module.to(self.device).eval()
         self.name = name
         self.steps = int(steps or module.diffusion_cfg.get("steps") or 50)
-        # the defaults the training config chose for this prior (experiment=recon_prior: docs/reconstruction.md)
+        # the defaults the training config chose for this prior (experiment=recon_prior: docs/studies/reconstruction.md)
         tuned = dict((run_config or {}).get("reconstruction") or {})
         self.eta = float(eta if eta is not None else tuned.get("eta", 0.85))
         self.num_samples = int(tuned.get("num_samples", 1))
@@ -343,7 +343,5 @@ def resolve_network_precision(precision: str, device: torch.device) -> str:
 def _progress(total: int, enabled: bool, num_samples: int):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     unit = "slice" if num_samples == 1 else "slice-sample"
     return tqdm(total=total, unit=unit, desc="reconstructing", dynamic_ncols=True)

@@ -4,6 +4,7 @@ declipping and bandwidth extension of recordings (see ``src.restore`` for the co
 from .operators import Declipping, Identity, LowPass, box_mask, clip
 from .problem import AUDIO_TASKS, IMAGE_TASKS, TASKS, Problem
 from .restorer import Restorer
+from .workflow import RestoreOptions, restore_file
 
-__all__ = ["AUDIO_TASKS", "IMAGE_TASKS", "TASKS", "Declipping", "Identity", "LowPass", "Problem", "Restorer",
-           "box_mask", "clip"]
+__all__ = ["AUDIO_TASKS", "IMAGE_TASKS", "TASKS", "Declipping", "Identity", "LowPass", "Problem", "RestoreOptions",
+           "Restorer", "box_mask", "clip", "restore_file"]

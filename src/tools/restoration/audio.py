@@ -9,20 +9,20 @@ written as 32-bit float WAV, so restored peaks above full scale are kept rather 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from src.env_check import import_torchaudio
-from src.errors import ConfigError
+from src.errors import ConfigError, DataError
+from src.fileio import read_audio, sibling, write_audio
 
-from ..domains import DataError
-from ..files import read_audio, sibling, write_audio
 from . import baselines
-from .metrics import audio_metrics
 from .noise import estimate_noise_std
 from .operators import LowPass, clip
 from .problem import Problem
+from .scores import audio_metrics
 
 DECLIP_HEADROOM = 0.5   # the clip level maps to this share of the training peak level
 
@@ -77,68 +77,75 @@ def load(path, rate: int, what: str = "Input") -> tuple[np.ndarray, list[str]]:
     return wave.astype(np.float32), notes
 
 
-def prepare(args, prior) -> AudioJob:
+def prepare(prior, *, task: str, input: str | Path, reference: str | Path | None = None, simulate: bool = False,
+            noise_std: float | None = None, clip_level: float | None = None, cutoff: float | None = None,
+            seed: int = 0) -> AudioJob:
+    """The job of restoring the recording ``input`` with ``prior``: its problem in model space and baseline.
+
+    ``task``: denoise (``noise_std`` in full-scale units; estimated when None), declip (``clip_level``, full
+    scale = 1) or bandwidth (``cutoff`` in Hz). ``reference``: the clean recording for the metrics.
+    ``simulate``: ``input`` is clean; it is damaged first (with ``seed``) and is the reference."""
     data = prior.data
     rate = int(data.get("sample_rate", 16000))
     peak_level = float(data.get("peak_level", 0.95))
-    wave, notes = load(args.input, rate)
-    reference = None
-    if args.reference:
-        reference, more = load(args.reference, rate, "Reference")
+    wave, notes = load(input, rate)
+    if reference:
+        reference, more = load(reference, rate, "Reference")
         notes += more
-    rng = np.random.default_rng(args.seed)
-    if args.simulate:
+    else:
+        reference = None
+    rng = np.random.default_rng(seed)
+    if simulate:
         reference = wave.copy()
-    task = args.task
     peak = float(np.abs(wave).max())
     if peak <= 1e-6:
-        raise DataError(f"Input {args.input} is silent (peak {peak:.2g}); there is nothing to restore.")
+        raise DataError(f"Input {input} is silent (peak {peak:.2g}); there is nothing to restore.")
     keep = sign = None
-    level = cutoff = noise_std = 0.0
+    level = band = noise = 0.0
     if task == "declip":
-        if args.clip_level is None:
+        if clip_level is None:
             raise ConfigError("--task declip needs --clip-level L, the level (full scale = 1) the recording clips at.")
-        level = float(args.clip_level)
+        level = float(clip_level)
         if not 0 < level <= 1:
             raise ConfigError(f"--clip-level {level:g} lies outside the data range (0, 1] of full scale; pass the "
                               "level the recording clips at, e.g. 0.5.")
-        if args.simulate:
+        if simulate:
             if level >= peak:
                 raise ConfigError(f"--clip-level {level:g} is at or above the input's peak {peak:.3f}, so nothing "
                                   "would be clipped; pass a level below the peak.")
             wave = clip(wave, level)
         elif peak < level * (1 - 1e-3):
-            raise ConfigError(f"--clip-level {level:g} lies above the data range of {args.input} (peak "
+            raise ConfigError(f"--clip-level {level:g} lies above the data range of {input} (peak "
                               f"{peak:.4f}), so no sample is clipped there; pass the level it clips at.")
         gain = DECLIP_HEADROOM * peak_level / level
         clipped = np.abs(wave) >= level * (1 - 1e-3)
         keep = torch.from_numpy(~clipped)[:, None]
         sign = torch.from_numpy(np.sign(wave).astype(np.float32))[:, None]
         level = level * gain
-        notes.append(f"{clipped.mean():.1%} of the samples are clipped at +-{args.clip_level:g}")
+        notes.append(f"{clipped.mean():.1%} of the samples are clipped at +-{clip_level:g}")
     elif task == "bandwidth":
-        if args.cutoff is None:
+        if cutoff is None:
             raise ConfigError("--task bandwidth needs --cutoff HZ, the frequency above which the recording is empty.")
-        if not 0 < args.cutoff < rate / 2:
-            raise ConfigError(f"--cutoff {args.cutoff:g} Hz must lie between 0 and the model's Nyquist frequency "
+        if not 0 < cutoff < rate / 2:
+            raise ConfigError(f"--cutoff {cutoff:g} Hz must lie between 0 and the model's Nyquist frequency "
                               f"{rate / 2:g} Hz.")
-        cutoff = float(args.cutoff) / (rate / 2)
-        if args.simulate:
-            wave = LowPass(cutoff).forward(torch.from_numpy(wave)).numpy()
+        band = float(cutoff) / (rate / 2)
+        if simulate:
+            wave = LowPass(band).forward(torch.from_numpy(wave)).numpy()
         gain = peak_level / float(np.abs(wave).max())
     else:
-        if args.simulate:
-            if args.noise_std is None:
+        if simulate:
+            if noise_std is None:
                 raise ConfigError("--simulate --task denoise needs --noise-std S (the noise to add, full scale = 1).")
-            wave = (wave + rng.normal(0, args.noise_std, wave.shape)).astype(np.float32)
+            wave = (wave + rng.normal(0, noise_std, wave.shape)).astype(np.float32)
         gain = peak_level / float(np.abs(wave).max())
-        noise_std = args.noise_std
-        if noise_std is None:
-            noise_std = estimate_noise_std(torch.from_numpy(wave))
-            notes.append(f"estimated noise std {noise_std:.4g} of full scale (pass --noise-std to set it)")
-        if noise_std <= 0:
-            raise ConfigError(f"--noise-std must be above 0 for denoising, got {noise_std}.")
+        noise = noise_std
+        if noise is None:
+            noise = estimate_noise_std(torch.from_numpy(wave))
+            notes.append(f"estimated noise std {noise:.4g} of full scale (pass --noise-std to set it)")
+        if noise <= 0:
+            raise ConfigError(f"--noise-std must be above 0 for denoising, got {noise}.")
     y = torch.from_numpy(wave * gain)[:, None]
-    problem = Problem(task, y, (wave.shape[-1],), noise_std=noise_std * gain, keep=keep, sign=sign, level=level,
-                      cutoff=cutoff)
-    return AudioJob(problem, wave.astype(np.float32), reference, rate, gain, noise_std, notes)
+    problem = Problem(task, y, (wave.shape[-1],), noise_std=noise * gain, keep=keep, sign=sign, level=level,
+                      cutoff=band)
+    return AudioJob(problem, wave.astype(np.float32), reference, rate, gain, noise, notes)

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from skimage.restoration import denoise_nl_means, inpaint_biharmonic
+from skimage.transform import resize
 
 
 def biharmonic(image: np.ndarray, holes: np.ndarray) -> np.ndarray:
-    from skimage.restoration import inpaint_biharmonic
-
     out = inpaint_biharmonic(image.transpose(1, 2, 0).astype(np.float64), holes, channel_axis=-1)
     return np.clip(out.transpose(2, 0, 1), 0, 1).astype(np.float32)
 
 
 def bicubic(image: np.ndarray, scale: int) -> np.ndarray:
-    from skimage.transform import resize
-
     c, h, w = image.shape
     out = resize(image.astype(np.float64), (c, h * scale, w * scale), order=3, mode="edge", anti_aliasing=False)
     return np.clip(out, 0, 1).astype(np.float32)
 
 
 def nl_means(image: np.ndarray, noise_std: float) -> np.ndarray:
-    from skimage.restoration import denoise_nl_means
-
     out = denoise_nl_means(image.transpose(1, 2, 0).astype(np.float64), h=0.8 * noise_std, sigma=noise_std,
                            patch_size=5, patch_distance=6, channel_axis=-1, fast_mode=True)
     return np.clip(out.transpose(2, 0, 1), 0, 1).astype(np.float32)

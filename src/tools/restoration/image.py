@@ -7,19 +7,19 @@ the full intensity range (0.05 = 5 % of white, about 13 of 255).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from src.errors import ConfigError
+from src.errors import ConfigError, DataError
+from src.fileio import read_image, read_mask, sibling, write_image
 
-from ..domains import DataError
-from ..files import read_image, read_mask, sibling, write_image
 from . import baselines
-from .metrics import image_metrics
 from .noise import estimate_noise_std
 from .operators import box_mask
 from .problem import Problem
+from .scores import image_metrics
 
 
 @dataclass
@@ -58,39 +58,45 @@ class ImageJob:
         return out
 
 
-def prepare(args, prior) -> ImageJob:
+def prepare(prior, *, task: str, input: str | Path, reference: str | Path | None = None, simulate: bool = False,
+            mask: str | Path | None = None, mask_boxes: list[list[int]] | None = None, scale: int = 4,
+            noise_std: float | None = None, seed: int = 0) -> ImageJob:
+    """The job of restoring the image file ``input`` with ``prior``: its problem in model space and baseline.
+
+    ``task``: inpaint (``mask``, a PNG white where pixels are missing, and/or ``mask_boxes`` of ``[x, y, w, h]``
+    pixels), super-resolution (by ``scale``) or denoise (``noise_std`` in [0, 1] units; estimated when None).
+    ``reference``: the clean image for the metrics. ``simulate``: ``input`` is clean; it is damaged first (with
+    ``seed``) and is the reference."""
     channels = prior.channels
-    image = read_image(args.input, channels)
-    reference = read_image(args.reference, channels, "Reference") if args.reference else None
+    image = read_image(input, channels)
+    reference = read_image(reference, channels, "Reference") if reference else None
     notes = []
-    rng = np.random.default_rng(args.seed)
-    if args.simulate:
+    rng = np.random.default_rng(seed)
+    if simulate:
         reference = image
-    task = args.task
     holes = None
-    noise_std = 0.0
     if task == "inpaint":
         shape = image.shape[1:]
         holes = np.zeros(shape, dtype=bool)
-        if args.mask:
-            holes |= read_mask(args.mask, shape)
-        if args.mask_box:
-            holes |= box_mask(shape, args.mask_box)
-        if not (args.mask or args.mask_box):
+        if mask:
+            holes |= read_mask(mask, shape)
+        if mask_boxes:
+            holes |= box_mask(shape, mask_boxes)
+        if not (mask or mask_boxes):
             raise ConfigError("--task inpaint needs --mask MASK.png (white = missing) or --mask-box X Y W H.")
         if not holes.any():
             raise DataError("The inpainting mask marks no pixel as missing; paint the missing region white "
                             "(--mask) or give a --mask-box inside the image.")
-        if args.simulate:
+        if simulate:
             image = np.where(holes, 0.0, image).astype(np.float32)
         keep = torch.from_numpy(~holes)[None, None]
         y = torch.from_numpy(image * 2 - 1)[None] * keep
         problem = Problem(task, y, image.shape[1:], keep=keep)
     elif task == "super-resolution":
-        s = args.scale
+        s = scale
         if s < 2:
             raise ConfigError(f"--scale must be a whole number of at least 2, got {s}.")
-        if args.simulate:
+        if simulate:
             h, w = image.shape[1:]
             if h % s or w % s:
                 raise DataError(f"--simulate --scale {s}: the input is {w}x{h} pixels, which {s} does not divide; "
@@ -104,15 +110,15 @@ def prepare(args, prior) -> ImageJob:
                             "input's size: pass the matching --scale or reference.")
         problem = Problem(task, y, out_shape, scale=s)
     else:
-        if args.simulate:
-            if args.noise_std is None:
+        if simulate:
+            if noise_std is None:
                 raise ConfigError("--simulate --task denoise needs --noise-std S (the noise to add).")
-            image = (image + rng.normal(0, args.noise_std, image.shape)).clip(0, 1).astype(np.float32)
-        noise_std = args.noise_std
+            image = (image + rng.normal(0, noise_std, image.shape)).clip(0, 1).astype(np.float32)
         if noise_std is None:
             noise_std = estimate_noise_std(torch.from_numpy(image))
             notes.append(f"estimated noise std {noise_std:.4f} of full scale (pass --noise-std to set it)")
         if noise_std <= 0:
             raise ConfigError(f"--noise-std must be above 0 for denoising, got {noise_std}.")
         problem = Problem(task, torch.from_numpy(image * 2 - 1)[None], image.shape[1:], noise_std=2 * noise_std)
-    return ImageJob(problem, image.astype(np.float32), reference, noise_std, holes, notes)
+    return ImageJob(problem, image.astype(np.float32), reference, noise_std if task == "denoise" else 0.0, holes,
+                    notes)

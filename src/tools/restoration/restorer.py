@@ -11,6 +11,7 @@ for noiseless measurements, the noise-aware proximal step (``src.inverse.proxima
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from src.errors import ConfigError
 from src.inverse import denoiser_error_std, proximal_consistency, sample_posterior
@@ -83,6 +84,4 @@ class Restorer:
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="tile", desc="restoring", dynamic_ncols=True)

@@ -1,4 +1,4 @@
-"""Reading ``RUN_DIR/metrics.jsonl`` (written by ``src.metrics_log`` during training) without importing Lightning."""
+"""Reading ``RUN_DIR/metrics.jsonl``, the metrics log training writes (``MetricsFileLogger``), without Lightning."""
 
 from __future__ import annotations
 

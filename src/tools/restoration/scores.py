@@ -1,26 +1,24 @@
-"""Scores of a restoration against a clean reference: PSNR/SSIM for images (scikit-image), SI-SDR
-(torchmetrics) and log-spectral distance for sound. Every method is scored by the same function."""
+"""Scores of a restoration against a clean reference: PSNR/SSIM for images (``src.tools.quality``, the one
+definition every tool uses), SI-SDR (torchmetrics) and log-spectral distance for sound. Every method is scored
+by the same function."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
+
+from ..quality import psnr, ssim
 
 
 def image_metrics(reference: np.ndarray, x: np.ndarray) -> dict[str, float]:
-    """``(C, H, W)`` in [0, 1]: PSNR (dB) and SSIM with data range 1 (scikit-image's definitions)."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
+    """``(C, H, W)`` in [0, 1]: PSNR (dB) and SSIM (mean over channels) with data range 1."""
     ref, img = np.asarray(reference, np.float64), np.clip(np.asarray(x, np.float64), 0, 1)
-    win = min(7, *(n if n % 2 else n - 1 for n in ref.shape[1:]))
-    ssim = structural_similarity(ref, img, data_range=1.0, channel_axis=0, win_size=max(win, 3))
-    return {"psnr": float(peak_signal_noise_ratio(ref, img, data_range=1.0)), "ssim": float(ssim)}
+    return {"psnr": psnr(ref, img, data_range=1.0), "ssim": ssim(ref, img, data_range=1.0)}
 
 
 def si_sdr(reference: np.ndarray, x: np.ndarray) -> float:
     """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al. 2019), averaged over channels."""
-    from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
-
     ref, est = torch.as_tensor(np.asarray(reference, np.float64)), torch.as_tensor(np.asarray(x, np.float64))
     return float(scale_invariant_signal_distortion_ratio(est, ref, zero_mean=True).mean())
 
