@@ -27,9 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 from benchmarks.image_quality import Scorer, digit_images, one_thread_env, split, uptime
+from src.domains.common import image_grid
 from src.fileio import atomic_write_text
+from src.latent.stage import module_from_checkpoint
 
 RES = 16
 COLOURS = ("red", "green", "blue")
@@ -60,8 +64,6 @@ def cpu_seconds() -> float:
 
 def write_data(root: Path) -> tuple[Path, int]:
     """The training split, each digit in one of its two allowed colours, with a sidecar caption."""
-    from PIL import Image
-
     imgs, y = digit_images(RES)
     tr, _ = split(y)
     folder = root / "train"
@@ -130,10 +132,6 @@ def train(root: Path, data: Path, steps: int, overrides: list[str]) -> dict:
 
 def evaluate(root: Path, scorer: Scorer, per_prompt: int, guidances: list[float], sampler: str,
              sample_steps: int) -> list[dict]:
-    import torch
-
-    from src.checkpoint import module_from_checkpoint
-
     torch.set_num_threads(1)
     module = module_from_checkpoint(root / "run" / "checkpoints" / "last.ckpt")[0]
     rows = []
@@ -156,10 +154,6 @@ def evaluate(root: Path, scorer: Scorer, per_prompt: int, guidances: list[float]
 
 
 def save_grid(x, per_row: int, path: Path) -> None:
-    from PIL import Image
-
-    from src.media import image_grid
-
     arr = image_grid(x, nrow=per_row)
     Image.fromarray(arr).resize((arr.shape[1] * 2, arr.shape[0] * 2), Image.NEAREST).save(path)
 

@@ -9,6 +9,7 @@ past ``datamodule.max_bad_fraction`` the run stops with one sentence naming a fe
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,8 +129,6 @@ class ShardCaption:
         self.decode = decode
 
     def __call__(self, sample: dict) -> dict:
-        import json
-
         text = None
         if "txt" in sample:
             text = clean(sample["txt"].decode("utf-8") if isinstance(sample["txt"], bytes) else sample["txt"])
