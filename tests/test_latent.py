@@ -150,7 +150,7 @@ def test_reconstruction_refuses_a_latent_checkpoint(autoencoder_ckpt, tmp_path):
 
     out = tmp_path / "ld"
     train(compose(TINY + [f"paths.output_dir={out}", "trainer.max_steps=1", f"latent.autoencoder={autoencoder_ckpt}"]))
-    with pytest.raises(CheckpointError, match="needs a pixel-space checkpoint"):
+    with pytest.raises(CheckpointError, match="trained without latent.autoencoder"):
         Reconstructor.from_checkpoint(out / "checkpoints" / "last.ckpt", device="cpu")
 
 
