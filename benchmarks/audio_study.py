@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.audio_data import build  # noqa: E402
 from benchmarks.audio_scorer import Scorer, frechet, read_folder, split_real  # noqa: E402
+from src.latent.stage import module_from_checkpoint  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -63,8 +64,6 @@ def machine() -> dict:
 
 def sampling_speed(ckpt: Path, num: int, steps: int) -> dict:
     """Seconds of audio per CPU-second of module.sample (decode included), one thread, in this process."""
-    from src.latent.stage import module_from_checkpoint
-
     torch.set_num_threads(1)
     module, ck = module_from_checkpoint(ckpt)
     rate = int(ck["run_config"]["datamodule"]["sample_rate"])

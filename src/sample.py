@@ -142,8 +142,9 @@ def sample(cfg) -> list[Path]:
     num = int(cfg["num_samples"])
     labels = None if cfg["label"] is None else class_labels(cfg["label"], module, cfg["ckpt"])
     draws = len(labels or [None]) * -(-num // int(cfg["batch_size"]))  # batches of the whole command
-    progress = Progress(draws * module.sampling_steps(cfg["steps"]), desc=f"sampling {num * len(labels or [None])} samples",
-                        mode=cfg["progress"], every=float(cfg["progress_every"]))
+    progress = Progress(draws * module.sampling_steps(cfg["steps"]),
+                        desc=f"sampling {num * len(labels or [None])} samples", mode=cfg["progress"],
+                        every=float(cfg["progress_every"]))
     kwargs = dict(sampler=cfg["sampler"], steps=cfg["steps"], seed=seed, use_ema=bool(cfg["ema"]),
                   batch_size=int(cfg["batch_size"]), shape=shape, guidance=float(cfg["guidance"]), progress=progress)
     if labels is None:

@@ -23,8 +23,14 @@ from src.errors import ConfigError
 from src.module import step_seed, unpack, warmup_cosine
 from src.runtime.ema import EMA
 
-from .networks import (autoencoder_kwargs, build_autoencoder, build_discriminator, build_perceptual, kl_divergence,
-                       latent_shape)
+from .networks import (
+    autoencoder_kwargs,
+    build_autoencoder,
+    build_discriminator,
+    build_perceptual,
+    kl_divergence,
+    latent_shape,
+)
 from .waveform import multi_resolution_stft_loss
 
 log = logging.getLogger(__name__)

@@ -131,6 +131,7 @@ def multi_resolution_stft_loss(x: torch.Tensor, y: torch.Tensor, fft_sizes=(256,
         win = torch.hann_window(n, device=x.device)
         mx = torch.stft(x, n, n // 4, window=win, return_complex=True).abs().clamp_min(1e-7)
         my = torch.stft(y, n, n // 4, window=win, return_complex=True).abs().clamp_min(1e-7)
-        sc = torch.linalg.vector_norm(my - mx, dim=(-2, -1)) / torch.linalg.vector_norm(my, dim=(-2, -1)).clamp_min(1e-7)
+        norm = torch.linalg.vector_norm(my, dim=(-2, -1)).clamp_min(1e-7)
+        sc = torch.linalg.vector_norm(my - mx, dim=(-2, -1)) / norm
         total = total + sc.mean() + F.l1_loss(mx.log(), my.log())
     return total / len(sizes)
