@@ -97,7 +97,10 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--ae-steps", type=int, default=None, help="override the preset's stage-1 steps")
     p.add_argument("--steps", type=int, default=None, help="override the preset's stage-2 steps")
-    p.add_argument("--skip-train", action="store_true", help="reuse the runs under --work")
+    p.add_argument("--skip-train", action="store_true", help="reuse both runs under --work")
+    p.add_argument("--skip-stage1", action="store_true", help="reuse the stage-1 run under --work")
+    p.add_argument("--stage1-cpu", type=float, default=None,
+                   help="CPU seconds of a reused stage-1 run, measured outside (recorded as such)")
     args = p.parse_args()
     torch.set_num_threads(1)
     info = machine()
@@ -109,10 +112,13 @@ def main() -> None:
               "threads=1", "trainer.enable_progress_bar=false"]
     ae, ldm = work / "ae", work / "ldm"
     cpu: dict[str, float] = {}
-    if not args.skip_train:
+    if args.stage1_cpu is not None:
+        cpu["stage1"] = args.stage1_cpu
+    if not args.skip_train and not args.skip_stage1:
         cpu["stage1"] = run(["-m", "src.train", "stage=autoencoder", *common, f"paths.output_dir={ae}",
                              *([f"trainer.max_steps={args.ae_steps}"] if args.ae_steps else [])], work / "stage1.log")
         print(f"stage 1: {cpu['stage1'] / 60:.1f} CPU-min", flush=True)
+    if not args.skip_train:
         cpu["stage2"] = run(["-m", "src.train", *common, "cond=class", f"latent.autoencoder={ae}/checkpoints/last.ckpt",
                              f"paths.output_dir={ldm}", *([f"trainer.max_steps={args.steps}"] if args.steps else [])],
                             work / "stage2.log")
@@ -120,9 +126,9 @@ def main() -> None:
     ckpt = ldm / "checkpoints" / "last.ckpt"
     classes = sorted(d.name for d in args.data.iterdir() if d.is_dir())
     n_cond = args.per_class * len(classes)
-    cpu["sample_cond"] = run(["-m", "src.sample", f"ckpt={ckpt}", "label=all", f"guidance={args.guidance}",
+    cpu["sample_cond"] = run(["-m", "src.sample", f"ckpt={ckpt}", "label=all", "progress=off", f"guidance={args.guidance}",
                               f"num_samples={args.per_class}", f"out={work / 'cond'}", "seed=1"], work / "cond.log")
-    cpu["sample_uncond"] = run(["-m", "src.sample", f"ckpt={ckpt}", f"num_samples={n_cond}",
+    cpu["sample_uncond"] = run(["-m", "src.sample", f"ckpt={ckpt}", f"num_samples={n_cond}", "progress=off",
                                 f"out={work / 'uncond'}", "seed=2"], work / "uncond.log")
     t0 = time.process_time()
     waves, labels, groups = read_folder(args.data, classes)
