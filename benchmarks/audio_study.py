@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.audio_data import build  # noqa: E402
 from benchmarks.audio_scorer import Scorer, frechet, read_folder, split_real  # noqa: E402
+from src.latent.networks import build_autoencoder  # noqa: E402
+from src.latent.space import read_autoencoder  # noqa: E402
 from src.latent.stage import module_from_checkpoint  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -76,6 +78,16 @@ def sampling_speed(ckpt: Path, num: int, steps: int) -> dict:
             "audio_seconds_per_cpu_second": seconds / cpu}
 
 
+@torch.no_grad()
+def autoencode(ckpt: Path, waves: np.ndarray, batch: int = 16) -> np.ndarray:
+    """The stage-1 autoencoder's reconstructions (EMA weights, posterior mean): the ceiling of stage 2."""
+    arch, weights, _ = read_autoencoder(ckpt)
+    net = build_autoencoder(arch).eval()
+    net.load_state_dict(weights)
+    x = torch.from_numpy(waves)[:, None]
+    return torch.cat([net.reconstruct(x[i:i + batch]) for i in range(0, len(x), batch)])[:, 0].clamp(-1, 1).numpy()
+
+
 def score_set(scorer: Scorer, waves: np.ndarray, labels: np.ndarray | None, ref_feats: np.ndarray) -> dict:
     probs, feats = scorer.predict(waves)
     out = {"n": len(waves), "mean_max_prob": float(probs.max(1).mean()),
@@ -99,6 +111,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="override the preset's stage-2 steps")
     p.add_argument("--skip-train", action="store_true", help="reuse both runs under --work")
     p.add_argument("--skip-stage1", action="store_true", help="reuse the stage-1 run under --work")
+    p.add_argument("--skip-sampling", action="store_true",
+                   help="score the samples already under --work (CPU times of earlier steps from --json)")
     p.add_argument("--stage1-cpu", type=float, default=None,
                    help="CPU seconds of a reused stage-1 run, measured outside (recorded as such)")
     args = p.parse_args()
@@ -112,6 +126,8 @@ def main() -> None:
               "threads=1", "trainer.enable_progress_bar=false"]
     ae, ldm = work / "ae", work / "ldm"
     cpu: dict[str, float] = {}
+    if args.skip_sampling and args.json and args.json.is_file():
+        cpu.update(json.loads(args.json.read_text())["cpu_seconds"])
     if args.stage1_cpu is not None:
         cpu["stage1"] = args.stage1_cpu
     if not args.skip_train and not args.skip_stage1:
@@ -126,10 +142,12 @@ def main() -> None:
     ckpt = ldm / "checkpoints" / "last.ckpt"
     classes = sorted(d.name for d in args.data.iterdir() if d.is_dir())
     n_cond = args.per_class * len(classes)
-    cpu["sample_cond"] = run(["-m", "src.sample", f"ckpt={ckpt}", "label=all", "progress=off", f"guidance={args.guidance}",
-                              f"num_samples={args.per_class}", f"out={work / 'cond'}", "seed=1"], work / "cond.log")
-    cpu["sample_uncond"] = run(["-m", "src.sample", f"ckpt={ckpt}", f"num_samples={n_cond}", "progress=off",
-                                f"out={work / 'uncond'}", "seed=2"], work / "uncond.log")
+    if not args.skip_sampling:
+        cpu["sample_cond"] = run(["-m", "src.sample", f"ckpt={ckpt}", "label=all", "progress=off",
+                                  f"guidance={args.guidance}", f"num_samples={args.per_class}",
+                                  f"out={work / 'cond'}", "seed=1"], work / "cond.log")
+        cpu["sample_uncond"] = run(["-m", "src.sample", f"ckpt={ckpt}", f"num_samples={n_cond}", "progress=off",
+                                    f"out={work / 'uncond'}", "seed=2"], work / "uncond.log")
     t0 = time.process_time()
     waves, labels, groups = read_folder(args.data, classes)
     train_idx, held_idx = split_real(groups)
@@ -144,6 +162,8 @@ def main() -> None:
     results = {"real_heldout": score_set(scorer, waves[held_idx], labels[held_idx], ref),
                "latent_conditional": score_set(scorer, cond_waves, cond_labels, ref),
                "latent_unconditional": score_set(scorer, uncond_waves, None, ref),
+               "autoencoder_reconstruction": score_set(
+                   scorer, autoencode(ae / "checkpoints" / "last.ckpt", waves[held_idx]), labels[held_idx], ref),
                "white_noise": score_set(scorer, noise, rng.integers(0, len(classes), len(noise)), ref)}
     cpu["scorer"] = time.process_time() - t0
     speed = sampling_speed(ckpt, num=16, steps=32)
