@@ -115,6 +115,7 @@ def main() -> None:
                    help="score the samples already under --work (CPU times of earlier steps from --json)")
     p.add_argument("--stage1-cpu", type=float, default=None,
                    help="CPU seconds of a reused stage-1 run, measured outside (recorded as such)")
+    p.add_argument("--stage2-cpu", type=float, default=None, help="the same for a reused stage-2 run")
     args = p.parse_args()
     torch.set_num_threads(1)
     info = machine()
@@ -130,6 +131,8 @@ def main() -> None:
         cpu.update(json.loads(args.json.read_text())["cpu_seconds"])
     if args.stage1_cpu is not None:
         cpu["stage1"] = args.stage1_cpu
+    if args.stage2_cpu is not None:
+        cpu["stage2"] = args.stage2_cpu
     if not args.skip_train and not args.skip_stage1:
         cpu["stage1"] = run(["-m", "src.train", "stage=autoencoder", *common, f"paths.output_dir={ae}",
                              *([f"trainer.max_steps={args.ae_steps}"] if args.ae_steps else [])], work / "stage1.log")

@@ -99,6 +99,8 @@ def check_options(cfg) -> None:
     label = cfg["label"]
     if label is not None and label != "all" and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
         raise ConfigError(f"label must be a class index (0, 1, ...) or all; got {label!r}.")
+    if isinstance(cfg["progress"], bool):  # YAML reads progress=off as false (and on as true)
+        cfg["progress"] = "off" if cfg["progress"] is False else "auto"
     if cfg["progress"] not in MODES:
         raise ConfigError(f"progress must be one of {', '.join(MODES)}; got {cfg['progress']!r}.")
     every = cfg["progress_every"]

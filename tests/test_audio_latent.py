@@ -86,6 +86,8 @@ def test_stage2_samples_wav_with_progress_lines(runs, tmp_path, capsys):
     assert rate == 16000 and data.shape == (1024,)
     err = capsys.readouterr().err
     assert "sampling 3 samples: 6/6 steps (100%)" in err and "ETA" in err
+    main([f"ckpt={runs['ldm']}", "num_samples=1", "steps=2", "seed=0", f"out={tmp_path / 'q'}", "progress=off"])
+    assert "steps (" not in capsys.readouterr().err  # YAML reads off as false: still off
 
 
 def test_stage2_refuses_another_sample_rate_or_domain(runs, tmp_path):
