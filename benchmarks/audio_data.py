@@ -104,7 +104,7 @@ def build(out: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder to write DIR/<class>/*.wav into")
     info = build(p.parse_args().out)
     print(f"{sum(info['clips_per_class'].values())} clips in {len(info['classes'])} classes")
 

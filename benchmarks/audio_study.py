@@ -102,11 +102,12 @@ def score_set(scorer: Scorer, waves: np.ndarray, labels: np.ndarray | None, ref_
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, default=Path("/tmp/channel_words"))
-    p.add_argument("--work", type=Path, default=Path("/tmp/audio_study"))
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--data", type=Path, default=Path("/tmp/channel_words"),
+                   help="the class folders of benchmarks/audio_data.py (built there when missing)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/audio_study"), help="run folders, samples and logs")
+    p.add_argument("--json", type=Path, default=None, help="write the results here (optional)")
     p.add_argument("--per-class", type=int, default=14, help="conditional samples per class")
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance of the conditional draws")
     p.add_argument("--ae-steps", type=int, default=None, help="override the preset's stage-1 steps")
     p.add_argument("--steps", type=int, default=None, help="override the preset's stage-2 steps")
     p.add_argument("--skip-train", action="store_true", help="reuse both runs under --work")
