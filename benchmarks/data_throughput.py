@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.domains import build_datamodule  # noqa: E402
+from datamodules.shards import write_shards  # noqa: E402
+from src.domains import build_datamodule, shard_codec  # noqa: E402
 from src.errors import DataError  # noqa: E402
-from datamodules.shards import shard_domain, write_shards  # noqa: E402
 
 
 def make_images(root: Path, n: int) -> None:
@@ -90,7 +90,7 @@ def main() -> None:
     for domain in args.domains.split(","):
         make, settings = DOMAINS[domain]
         try:
-            shard_domain(domain)
+            shard_codec(domain)
         except DataError as e:
             print(f"{domain:8} skipped: {e}")
             continue

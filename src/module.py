@@ -335,7 +335,7 @@ class DiffusionModule(pl.LightningModule):
     def sample(self, num: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                cond: torch.Tensor | None = None, use_ema: bool = True, batch_size: int | None = None,
                shape: tuple[int, ...] | list[int] | None = None, label: torch.Tensor | None = None,
-               guidance: float = 1.0, text: list[str] | None = None, **options) -> torch.Tensor:
+               guidance: float = 1.0, text: list[str] | None = None, progress=None, **options) -> torch.Tensor:
         """Draw ``num`` samples shaped ``(num, *data_shape)`` with the EMA weights by default.
 
         ``shape`` replaces ``data_shape`` for fully convolutional backbones (e.g. a whole file's length for a
@@ -362,6 +362,8 @@ class DiffusionModule(pl.LightningModule):
         sampler = sampler or d.get("sampler") or self.objective.default_sampler
         steps = int(steps or d.get("steps", 32))
         opts = {**(d.get("sampler_options") or {}), **options}
+        if progress is not None:  # called after every sampler step (src.runtime.progress.Progress)
+            opts["callback"] = progress
         fn = get_sampler(sampler)
         net = self.ema.module if use_ema else self.backbone
         was_training = net.training
@@ -384,6 +386,10 @@ class DiffusionModule(pl.LightningModule):
             out.append(fn(den, x, sigmas, generator=g, **opts))
         net.train(was_training)
         return torch.cat(out)
+
+    def sampling_steps(self, steps: int | None = None) -> int:
+        """Sampler steps of one draw (``steps``, else ``diffusion.steps``): what a progress bar counts."""
+        return len(self.objective.sampling_sigmas(int(steps or self.diffusion_cfg.get("steps", 32)))) - 1
 
     def _denoiser(self, net, c, label, n: int, guidance: float):
         if not self.num_classes:

@@ -33,6 +33,7 @@ from .domains import all_domains, build_media, get_domain
 from .env_check import resolve_device
 from .errors import ConfigError, ProjectError, positive_int, writable_folder
 from .latent.stage import module_from_checkpoint
+from .runtime.progress import MODES, Progress
 
 DEFAULTS = {
     "ckpt": None,
@@ -49,10 +50,13 @@ DEFAULTS = {
     "guidance": 1.0,      # classifier-free guidance weight: 1 plain conditional, 0 unconditional, >1 stronger
     "prompt": None,       # text-conditional checkpoints: one prompt
     "prompts": None,      # text-conditional checkpoints: a file with one prompt per line
+    "progress": "auto",   # auto: a bar with ETA on a terminal, else a line every progress_every s | bar | lines | off
+    "progress_every": 30.0,
 }
 
 USAGE = ("usage: python -m src.sample ckpt=PATH num_samples=N out=DIR "
-         "[sampler=NAME steps=K seed=S ema=true device=cpu label=N|all prompt=TEXT|prompts=FILE guidance=W] "
+         "[sampler=NAME steps=K seed=S ema=true device=cpu label=N|all prompt=TEXT|prompts=FILE guidance=W "
+         "progress=auto|bar|lines|off] "
          "[options of the checkpoint's domain]")
 
 
@@ -102,6 +106,13 @@ def check_options(cfg) -> None:
     label = cfg["label"]
     if label is not None and label != "all" and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
         raise ConfigError(f"label must be a class index (0, 1, ...) or all; got {label!r}.")
+    if isinstance(cfg["progress"], bool):  # YAML reads progress=off as false (and on as true)
+        cfg["progress"] = "off" if cfg["progress"] is False else "auto"
+    if cfg["progress"] not in MODES:
+        raise ConfigError(f"progress must be one of {', '.join(MODES)}; got {cfg['progress']!r}.")
+    every = cfg["progress_every"]
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or every < 0:
+        raise ConfigError(f"progress_every must be a number of seconds >= 0; got {every!r}.")
     read_prompts(cfg)
     out = Path(cfg["out"]).expanduser()
     if out.exists() and not out.is_dir():
@@ -168,18 +179,23 @@ def sample(cfg) -> list[Path]:
     t0 = time.perf_counter()
     out = Path(cfg["out"]).expanduser()
     num = int(cfg["num_samples"])
-    kwargs = dict(sampler=cfg["sampler"], steps=cfg["steps"], seed=seed, use_ema=bool(cfg["ema"]),
-                  batch_size=int(cfg["batch_size"]), shape=shape, guidance=float(cfg["guidance"]))
+    labels = None if cfg["label"] is None else class_labels(cfg["label"], module, cfg["ckpt"])
     prompts = read_prompts(cfg)
+    groups = labels or prompts or [None]  # one draw of num samples per class or prompt
+    draws = len(groups) * -(-num // int(cfg["batch_size"]))  # batches of the whole command
+    progress = Progress(draws * module.sampling_steps(cfg["steps"]),
+                        desc=f"sampling {num * len(groups)} samples", mode=cfg["progress"],
+                        every=float(cfg["progress_every"]))
+    kwargs = dict(sampler=cfg["sampler"], steps=cfg["steps"], seed=seed, use_ema=bool(cfg["ema"]),
+                  batch_size=int(cfg["batch_size"]), shape=shape, guidance=float(cfg["guidance"]), progress=progress)
     if prompts is not None:
         paths = sample_prompts(module, media, prompts, cfg, cond, num, out, kwargs)
-    elif cfg["label"] is None:
+    elif labels is None:
         if (module.num_classes or getattr(module, "has_text", False)) and float(cfg["guidance"]) != 1.0:
             print("note: guidance= acts only with label= or prompt=; drawing unconditional samples")
         x = module.sample(num, cond=cond, **kwargs)
         paths = media.save(x, out, prefix=cfg["prefix"])
     else:
-        labels = class_labels(cfg["label"], module, cfg["ckpt"])
         paths, rows = [], []
         for c in labels:
             x = module.sample(num, cond=cond, label=torch.full((num,), c), **kwargs)
@@ -189,6 +205,7 @@ def sample(cfg) -> list[Path]:
             media.save_grid(torch.cat(rows), num, out / f"{cfg['prefix']}_grid.png")
         names = module.cond_cfg.get("classes") or []
         print("classes: " + ", ".join(f"{c}={names[c] if c < len(names) else c}" for c in labels))
+    progress.close()
     print(f"wrote {len(paths)} samples to {cfg['out']} in {time.perf_counter() - t0:.1f}s (seed={seed}; pass "
           f"seed={seed} to draw the same ones again)")
     return paths

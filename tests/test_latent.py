@@ -150,7 +150,7 @@ def test_reconstruction_refuses_a_latent_checkpoint(autoencoder_ckpt, tmp_path):
 
     out = tmp_path / "ld"
     train(compose(TINY + [f"paths.output_dir={out}", "trainer.max_steps=1", f"latent.autoencoder={autoencoder_ckpt}"]))
-    with pytest.raises(CheckpointError, match="needs a pixel-space checkpoint"):
+    with pytest.raises(CheckpointError, match="trained without latent.autoencoder"):
         Reconstructor.from_checkpoint(out / "checkpoints" / "last.ckpt", device="cpu")
 
 
@@ -198,11 +198,12 @@ def test_latent_resume_matches_uninterrupted_run(autoencoder_ckpt, tmp_path):
         assert abs(res_a["metrics"][key] - res_b["metrics"][key]) < 1e-5, key
 
 
-def test_autoencoder_stage_refuses_1d_data_and_bad_latent_options():
+def test_autoencoder_stage_builds_1d_for_audio_and_refuses_bad_latent_options():
+    from src.config import to_plain
     from src.latent.stage import build_model
 
-    with pytest.raises(ConfigError, match="needs 2D or 3D data"):
-        build_model(compose(["domain=audio", "stage=autoencoder", "logger=none"]), [1, 8000])
+    model = build_model(to_plain(compose(["domain=audio", "stage=autoencoder", "logger=none"])), [1, 8000])
+    assert model.arch["kind"] == "waveform"  # audio: the 1D waveform autoencoder (tests/test_audio_latent.py)
     arch = _arch(2)
     for bad in ({"scale_factor": -1.0}, {"scale_batches": 0}):
         with pytest.raises(ConfigError, match="latent.scale_"):

@@ -16,11 +16,13 @@ from src.registry import Registry
 from .diffusers_unet import build_diffusers_unet2d
 from .diffwave import build_diffwave
 from .unet import build_unet
+from .unet1d import build_unet1d
 
 BACKBONES = Registry("backbone.name", {
     "unet": build_unet,
     "diffwave": build_diffwave,
     "diffusers_unet2d": build_diffusers_unet2d,
+    "unet1d": build_unet1d,
 })
 
 

@@ -23,7 +23,15 @@ from src.errors import ConfigError
 from src.module import step_seed, unpack, warmup_cosine
 from src.runtime.ema import EMA
 
-from .networks import autoencoder_kwargs, build_autoencoder, build_discriminator, build_perceptual, kl_divergence
+from .networks import (
+    autoencoder_kwargs,
+    build_autoencoder,
+    build_discriminator,
+    build_perceptual,
+    kl_divergence,
+    latent_shape,
+)
+from .waveform import multi_resolution_stft_loss
 
 log = logging.getLogger(__name__)
 # checkpoints hold the weights after the step's update, as with automatic optimization: what resume needs
@@ -32,7 +40,8 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 LOSS_DEFAULTS = {"l1_weight": 1.0, "kl_weight": 1e-6, "adversarial_weight": 0.0, "adversarial_warmup_steps": 1000,
-                 "perceptual_weight": 0.0, "perceptual_network": None, "perceptual_slices": False}
+                 "perceptual_weight": 0.0, "perceptual_network": None, "perceptual_slices": False,
+                 "stft_weight": 1.0}  # stft: the multi-resolution STFT loss of the waveform (audio) autoencoder
 
 
 class AutoencoderModule(pl.LightningModule):
@@ -47,6 +56,9 @@ class AutoencoderModule(pl.LightningModule):
         # spatial dims and channels follow the data; the preset and any override come from the config
         self.arch = autoencoder_kwargs({"in_channels": data_shape[0], "spatial_dims": len(data_shape) - 1,
                                         **{k: v for k, v in autoencoder.items() if v is not None}})
+        self.waveform = self.arch.get("kind") == "waveform"
+        if self.waveform:  # clips shorter than the hop, or not a whole number of hops: one sentence before training
+            latent_shape(self.arch, self.data_shape)
         self.loss_cfg = {**LOSS_DEFAULTS, **(loss or {})}
         unknown = sorted(set(self.loss_cfg) - set(LOSS_DEFAULTS))
         if unknown:
@@ -118,6 +130,10 @@ class AutoencoderModule(pl.LightningModule):
         kl = kl_divergence(z_mu.float(), z_sigma.float())
         loss = c["l1_weight"] * l1 + c["kl_weight"] * kl
         logs = {"train/l1": l1, "train/kl": kl}
+        if self.waveform and float(c["stft_weight"]) > 0:
+            stft = multi_resolution_stft_loss(recon, x)
+            loss = loss + float(c["stft_weight"]) * stft
+            logs["train/stft"] = stft
         if self._perceptual:
             p = self.perceptual_distance(x.device)(recon.float(), x.float())
             loss = loss + c["perceptual_weight"] * p
@@ -226,7 +242,9 @@ class AutoencoderModule(pl.LightningModule):
         self.log("val/loss", (recon - x.float()).abs().mean(), on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=bs)
         self.log("val/psnr", PSNRMetric(max_val=1.0)(a, b).mean(), on_epoch=True, sync_dist=True, batch_size=bs)
-        if min(x.shape[2:]) >= 7:
+        if self.waveform:
+            self.log("val/mrstft", multi_resolution_stft_loss(recon, x), on_epoch=True, sync_dist=True, batch_size=bs)
+        elif min(x.shape[2:]) >= 7:
             ssim = SSIMMetric(spatial_dims=x.ndim - 2, data_range=1.0, win_size=7)(a, b).mean()
             self.log("val/ssim", ssim, on_epoch=True, sync_dist=True, batch_size=bs)
 

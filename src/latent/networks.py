@@ -15,6 +15,8 @@ from torch import nn
 
 from src.errors import ConfigError
 
+from .waveform import WaveformAutoencoder, hop_of, waveform_kwargs
+
 # channels per level (factor 4 each: three levels), residual blocks per level, group-norm groups
 PRESETS: dict[str, dict] = {
     "tiny": dict(channels=(8, 16, 16), num_res_blocks=1, norm_num_groups=8),
@@ -32,12 +34,14 @@ ARCH_KEYS = ("spatial_dims", "in_channels", "out_channels", "channels", "num_res
 def autoencoder_kwargs(cfg: dict) -> dict:
     """The full AutoencoderKL keyword arguments for ``cfg`` (a preset plus overrides, or already resolved)."""
     cfg = {k: v for k, v in dict(cfg).items() if v is not None}
+    if cfg.get("spatial_dims") == 1 or cfg.get("kind") == "waveform":  # audio: the 1D waveform autoencoder
+        return waveform_kwargs(cfg)
     preset = cfg.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"Unknown autoencoder.preset '{preset}'; choose one of {', '.join(PRESETS)}.")
     dims = cfg.get("spatial_dims")
     if dims not in (2, 3):
-        raise ConfigError(f"stage=autoencoder needs 2D or 3D data (domain=image, or domain=mri in either mode); "
+        raise ConfigError(f"stage=autoencoder needs 1D, 2D or 3D data (domain=audio, image, or mri in either mode); "
                           f"got autoencoder.spatial_dims={dims}.")
     unknown = sorted(set(cfg) - set(ARCH_KEYS))
     if unknown:
@@ -62,12 +66,16 @@ def autoencoder_kwargs(cfg: dict) -> dict:
     return kw
 
 
-def build_autoencoder(kwargs: dict) -> AutoencoderKL:
+def build_autoencoder(kwargs: dict) -> AutoencoderKL | WaveformAutoencoder:
     kw = dict(kwargs)
+    if kw.get("kind") == "waveform":
+        return WaveformAutoencoder(**kw)
     return AutoencoderKL(**{**kw, "channels": tuple(kw["channels"]), "attention_levels": tuple(kw["attention_levels"])})
 
 
 def downsampling(kwargs: dict) -> int:
+    if kwargs.get("kind") == "waveform":
+        return hop_of(kwargs)
     return 2 ** (len(kwargs["channels"]) - 1)
 
 
@@ -75,6 +83,17 @@ def latent_shape(kwargs: dict, data_shape: list[int]) -> list[int]:
     """``(C, *spatial)`` of the data -> ``(latent_channels, *spatial / factor)``, or a ConfigError."""
     f = downsampling(kwargs)
     spatial = list(data_shape[1:])
+    if kwargs.get("kind") == "waveform":
+        n = int(spatial[-1]) if len(spatial) == 1 else 0
+        if len(spatial) != 1 or n < f:
+            raise ConfigError(f"The clips hold {n} samples (datamodule.clip_seconds x datamodule.sample_rate), "
+                              f"shorter than the waveform autoencoder's hop of {f} samples; set "
+                              "datamodule.clip_seconds to a longer clip (e.g. 1.024 at 16000 Hz).")
+        if n % f:
+            raise ConfigError(f"The clips hold {n} samples, not a whole number of the waveform autoencoder's hop of "
+                              f"{f} samples; set datamodule.clip_seconds so that clip_seconds x "
+                              f"datamodule.sample_rate is a multiple of {f} (e.g. 1.024 at 16000 Hz).")
+        return [int(kwargs["latent_channels"]), n // f]
     if len(spatial) != kwargs["spatial_dims"] or any(s % f for s in spatial):
         raise ConfigError(f"The data's spatial shape {spatial} must be {kwargs['spatial_dims']}-D with every side a "
                           f"multiple of {f} (the autoencoder's {len(kwargs['channels'])} levels of "

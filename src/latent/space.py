@@ -114,6 +114,10 @@ def read_autoencoder(path: str | Path, use_ema: bool = True) -> tuple[dict, dict
     if not weights:
         raise CheckpointError(f"latent.autoencoder={path} holds no {prefix.rstrip('.')} weights; pass the last.ckpt "
                               "of a python -m src.train stage=autoencoder run.")
+    run = ckpt.get("run_config") or {}
+    # what the autoencoder was trained on, for stage 2's checks (None in checkpoints without a run_config)
+    rate = (run.get("datamodule") or {}).get("sample_rate") if arch.get("kind") == "waveform" else None
     source = {"sha256": file_sha256(path), "step": int(ckpt.get("global_step", -1)),
-              "file": path.name, "use_ema": bool(use_ema), "data_shape": list(hp["data_shape"])}
+              "file": path.name, "use_ema": bool(use_ema), "data_shape": list(hp["data_shape"]),
+              "domain": (run.get("domain") or {}).get("name"), "sample_rate": rate}
     return arch, weights, source

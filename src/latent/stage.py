@@ -49,6 +49,9 @@ def build_model(cfg: dict, data_shape: list[int], **extra):
     if not latent.get("autoencoder"):
         return DiffusionModule(**common)
     arch, weights, source = read_autoencoder(latent["autoencoder"], use_ema=bool(latent.get("use_ema", True)))
+    check_source(cfg, latent["autoencoder"], source)
+    if latent.get("backbone"):  # a backbone suited to the latents (audio: a 1D U-Net in place of DiffWave)
+        common["backbone"] = dict(latent["backbone"])
     model = LatentDiffusionModule(**common, latent={"arch": arch, "source": source,
                                                     "scale_factor": latent.get("scale_factor"),
                                                     "scale_batches": latent.get("scale_batches")})
@@ -56,6 +59,21 @@ def build_model(cfg: dict, data_shape: list[int], **extra):
     log.info("Diffusing in the latent space %s of autoencoder %s (step %d).", model.data_shape, source["file"],
              source["step"])
     return model
+
+
+def check_source(cfg, path, source: dict) -> None:
+    """Stage 2 refuses an autoencoder of another domain, or (audio) trained at another sample rate."""
+    domain = (cfg.get("domain") or {}).get("name")
+    theirs = source.get("domain")
+    if theirs and domain and theirs != domain:
+        raise ConfigError(f"latent.autoencoder={path} was trained on {theirs} data and this run is domain={domain}; "
+                          f"train an autoencoder with python -m src.train stage=autoencoder domain={domain} ... and "
+                          "pass its last.ckpt.")
+    rate = (cfg.get("datamodule") or {}).get("sample_rate")
+    if source.get("sample_rate") and rate and int(source["sample_rate"]) != int(rate):
+        raise ConfigError(f"latent.autoencoder={path} was trained at {source['sample_rate']} Hz and this run's "
+                          f"datamodule.sample_rate is {rate}; set datamodule.sample_rate={source['sample_rate']} or "
+                          f"train an autoencoder at {rate} Hz.")
 
 
 def module_class(hp: dict, path) -> type:
@@ -93,6 +111,6 @@ def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu")
 def require_pixel_space(module, path, tool: str) -> None:
     """Refuse latent checkpoints in tools whose measurement model needs the data itself (data consistency)."""
     if hasattr(module, "latent"):
-        raise CheckpointError(f"Checkpoint {path} is a latent diffusion model; {tool} enforces data consistency in "
-                              "pixel (voxel) space, so it needs a pixel-space checkpoint (trained without "
-                              "latent.autoencoder).")
+        raise CheckpointError(f"Checkpoint {path} is a latent diffusion model; {tool} works on the data "
+                              "itself (pixels, voxels or waveform samples), so it needs a checkpoint trained without "
+                              "latent.autoencoder.")

@@ -15,7 +15,7 @@ from src.backbones import size_multiple
 from src.checkpoint import CheckpointError
 from src.env_check import resolve_device
 from src.errors import ConfigError
-from src.latent.stage import module_from_checkpoint
+from src.latent.stage import module_from_checkpoint, require_pixel_space
 
 
 @dataclass
@@ -59,6 +59,7 @@ class Prior:
             raise CheckpointError(f"Checkpoint {self.name} is a model of the '{self.domain}' domain; {tool} needs "
                                   f"a checkpoint of the {' or '.join(domains)} domain (python -m src.train "
                                   f"domain={domains[0]} ...).")
+        require_pixel_space(self.module, self.name, tool)
         if self.data.get("mel_conditioning"):
             raise CheckpointError(f"Checkpoint {self.name} is a vocoder (datamodule.mel_conditioning=true); {tool} "
                                   "needs an unconditional model: train one without mel conditioning.")
