@@ -166,7 +166,9 @@ def check_resumable(path: str | Path, model: torch.nn.Module) -> None:
             raise CheckpointError(f"Checkpoint {path} holds no state_dict, so it is not a training checkpoint of "
                                   f"src.train; {RESUME_FIX}.")
         found = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # a LoRA run's checkpoints hold only the adapters (its frozen base comes from init.from)
+    keep = getattr(model, "checkpoint_state", lambda state: state)
+    wanted = {k: tuple(v.shape) for k, v in keep(model.state_dict()).items()}
     differ = sorted(k for k in found.keys() | wanted.keys() if found.get(k) != wanted.get(k))
     if differ:
         key = differ[0]

@@ -16,6 +16,9 @@ import torch
 
 from .backbones import build_backbone
 from .backbones.text import TextConditioned, build_text, check_text_cond
+from .backbones.lora import add_lora, check_lora, lora_state
+from .backbones.pretrained import file_sha256, load_pretrained
+from .checkpoint import CheckpointError
 from .diffusion import build_objective, clipped, get_sampler
 from .diffusion.guidance import drop_captions, drop_labels, guided
 from .errors import ConfigError
@@ -92,7 +95,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 class DiffusionModule(pl.LightningModule):
     def __init__(self, backbone: dict, diffusion: dict, data_shape: list[int], optim: dict | None = None,
                  ema: dict | None = None, seed: int = 0, val_buckets: int = 5, perf: dict | None = None,
-                 cond: dict | None = None):
+                 cond: dict | None = None, init: dict | None = None, finetune: dict | None = None):
+        """``init``: a pretrained start (``src.backbones.pretrained.describe``'s record plus ``init.*``), loaded
+        here; ``finetune.lora``: adapters on the frozen backbone (checkpoints then hold only the adapters)."""
         super().__init__()
         # logger=False: src.train logs them itself, redacted (paths, class names under privacy)
         self.save_hyperparameters(logger=False)
@@ -124,6 +129,21 @@ class DiffusionModule(pl.LightningModule):
         self.val_buckets = val_buckets
         self.objective = build_objective(diffusion)
         self.backbone = build_backbone(backbone)
+        self.lora = check_lora((finetune or {}).get("lora"))
+        self.init_report = None
+        if init and init.get("from"):
+            if self.lora and init.get("sha256") and file_sha256(init["file"]) != init["sha256"]:
+                raise CheckpointError(f"The LoRA adapters were trained on {init['file']} with sha256 "
+                                      f"{init['sha256'][:12]}, but that file has changed; put the original base "
+                                      "model back at that path.")
+            self.init_report = load_pretrained(self.backbone, init)
+        self.lora_counts = None
+        if self.lora and self.has_text:
+            raise ConfigError("finetune.lora with cond=text is not supported yet (the text path would train "
+                              "outside the adapters); fine-tune every weight (drop finetune.lora.rank).")
+        if self.lora:
+            self.lora_counts = add_lora(self.backbone, self.lora)
+            self.strict_loading = False  # checkpoints hold the adapters; the frozen base comes from init.from
         if self.has_text:  # the built-in encoder trains inside the backbone, so EMA and checkpoints cover it
             self.backbone = TextConditioned(self.backbone, text_encoder)
             if text_encoder is None:
@@ -415,6 +435,31 @@ class DiffusionModule(pl.LightningModule):
             return self.objective.denoiser(with_text(net, t), cc)(x, sigma)
 
         return guided(cond_denoiser, self.encode_text(text), null, guidance)
+
+    # ---- LoRA: checkpoints hold only the adapters ------------------------------------------------------------
+    def checkpoint_state(self, state: dict) -> dict:
+        """What a checkpoint of this module keeps of ``state``: all of it, or without the frozen base (LoRA)."""
+        return lora_state(state, ("backbone.", "ema.module.", "phema.")) if self.lora else state
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if not self.lora:
+            return
+        checkpoint["state_dict"] = kept = self.checkpoint_state(checkpoint["state_dict"])
+        if not getattr(self, "_adapter_size_logged", False) and self._trainer is not None \
+                and self.trainer.is_global_zero:
+            self._adapter_size_logged = True
+            size = sum(v.numel() * v.element_size() for v in kept.values() if hasattr(v, "numel"))
+            log.info("LoRA checkpoints hold only the adapters (weights and EMA): %d tensors, %.2f MB; the base is "
+                     "%s (sha256 %s).", len(kept), size / 2**20, self.hparams["init"]["file"],
+                     str(self.hparams["init"].get("sha256"))[:12])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        theirs = (checkpoint.get("hyper_parameters") or {}).get("init") or {}
+        ours = self.hparams.get("init") or {}
+        if self.lora and theirs.get("sha256") != ours.get("sha256"):
+            raise CheckpointError(f"This LoRA checkpoint's adapters belong to base {theirs.get('file')} (sha256 "
+                                  f"{str(theirs.get('sha256'))[:12]}), but init.from is {ours.get('file')} (sha256 "
+                                  f"{str(ours.get('sha256'))[:12]}); pass the same init.from to resume.")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())

@@ -20,6 +20,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .backbones import check_data_shape
 from .backbones.text import check_text_cond
+from .backbones.lora import check_lora
+from .backbones.pretrained import check_init, check_objective, describe, file_sha256
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from .config import expand_home, redact, register_resolvers, to_plain
 from .domains import build_datamodule, build_media, plugin_config_dirs
@@ -214,12 +216,40 @@ def text_cond(cond: dict, dm) -> dict:
     return check_text_cond(out)
 
 
+def apply_init(plain: dict) -> None:
+    """``init.from``: the backbone the source needs replaces ``plain["backbone"]`` and ``plain["init"]`` records
+    the source (kind, weights file, sha256); checked before any work starts."""
+    init = check_init(plain.get("init"))
+    lora = check_lora((plain.get("finetune") or {}).get("lora"))
+    if lora and not init["from"]:
+        raise ConfigError("finetune.lora.rank trains adapters on a pretrained model; set init.from=PATH to the "
+                          "base model (or drop finetune.lora.rank to train every weight).")
+    if not init["from"]:
+        return
+    if is_autoencoder(plain):
+        raise ConfigError("init.from starts diffusion runs; drop it for stage=autoencoder (autoencoders train "
+                          "from scratch here).")
+    strategy = (plain.get("trainer") or {}).get("strategy")
+    if lora and isinstance(strategy, dict) and strategy.get("name") == "fsdp2":
+        raise ConfigError("finetune.lora is not supported with trainer=fsdp (sharding a frozen base with small "
+                          "adapters is untested); train LoRA with trainer=ddp, whose adapters are small anyway.")
+    source = describe(init["from"], plain["backbone"])
+    note = check_objective(init, source, plain["diffusion"])
+    plain["backbone"] = source["backbone"]
+    plain["init"] = {**init, "from": str(Path(init["from"]).expanduser().resolve()), "kind": source["kind"],
+                     "file": str(Path(source["file"]).resolve()), "sha256": file_sha256(source["file"]),
+                     "mapping": note}
+    rank_zero_only(log.info)("Starting from %s (%s; objective: %s) with a fresh optimizer and step.",
+                             plain["init"]["from"], source["kind"], note)
+
+
 def train(cfg: DictConfig) -> dict:
     """One training run from the composed Hydra config: resolved and converted to plain dicts once, here; every
     part below receives plain sections."""
     OmegaConf.resolve(cfg)
     plain = to_plain(cfg)
     threads.apply(plain.get("threads", "auto"), plain["trainer"].get("devices"))
+    apply_init(plain)
     out = Path(plain["paths"]["output_dir"]).expanduser().resolve()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # the launch rank (RANK, LOCAL_RANK or SLURM_PROCID), known before setup
@@ -233,7 +263,13 @@ def train(cfg: DictConfig) -> dict:
     dm = build_datamodule(dict(plain["datamodule"]), seed=plain["seed"])
     threads.limit_worker_threads(dm)
     # pixel-space diffusion, stage=autoencoder or latent diffusion
-    model = build_model(plain, dm.data_shape, cond=module_cond(plain.get("cond"), dm))
+    init = plain["init"] if (plain.get("init") or {}).get("from") else None
+    model = build_model(plain, dm.data_shape, cond=module_cond(plain.get("cond"), dm), init=init,
+                        finetune=plain.get("finetune") if init else None)
+    if getattr(model, "lora_counts", None) and rank_zero_only.rank == 0:
+        c = model.lora_counts
+        log.info("LoRA rank %d on %d layers: %d trainable parameters, %.2f%% of the base's %d (frozen).",
+                 model.lora["rank"], c["layers"], c["trainable"], 100 * c["trainable"] / c["base"], c["base"])
     if hasattr(model, "backbone"):  # the backbone says which sizes it takes (latent runs: the latent's)
         check_data_shape(model.data_shape, model.backbone)
     trainer_kwargs = dict(plain["trainer"])

@@ -74,6 +74,7 @@ class LatentDiffusionModule(DiffusionModule):
             log.info("Latent scale factor %.5f (1 / std of the latents of %d batches).", factor, len(batches))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         theirs = ((checkpoint.get("hyper_parameters") or {}).get("latent") or {}).get("source") or {}
         ours = (self.hparams.get("latent") or {}).get("source") or {}
         if theirs.get("sha256") != ours.get("sha256"):

@@ -91,12 +91,17 @@ def module_from_checkpoint(path: str | Path, device: str | torch.device = "cpu")
     ckpt = load_checkpoint(path)
     # training's fast paths (torch.compile, channels-last) are not inference's: compile needs a C compiler
     hp = {**ckpt["hyper_parameters"], "perf": None}
+    lora = ((hp.get("finetune") or {}).get("lora") or {}).get("rank")
+    if hp.get("init") and not lora:
+        hp["init"] = None  # fully trained weights are all in the checkpoint; only LoRA needs its base model
     cls = module_class(hp, path)
     try:
         module = cls(**hp)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"Checkpoint {path} describes a model this version cannot build: {e}") from None
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if lora:  # adapter-only: the frozen base was loaded from init.from (its sha256 checked) when it was built
+        missing = [k for k in missing if k in module.checkpoint_state({k: None})]
     if any(k.startswith("latent.") for k in missing):
         raise CheckpointError(f"Checkpoint {path} is a latent diffusion model without its autoencoder's weights, so "
                               "its samples cannot be decoded; use a checkpoint written by src.train.")
