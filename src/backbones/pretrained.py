@@ -75,35 +75,55 @@ def _prediction_near(folder: Path) -> str | None:
     return {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(pred)
 
 
+def _resolve(value, raw: dict, where: Path, depth: int = 0):
+    """A bundle value with its ``@key`` references replaced. MONAI's ConfigParser would also evaluate ``$``
+    expressions, which are Python code, so this reads references only and refuses expressions."""
+    if isinstance(value, list):
+        return [_resolve(v, raw, where, depth) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve(v, raw, where, depth) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith("$"):
+        raise ConfigError(f"init.from: {where} sets a network argument with a Python expression ({value[:40]}), "
+                          "which would run code; replace it by its value.")
+    if isinstance(value, str) and value.startswith("@") and depth < 20:
+        node = raw
+        for part in value[1:].replace("#", "::").split("::"):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                raise ConfigError(f"init.from: {where} refers to {value}, which it does not define; fix the "
+                                  "bundle's config.")
+        return _resolve(node, raw, where, depth + 1)
+    return value
+
+
 def _monai_bundle(folder: Path) -> tuple[str, dict, Path, str | None]:
     """(network class, its keyword arguments, weights file, prediction) of a MONAI bundle folder."""
-    from monai.bundle import ConfigParser  # MONAI's own bundle parser resolves "@key" and "$expr" references
-
     weights = next((folder / "models" / n for n in ("model.pt", "model.ts") if (folder / "models" / n).is_file()),
                    None)
     if weights is None:
         raise ConfigError(f"init.from: MONAI bundle {folder} has no models/model.pt or models/model.ts; pass a "
                           "bundle folder with its weights.")
-    found, prediction = None, None
+    found, prediction, named = None, None, set()
     for cfg_file in sorted((folder / "configs").glob("*.json")):
         raw = _json(cfg_file)
-        for key, value in raw.items():
-            if isinstance(value, dict) and str(value.get("_target_", "")).split(".")[-1] in MONAI_NETS and not found:
-                parser = ConfigParser(raw)
-                # references only, never instantiated: no code of the bundle runs
-                parsed = {k: parser.get_parsed_content(f"{key}::{k}", instantiate=False) if k != "_target_" else v
-                          for k, v in value.items()}
-                found = (str(value["_target_"]).split(".")[-1], parsed)
-            if isinstance(value, dict) and value.get("prediction_type"):
+        for value in raw.values():
+            if not isinstance(value, dict) or "_target_" not in value:
+                continue
+            target = str(value["_target_"])
+            named.add(target)
+            if target.split(".")[-1] in MONAI_NETS and found is None:
+                found = (target.split(".")[-1],
+                         {k: _resolve(v, raw, cfg_file) for k, v in value.items() if not k.startswith("_")})
+            if isinstance(value.get("prediction_type"), str):
                 prediction = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(value["prediction_type"])
     if found is None:
-        named = sorted({str(v.get("_target_")) for f in (folder / "configs").glob("*.json")
-                        for v in _json(f).values() if isinstance(v, dict) and v.get("_target_")})
         raise ConfigError(f"init.from: MONAI bundle {folder} defines no {' or '.join(MONAI_NETS)} in configs/*.json "
-                          f"(found {', '.join(named) or 'no networks'}); only those networks can start a run.")
-    name, kwargs = found
-    kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items() if not k.startswith("_")}
-    return name, kwargs, weights, prediction
+                          f"(found {', '.join(sorted(named)) or 'no networks'}); only those networks can start a "
+                          "run.")
+    return found[0], found[1], weights, prediction
 
 
 def describe(path: str | Path, backbone: dict, stage: str = "diffusion") -> dict:
