@@ -9,7 +9,8 @@ is the reference the Frechet distance compares with. Scorer: an MLP classifier o
 is scored by the Frechet distance between its hidden-layer features and the reference's, the mean max-probability
 and the entropy of the predicted-class histogram (ln 5 = 1.61 when B's classes are equally common).
 
-Runs (one process, one thread, CPU time by ``time.process_time`` without the scoring): pretrain on A from scratch,
+Runs (one process, one thread, CPU time by ``time.process_time`` without the scoring; each run is trained in
+slices so all runs reach a mark before any goes further): pretrain on A from scratch,
 save it as a checkpoint of this framework; then on B for the same CPU minutes: from scratch, full fine-tuning
 from the A checkpoint (``init.from``), and LoRA (``finetune.lora.rank`` 4 and 16, attention layers). Every run
 is the tiny UNet with flow matching (the quickstart preset), scored at each of ``--minutes``.
@@ -95,35 +96,39 @@ def sample_score(module: DiffusionModule, scorer: Scorer, seed: int = 1) -> dict
     return out
 
 
-def train(module: DiffusionModule, x: np.ndarray, marks: list[float], scorer: Scorer | None, seed: int = 0):
-    """AdamW on the trainable weights with linear warm-up; scored (EMA weights) at each CPU-minute mark."""
-    params = [p for p in module.backbone.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR)
-    data = torch.from_numpy(x * 2 - 1).unsqueeze(1)
-    g = torch.Generator().manual_seed(seed)
-    rows, step, used, t_start = [], 0, 0.0, time.process_time()
-    for mark in marks:
-        while used < mark * 60:
-            idx = torch.randint(len(data), (BATCH,), generator=g)
-            xb = data[idx]
-            u, noise = torch.rand(BATCH, generator=g), torch.randn(xb.shape, generator=g)
-            for group in opt.param_groups:
-                group["lr"] = LR * min(1.0, (step + 1) / WARMUP)
-            loss = module.objective.loss(module.backbone, xb, u, noise).mean()
-            opt.zero_grad(set_to_none=True)
+class Arm:
+    """One run: AdamW on the trainable weights with linear warm-up, trained in CPU-time slices so every run
+    reaches each mark before any run goes further (a stopped study keeps complete rows)."""
+
+    def __init__(self, module: DiffusionModule, x: np.ndarray, seed: int = 0):
+        self.module = module
+        self.opt = torch.optim.AdamW([p for p in module.backbone.parameters() if p.requires_grad], lr=LR)
+        self.data = torch.from_numpy(x * 2 - 1).unsqueeze(1)
+        self.g = torch.Generator().manual_seed(seed)
+        self.step, self.used, self.loss = 0, 0.0, float("nan")
+
+    def train_until(self, minutes: float) -> None:
+        t0 = time.process_time() - self.used
+        while self.used < minutes * 60:
+            xb = self.data[torch.randint(len(self.data), (BATCH,), generator=self.g)]
+            u, noise = torch.rand(BATCH, generator=self.g), torch.randn(xb.shape, generator=self.g)
+            for group in self.opt.param_groups:
+                group["lr"] = LR * min(1.0, (self.step + 1) / WARMUP)
+            loss = self.module.objective.loss(self.module.backbone, xb, u, noise).mean()
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            module.ema.update(module.backbone)
-            step += 1
-            used = time.process_time() - t_start
-        row = {"minutes": mark, "steps": step, "loss": round(float(loss), 4)}
+            self.opt.step()
+            self.module.ema.update(self.module.backbone)
+            self.step += 1
+            self.used = time.process_time() - t0
+        self.loss = float(loss) if self.step else self.loss
+
+    def row(self, minutes: float, scorer: Scorer | None) -> dict:
+        row = {"minutes": minutes, "steps": self.step, "loss": round(self.loss, 4)}
         if scorer is not None:
-            t_score = time.process_time()
-            row.update(sample_score(module, scorer))
-            t_start += time.process_time() - t_score  # scoring is not training time
-        rows.append(row)
+            row.update(sample_score(self.module, scorer))  # scoring is outside the training clock
         print(json.dumps(row), flush=True)
-    return rows
+        return row
 
 
 def uptime() -> str:
@@ -171,29 +176,37 @@ def main(argv: list[str] | None = None) -> None:
                          "real A (digits 0-4)": scorer.score(x[data["a"]][:N_SAMPLES].reshape(-1, 256)
                                                              .astype(np.float64))}
     info["scorer_accuracy_on_reference"] = scorer.ref_accuracy
-    # pretraining on A, saved as a checkpoint of this framework
+    # pretraining on A, saved as a checkpoint of this framework (reused when the study is run again)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    base = build()
-    pre = train(base, x[data["a"]], [args.pretrain_minutes], None)
     ckpt = work / "pretrained_A.ckpt"
-    torch.save({"state_dict": base.state_dict(), "hyper_parameters": dict(base.hparams), "global_step": pre[0]["steps"]},
-               ckpt)
-    info["pretrain"] = pre[0]
+    base = build()
+    if ckpt.is_file():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        base.load_state_dict(saved["state_dict"])
+        info["pretrain"] = saved.get("pretrain") or {"minutes": args.pretrain_minutes, "steps": saved["global_step"]}
+    else:
+        arm = Arm(base, x[data["a"]])
+        arm.train_until(args.pretrain_minutes)
+        info["pretrain"] = arm.row(args.pretrain_minutes, None)
+        torch.save({"state_dict": base.state_dict(), "hyper_parameters": dict(base.hparams),
+                    "global_step": arm.step, "pretrain": info["pretrain"]}, ckpt)
     info["reference"]["pretrained on A, not fine-tuned"] = sample_score(base, scorer)
     init = check_init({"from": str(ckpt)})
     source = describe(ckpt, dict(BACKBONE))
     init.update(kind=source["kind"], file=source["file"], sha256=file_sha256(ckpt),
                 mapping=check_objective(init, source, DIFFUSION))
-    runs = {"scratch": (None, 0), "full fine-tune": (init, 0)}
-    runs.update({f"LoRA r={r}": (init, int(r)) for r in args.ranks.split(",")})
-    info["runs"] = {}
-    for name, (start, rank) in runs.items():
-        print(f"-- {name}", flush=True)
-        module = build(start, rank)
-        trainable = sum(p.numel() for p in module.backbone.parameters() if p.requires_grad)
-        info["runs"][name] = {"trainable": trainable, "rows": train(module, x[data["b_train"]], marks, scorer)}
-        save(info, args.json, t_all)  # after every run: a stopped study keeps what it measured
+    starts = {"scratch": (None, 0), "full fine-tune": (init, 0)}
+    starts.update({f"LoRA r={r}": (init, int(r)) for r in args.ranks.split(",")})
+    arms = {name: Arm(build(start, rank), x[data["b_train"]]) for name, (start, rank) in starts.items()}
+    info["runs"] = {name: {"trainable": sum(p.numel() for p in arm.module.backbone.parameters() if p.requires_grad),
+                           "rows": []} for name, arm in arms.items()}
+    for mark in marks:
+        for name, arm in arms.items():
+            print(f"-- {name} to {mark:g} CPU-minutes", flush=True)
+            arm.train_until(mark)
+            info["runs"][name]["rows"].append(arm.row(mark, scorer))
+            save(info, args.json, t_all)  # after every row: a stopped study keeps what it measured
     print(table(info))
     print(f"total CPU minutes: {info['total_cpu_minutes']}  ({info['cpu']}; {info['uptime_after']})")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from src.backbones.pretrained import load_pretrained
+from src.config import to_plain
 from src.errors import ProjectError
 from src.latent.stage import build_model
 from src.module import DiffusionModule
@@ -59,11 +60,11 @@ def monai_bundle(folder, old_layout: bool = False, net_def: dict | None = None, 
     return net
 
 
-def build(overrides: list[str]):
-    cfg = compose(["experiment=smoke", "logger=none", *overrides])
-    apply_init(cfg)
-    init = dict(cfg.init) if cfg.init.get("from") else None
-    return build_model(cfg, SHAPE, init=init, finetune=dict(cfg.finetune) if init else None)
+def build(overrides: list[str], shape=SHAPE):
+    plain = to_plain(compose(["experiment=smoke", "logger=none", *overrides]))
+    apply_init(plain)
+    init = plain["init"] if plain["init"].get("from") else None
+    return build_model(plain, list(shape), init=init, finetune=plain["finetune"] if init else None)
 
 
 def test_diffusers_folder_becomes_the_backbone_with_its_weights(tmp_path, caplog):
@@ -115,9 +116,7 @@ def test_own_checkpoint_ema_weights_and_channel_change(tmp_path):
     assert torch.equal(raw.backbone.state_dict()["net.out.2.conv.weight"],
                        src.backbone.state_dict()["net.out.2.conv.weight"])
     # MRI-like single-channel data from this RGB model: only the first and last convolutions (3 tensors) differ
-    cfg = compose(["experiment=smoke", "logger=none", "datamodule.channels=1", f"init.from={ckpt}"])
-    apply_init(cfg)
-    one = build_model(cfg, [1, 16, 16], init=dict(cfg.init), finetune=None)
+    one = build(["datamodule.channels=1", f"init.from={ckpt}"], shape=(1, 16, 16))
     assert 0.9 < one.init_report["share"] < 1.0 and len(one.init_report["mismatched"]) == 3
     # another objective cannot reuse an eps model's outputs, unless asked to relearn them
     with pytest.raises(ProjectError, match="diffusion.family=ddpm"):
@@ -168,6 +167,7 @@ class Payload:
         return (print, ("this would have run",))
 
 
+@pytest.mark.slow
 def test_unsafe_pickle_is_refused_by_the_cli_with_exit_code_2(tmp_path):
     folder = tmp_path / "bundle"
     monai_bundle(folder)

@@ -11,7 +11,9 @@ import torch
 from src.backbones import build_backbone
 from src.backbones.lora import add_lora, check_lora, target_modules
 from src.backbones.pretrained import check_init, describe, file_sha256
-from src.checkpoint import CheckpointError, module_from_checkpoint
+from src.checkpoint import CheckpointError
+from src.config import to_plain
+from src.latent.stage import module_from_checkpoint
 from src.errors import ProjectError
 from src.module import DiffusionModule
 from src.train import apply_init, train
@@ -81,10 +83,11 @@ def test_targets_that_match_nothing_are_one_sentence():
 
 def test_lora_needs_a_base_and_is_refused_under_fsdp(tmp_path):
     with pytest.raises(ProjectError, match="set init.from=PATH"):
-        apply_init(compose(["experiment=smoke", "finetune.lora.rank=4"]))
+        apply_init(to_plain(compose(["experiment=smoke", "finetune.lora.rank=4"])))
     base = base_checkpoint(tmp_path / "base.ckpt", (3, 16, 16), {**TINY, "in_channels": 3})
     with pytest.raises(ProjectError, match="trainer=fsdp"):
-        apply_init(compose(["experiment=smoke", "trainer=fsdp", f"init.from={base}", "finetune.lora.rank=4"]))
+        apply_init(to_plain(compose(["experiment=smoke", "trainer=fsdp", f"init.from={base}",
+                                     "finetune.lora.rank=4"])))
     lora_checkpoint(tmp_path / "lora.ckpt", base, data_shape=(3, 16, 16), backbone={**TINY, "in_channels": 3})
     with pytest.raises(ProjectError, match="holds only LoRA adapters"):
         describe(tmp_path / "lora.ckpt", TINY)
@@ -110,7 +113,7 @@ def test_adapter_only_checkpoint_rebuilds_with_its_base(tmp_path):
 
 
 def test_tools_apply_the_adapters(tmp_path):
-    """src.restore (image) and src.anomaly (MRI slices) build through module_from_checkpoint."""
+    """src.restore (image), src.anomaly and src.reconstruct (MRI slices) build through module_from_checkpoint."""
     import nibabel as nib
     from PIL import Image
 
@@ -127,6 +130,12 @@ def test_tools_apply_the_adapters(tmp_path):
     anomaly(["--checkpoint", str(tmp_path / "lora.ckpt"), "--input", str(tmp_path / "scan.nii.gz"),
              "--output", str(tmp_path / "map.nii.gz"), "--steps", "2", "--draws", "1"])
     assert np.isfinite(np.asarray(nib.load(tmp_path / "map.nii.gz").dataobj)).all()
+    from src.reconstruct import Reconstructor
+
+    recon = Reconstructor.from_checkpoint(tmp_path / "lora.ckpt", device="cpu")
+    kspace = np.fft.fftshift(np.fft.fft2(vol[..., 0])).astype(np.complex64)
+    image = recon.reconstruct(kspace, np.ones(16, dtype=bool))
+    assert image.shape == (16, 16) and np.isfinite(image).all()
 
     rgb = {**TINY, "in_channels": 3}
     base_img = base_checkpoint(tmp_path / "base_img.ckpt", (3, 16, 16), rgb)

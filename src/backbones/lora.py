@@ -55,7 +55,7 @@ def target_modules(backbone: nn.Module, targets: list[str]) -> list[str]:
 
 def add_lora(backbone: nn.Module, lora: dict) -> dict:
     """Inject adapters into ``backbone`` in place and freeze everything else; returns the counts."""
-    from peft import LoraConfig, inject_adapter_in_model  # peft: the ecosystem's LoRA
+    from peft import LoraConfig, inject_adapter_in_model  # optional heavy dependency: peft
 
     names = target_modules(backbone, lora["targets"])
     if not names:

@@ -208,7 +208,7 @@ def check_objective(init: dict, source: dict, diffusion: dict) -> str:
 def _read_tensors(file: Path, what: str) -> dict:
     """A flat name -> tensor dict from safetensors or a weights-only torch file (a pickle needing code refused)."""
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file  # safetensors: tensors only, no code by construction
+        from safetensors.torch import load_file  # optional heavy dependency: safetensors
 
         try:
             return load_file(str(file))
