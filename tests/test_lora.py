@@ -13,8 +13,8 @@ from src.backbones.lora import add_lora, check_lora, target_modules
 from src.backbones.pretrained import check_init, describe, file_sha256
 from src.checkpoint import CheckpointError
 from src.config import to_plain
-from src.latent.stage import module_from_checkpoint
 from src.errors import ProjectError
+from src.latent.stage import module_from_checkpoint
 from src.module import DiffusionModule
 from src.train import apply_init, train
 from tests.conftest import compose
