@@ -15,9 +15,9 @@ import pytorch_lightning as pl
 import torch
 
 from .backbones import build_backbone
-from .backbones.text import TextConditioned, build_text, check_text_cond
 from .backbones.lora import add_lora, check_lora, lora_state
 from .backbones.pretrained import file_sha256, load_pretrained
+from .backbones.text import TextConditioned, build_text, check_text_cond
 from .checkpoint import CheckpointError
 from .diffusion import build_objective, clipped, get_sampler
 from .diffusion.guidance import drop_captions, drop_labels, guided

@@ -19,9 +19,9 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
 
 from .backbones import check_data_shape
-from .backbones.text import check_text_cond
 from .backbones.lora import check_lora
 from .backbones.pretrained import check_init, check_objective, describe, file_sha256
+from .backbones.text import check_text_cond
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from .config import expand_home, redact, register_resolvers, to_plain
 from .domains import build_datamodule, build_media, plugin_config_dirs
