@@ -10,11 +10,12 @@ re-exported here, so ``from src.phema import ...`` keeps working.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from .cli import ArgumentParser, refuse
 from .errors import ConfigError, ProjectError
+from .options import Whole, check_output_folder
 from .runtime.phema import (
     SNAPSHOT_DIR,
     SNAPSHOT_RE,
@@ -50,17 +51,19 @@ def parse_sigma_rel(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m src.phema", description=DESCRIPTION)
+    ap = ArgumentParser(prog="python -m src.phema", description=DESCRIPTION)
     ap.add_argument("run_dir", help="a training run folder (with checkpoints/last.ckpt and checkpoints/phema/)")
     ap.add_argument("--sigma-rel", required=True, help="relative EMA widths, e.g. 0.05,0.10,0.15")
     ap.add_argument("--out", required=True, help="folder for the reconstructed checkpoints")
-    ap.add_argument("--step", type=int, default=None, help="reconstruct as of this step (default: the last)")
+    ap.add_argument("--step", type=Whole(0).arg("--step"),
+                    default=None, help="reconstruct as of this step (default: the last)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        check_output_folder(args.out, "--out")
         paths = write_checkpoints(Path(args.run_dir).expanduser(), parse_sigma_rel(args.sigma_rel),
                                   Path(args.out).expanduser(), args.step)
     except ProjectError as e:
-        raise SystemExit(f"error: {e}") from None
+        refuse(e)
     for p in paths:
         print(f"wrote {p}")
 
