@@ -53,7 +53,7 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
                        captions_csv=captions_csv, captions_column=captions_column)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     ap = ArgumentParser(prog="python -m datamodules.shards",
                                  description="Pack a folder into webdataset tar shards for streaming.")
     ap.add_argument("--domain", required=True, help=f"one of {', '.join(shard_codecs())}")
@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--captions-csv", default=None, help="with --captions csv: CSV with a file column (relative "
                     "to --src) and a caption column")
     ap.add_argument("--captions-column", default="caption", help="the CSV's caption column (default caption)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         check_output_folder(args.out, "--out")
@@ -103,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["SUMMARY", "TAR_SUFFIXES", "TRAIN_PREFIX", "VAL_PREFIX", "count_samples", "expand", "is_shard_path",
-           "is_url", "main", "pack_folder", "parse_size", "resolve_shards", "shard_counts", "shard_name",
-           "summary_classes", "summary_source", "write_shards"]
+__all__ = ["SUMMARY", "TAR_SUFFIXES", "TRAIN_PREFIX", "VAL_PREFIX", "build_parser", "count_samples", "expand",
+           "is_shard_path", "is_url", "main", "pack_folder", "parse_size", "resolve_shards", "shard_counts",
+           "shard_name", "summary_classes", "summary_source", "write_shards"]
 
 
 if __name__ == "__main__":

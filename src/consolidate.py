@@ -22,14 +22,18 @@ from .errors import ProjectError
 from .fileio import atomic_write
 from .options import check_output_file
 
-__all__ = ["consolidate", "load_shards", "main"]  # the readers live in src.checkpoint
+__all__ = ["build_parser", "consolidate", "load_shards", "main"]  # the readers live in src.checkpoint
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m src.consolidate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="sharded checkpoint folder (e.g. RUN/checkpoints/last.ckpt)")
     parser.add_argument("output", help="file to write (e.g. model.ckpt)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     out = Path(args.output).expanduser()
     try:
         check_output_file(out, "output")

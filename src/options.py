@@ -122,6 +122,7 @@ def _converter(kind, name: str, parse):
             raise argparse.ArgumentTypeError(f"must be {kind.describe()}, got {text!r}") from None
 
     convert.__name__ = name  # argparse names the option itself: "argument --batch-size: must be ..."
+    convert.kind = kind      # what it accepts, for tests and help texts
     return convert
 
 

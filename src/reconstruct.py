@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import ArgumentParser, HelpFormatter, run_tool
-from .options import COUNT, ETA, SEED, Number
+from .options import COUNT, ETA, SEED, Number, Whole
 from .tools.reconstruction.masks import MASK_KINDS
 from .tools.reconstruction.reconstructor import Reconstruction, Reconstructor
 from .tools.reconstruction.workflow import METHODS, ReconstructOptions, reconstruct_file
@@ -68,12 +68,13 @@ def build_parser() -> ArgumentParser:
                       help="TV weight (relative to the intensity scale) of a refinement of the samples' mean that "
                            "keeps the measured data exact; 0 = off; default: the checkpoint's "
                            "reconstruction.refine_tv (experiment=recon_prior tunes it), else 0")
-    samp.add_argument("--resample", type=int, default=None,
+    samp.add_argument("--resample", type=Whole(0, 20, note="(0: off)").arg("--resample"), default=None,
                       help="time travel: repeat each sampler step whose noise level lies in --resample-sigmas this "
                            "many more times (better agreement of the unmeasured with the measured part, at that many "
                            "more network calls on those steps); 0 = off; default: the checkpoint's "
                            "reconstruction.resample (experiment=recon_prior tunes it), else 0")
-    samp.add_argument("--resample-sigmas", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+    samp.add_argument("--resample-sigmas", type=Number(0.0, low_open=True).arg("--resample-sigmas"),
+                      nargs=2, default=None, metavar=("LO", "HI"),
                       help="the noise levels (data in [-1, 1]) whose steps --resample repeats; default: the "
                            "checkpoint's reconstruction.resample_sigmas, else 0.05 5")
     samp.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,

@@ -285,6 +285,14 @@ def train(cfg: DictConfig) -> dict:
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
 
 
+def nonfinite_message(result: dict) -> str:
+    """The sentence for a run that stopped itself on non-finite values (exit status ``EXIT_NONFINITE``)."""
+    stop = result["nonfinite"]
+    why = stop.get("data") or "the loss or gradients overflowed (lower optim.lr, or set optim.nonfinite=skip)"
+    return (f"the run stopped itself at step {stop['step']} on non-finite values: {why}; the checkpoints in "
+            f"{Path(result['output_dir']) / 'checkpoints'} hold the last finite weights.")
+
+
 def resume_command(last_ckpt: str) -> str:
     """The command line of this run with ``ckpt_path`` pointing at its ``last.ckpt``."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "+ckpt_path="))]
@@ -318,10 +326,7 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {e}" + (f" (its run folder {out} was removed)" if removed else ""), file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     if result.get("nonfinite"):
-        stop = result["nonfinite"]
-        why = stop.get("data") or "the loss or gradients overflowed (lower optim.lr, or set optim.nonfinite=skip)"
-        print(f"error: the run stopped itself at step {stop['step']} on non-finite values: {why}; the checkpoints "
-              f"in {out / 'checkpoints'} hold the last finite weights.", file=sys.stderr, flush=True)
+        print(f"error: {nonfinite_message(result)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_NONFINITE)
     if result["stop_signal"] is not None:
         if rank_zero_only.rank == 0:
