@@ -112,6 +112,27 @@ def test_every_numeric_option_of_every_cli_is_typed(name):
         assert hasattr(action.type, "kind"), f"{name} {flag} has an unchecked converter"
 
 
+@pytest.mark.parametrize("name,option,message", [
+    ("src.reconstruct", ["--batch-size", "-1"],
+     "argument --batch-size: must be a whole number of at least 1, got '-1'"),
+    ("src.reconstruct", ["--acceleration", "nan"], "argument --acceleration: must be a finite number at least 1"),
+    ("src.reconstruct", ["--acceleration", "0"], "argument --acceleration: must be a finite number at least 1"),
+    ("src.reconstruct", ["--acceleration=-4"], "argument --acceleration: must be a finite number at least 1"),
+    ("datamodules.shards", ["--val-fraction", "nan"],
+     "argument --val-fraction: must be a finite number at least 0 and less than 1, got 'nan'"),
+    ("src.restore", ["--overlap", "1"], "argument --overlap: must be a finite number at least 0 and at most 0.9"),
+    ("src.anomaly", ["--noise-level", "0"], "argument --noise-level: must be a finite number greater than 0"),
+    ("src.report", ["--max-clips", "0"], "argument --max-clips: must be a whole number of at least 1, got '0'"),
+    ("src.phema", ["--step", "-1"], "argument --step: must be a whole number of at least 0, got '-1'"),
+])
+def test_the_options_of_issue_28(name, option, message, tmp_path, capsys):
+    """The probes of issue 28 by name: one line, exit 2, no output (an all-zero scan and exit 0 before)."""
+    main, _, argv, outputs = cli_table(tmp_path)[name]
+    code, text = call(main, [*argv, *option], capsys)
+    assert code == EXIT_BAD_INPUT and message in text and "Traceback" not in text, text
+    assert not any(o.exists() for o in outputs)
+
+
 @pytest.mark.parametrize("name", list(cli_table(Path("/x"))))
 def test_malformed_numeric_options_get_one_line_exit_2_and_write_nothing(name, tmp_path, capsys):
     main, build_parser, argv, outputs = cli_table(tmp_path)[name]
