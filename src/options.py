@@ -133,6 +133,28 @@ FRACTION = Number(0.0, 1.0)
 ETA = Number(0.0, 1.0, note="(0: deterministic)")
 
 
+# ---- a tool's options declared once: the library checks its dataclass, the CLI converts its flags -----------
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def flag_type(kinds: dict, field: str):
+    """The argparse ``type=`` of ``field``'s flag, from the tool's declaration ``kinds``."""
+    return kinds[field].arg(flag(field))
+
+
+def check_fields(opts, kinds: dict) -> None:
+    """Each field of a tool's options (a dataclass) that ``kinds`` declares, checked as its flag would be, so
+    the Python API refuses what the command line refuses (lists, e.g. ``mask_boxes``, item by item)."""
+    for field, kind in kinds.items():
+        value = getattr(opts, field)
+        items = [value]
+        while any(isinstance(v, (list, tuple)) for v in items):
+            items = [w for v in items for w in (v if isinstance(v, (list, tuple)) else [v])]
+        for item in items:
+            kind.check(item, flag(field))
+
+
 # ---- outputs: checked before any work, and nothing is left behind by the check ---------------------------
 def _nearest_existing(path: Path) -> Path:
     p = path

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 
 from .cli import ArgumentParser, HelpFormatter, run_tool
-from .options import COUNT, ETA, SEED, Number, Whole
+from .options import flag_type
 from .tools.reconstruction.masks import MASK_KINDS
 from .tools.reconstruction.reconstructor import Reconstruction, Reconstructor
-from .tools.reconstruction.workflow import METHODS, ReconstructOptions, reconstruct_file
+from .tools.reconstruction.workflow import KINDS, METHODS, ReconstructOptions, reconstruct_file
 
 __all__ = ["ReconstructOptions", "Reconstruction", "Reconstructor", "main", "options", "reconstruct_file"]
 
@@ -38,11 +38,12 @@ def build_parser() -> ArgumentParser:
                      help="undersample the input retrospectively (NIfTI magnitude or fully sampled .h5)")
     sim.add_argument("--mask", choices=sorted(MASK_KINDS), default="equispaced",
                      help="which k-space columns are kept: evenly spaced or drawn at random")
-    sim.add_argument("--acceleration", type=Number(1.0).arg("--acceleration"), default=4.0,
+    sim.add_argument("--acceleration", type=flag_type(KINDS, "acceleration"), default=4.0,
                      help="undersampling factor: one in this many k-space columns is kept")
-    sim.add_argument("--center-fraction", type=Number(0.0, 1.0, low_open=True).arg("--center-fraction"), default=0.08,
+    sim.add_argument("--center-fraction", type=flag_type(KINDS, "center_fraction"), default=0.08,
                      help="share of the central (low-frequency) k-space columns always kept")
-    sim.add_argument("--seed", type=SEED.arg("--seed"), default=0, help="seed of the random mask and of the sampler")
+    sim.add_argument("--seed", type=flag_type(KINDS, "seed"), default=0,
+                     help="seed of the random mask and of the sampler")
     out = p.add_argument_group("outputs")
     out.add_argument("--reference",
                      help="fully sampled reference (NIfTI with the output's axes, or fastMRI .h5 with "
@@ -53,27 +54,27 @@ def build_parser() -> ArgumentParser:
                           "(fastMRI .h5 references are always centre-cropped, as fastMRI does)")
     out.add_argument("--allow-reference-mismatch", action="store_true",
                      help="score against a reference that does not look like the reconstructed region")
-    out.add_argument("--num-samples", type=COUNT.arg("--num-samples"), default=None,
+    out.add_argument("--num-samples", type=flag_type(KINDS, "num_samples"), default=None,
                      help="posterior samples; >1 writes their mean and OUT.std.nii.gz (per-voxel std); default: "
                           "the checkpoint's reconstruction.num_samples (experiment=recon_prior tunes it), else 1")
     out.add_argument("--compare-cs", action="store_true", help="also run compressed sensing: OUT.cs.nii.gz "
                                                                "and its metrics")
     out.add_argument("--save-zero-filled", action="store_true", help="also write OUT.zero_filled.nii.gz")
     samp = p.add_argument_group("diffusion sampler")
-    samp.add_argument("--steps", type=COUNT.arg("--steps"), default=None,
+    samp.add_argument("--steps", type=flag_type(KINDS, "steps"), default=None,
                       help="sampler steps (default: the model's diffusion.steps)")
-    samp.add_argument("--eta", type=ETA.arg("--eta"), default=None, help="DDIM noise (0 = deterministic); default: the "
-                                                                         "checkpoint's reconstruction.eta, else 0.85")
-    samp.add_argument("--refine-tv", type=Number(0.0, 10.0).arg("--refine-tv"), default=None,
+    samp.add_argument("--eta", type=flag_type(KINDS, "eta"), default=None,
+                      help="DDIM noise (0 = deterministic); default: the checkpoint's reconstruction.eta, else 0.85")
+    samp.add_argument("--refine-tv", type=flag_type(KINDS, "refine_tv"), default=None,
                       help="TV weight (relative to the intensity scale) of a refinement of the samples' mean that "
                            "keeps the measured data exact; 0 = off; default: the checkpoint's "
                            "reconstruction.refine_tv (experiment=recon_prior tunes it), else 0")
-    samp.add_argument("--resample", type=Whole(0, 20, note="(0: off)").arg("--resample"), default=None,
+    samp.add_argument("--resample", type=flag_type(KINDS, "resample"), default=None,
                       help="time travel: repeat each sampler step whose noise level lies in --resample-sigmas this "
                            "many more times (better agreement of the unmeasured with the measured part, at that many "
                            "more network calls on those steps); 0 = off; default: the checkpoint's "
                            "reconstruction.resample (experiment=recon_prior tunes it), else 0")
-    samp.add_argument("--resample-sigmas", type=Number(0.0, low_open=True).arg("--resample-sigmas"),
+    samp.add_argument("--resample-sigmas", type=flag_type(KINDS, "resample_sigmas"),
                       nargs=2, default=None, metavar=("LO", "HI"),
                       help="the noise levels (data in [-1, 1]) whose steps --resample repeats; default: the "
                            "checkpoint's reconstruction.resample_sigmas, else 0.05 5")
@@ -81,18 +82,18 @@ def build_parser() -> ArgumentParser:
                       help="the network's arithmetic: bf16 autocast is faster on GPUs and on CPUs with AMX / "
                            "AVX512-BF16 (auto picks it there); default: the checkpoint's reconstruction.precision "
                            "(experiment=recon_prior: auto), else fp32")
-    samp.add_argument("--cg-iters", type=COUNT.arg("--cg-iters"),
+    samp.add_argument("--cg-iters", type=flag_type(KINDS, "cg_iters"),
                       default=5, help="conjugate-gradient iterations per data step "
                                       "(multi-coil)")
-    samp.add_argument("--batch-size", type=COUNT.arg("--batch-size"), default=8, help="slices per network call")
+    samp.add_argument("--batch-size", type=flag_type(KINDS, "batch_size"), default=8, help="slices per network call")
     samp.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     samp.add_argument("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
     samp.add_argument("--allow-resolution-mismatch", action="store_true",
                       help="run a model trained at another slice size (not validated)")
     cs = p.add_argument_group("compressed sensing")
-    cs.add_argument("--cs-lambda", type=Number(0.0).arg("--cs-lambda"),
+    cs.add_argument("--cs-lambda", type=flag_type(KINDS, "cs_lambda"),
                     default=0.01, help="TV weight, relative to the image scale")
-    cs.add_argument("--cs-iters", type=COUNT.arg("--cs-iters"), default=300, help="iterations of the TV solver")
+    cs.add_argument("--cs-iters", type=flag_type(KINDS, "cs_iters"), default=300, help="iterations of the TV solver")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 
 from .cli import ArgumentParser, run_tool
-from .options import COUNT, ETA, SEED, Number, Whole
-from .tools.restoration.workflow import ALL_TASKS, RestoreOptions, restore_file
+from .options import flag_type
+from .tools.restoration.workflow import ALL_TASKS, KINDS, RestoreOptions, restore_file
 
 
 def build_parser() -> ArgumentParser:
@@ -31,28 +31,29 @@ def build_parser() -> ArgumentParser:
                                                            "noise, clip or low-pass) and score against it")
     t = p.add_argument_group("task options")
     t.add_argument("--mask", help="inpaint: PNG of the input's size, white where pixels are missing")
-    t.add_argument("--mask-box", nargs=4, type=Whole(0).arg("--mask-box"),
+    t.add_argument("--mask-box", nargs=4, type=flag_type(KINDS, "mask_boxes"),
                    action="append", metavar=("X", "Y", "W", "H"),
                    help="inpaint: a missing rectangle in pixels from the top-left corner (repeatable)")
-    t.add_argument("--scale", type=Whole(2, 16).arg("--scale"),
+    t.add_argument("--scale", type=flag_type(KINDS, "scale"),
                    default=4, help="super-resolution: upscaling factor, 2 or 4 (default 4)")
-    t.add_argument("--noise-std", type=Number(0.0, 1.0, low_open=True).arg("--noise-std"), default=None,
+    t.add_argument("--noise-std", type=flag_type(KINDS, "noise_std"), default=None,
                    help="denoise: noise std as a share of full scale (estimated when omitted)")
-    t.add_argument("--clip-level", type=Number(0.0, 1.0, low_open=True).arg("--clip-level"),
+    t.add_argument("--clip-level", type=flag_type(KINDS, "clip_level"),
                    default=None, help="declip: level the recording clips at "
                                       "(full scale = 1)")
-    t.add_argument("--cutoff", type=Number(0.0, low_open=True).arg("--cutoff"),
+    t.add_argument("--cutoff", type=flag_type(KINDS, "cutoff"),
                    default=None, help="bandwidth: frequency (Hz) above which the "
                                       "recording holds nothing")
     s = p.add_argument_group("sampler")
-    s.add_argument("--steps", type=COUNT.arg("--steps"),
+    s.add_argument("--steps", type=flag_type(KINDS, "steps"),
                    default=None, help="sampler steps (default: the model's diffusion.steps)")
-    s.add_argument("--eta", type=ETA.arg("--eta"), default=0.85, help="DDIM noise, 0 = deterministic (default 0.85)")
-    s.add_argument("--seed", type=SEED.arg("--seed"),
+    s.add_argument("--eta", type=flag_type(KINDS, "eta"), default=0.85,
+                   help="DDIM noise, 0 = deterministic (default 0.85)")
+    s.add_argument("--seed", type=flag_type(KINDS, "seed"),
                    default=0, help="seed of the sampler and of --simulate's noise (default 0)")
-    s.add_argument("--batch-size", type=COUNT.arg("--batch-size"),
+    s.add_argument("--batch-size", type=flag_type(KINDS, "batch_size"),
                    default=16, help="tiles per network call (default 16)")
-    s.add_argument("--overlap", type=Number(0.0, 0.9).arg("--overlap"), default=0.25,
+    s.add_argument("--overlap", type=flag_type(KINDS, "overlap"), default=0.25,
                    help="share of a tile that overlaps its neighbour (default 0.25)")
     s.add_argument("--device", default="auto", help="auto (cuda when present, the default), cpu or cuda")
     s.add_argument("--no-ema", action="store_true", help="use the raw instead of the EMA weights")

@@ -133,6 +133,25 @@ def test_the_options_of_issue_28(name, option, message, tmp_path, capsys):
     assert not any(o.exists() for o in outputs)
 
 
+def test_the_python_apis_refuse_what_the_command_lines_refuse(tmp_path):
+    """The tools' option dataclasses are checked against the same declarations as their flags."""
+    from src.tools.anomaly.screen import ScreenOptions, screen_file
+    from src.tools.reconstruction.workflow import ReconstructOptions, reconstruct_file
+    from src.tools.restoration.workflow import RestoreOptions, restore_file
+    common = {"input": tmp_path / "in", "output": tmp_path / "o" / "out.nii.gz", "checkpoint": tmp_path / "m.ckpt"}
+    with pytest.raises(ConfigError, match="--batch-size must be a whole number of at least 1, got -1"):
+        reconstruct_file(ReconstructOptions(**common, batch_size=-1))
+    with pytest.raises(ConfigError, match="--acceleration must be a finite number at least 1, got nan"):
+        reconstruct_file(ReconstructOptions(**common, acceleration=math.nan))
+    with pytest.raises(ConfigError, match="--overlap must be a finite number at least 0 and at most 0.9"):
+        restore_file(RestoreOptions(**common, task="denoise", overlap=1.0))
+    with pytest.raises(ConfigError, match="--mask-boxes must be a whole number of at least 0, got -3"):
+        restore_file(RestoreOptions(**common, task="inpaint", mask_boxes=[[0, 0, 4, 4], [-3, 0, 4, 4]]))
+    with pytest.raises(ConfigError, match="--draws must be a whole number of at least 1, got 0"):
+        screen_file(ScreenOptions(**common, draws=0))
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("name", list(cli_table(Path("/x"))))
 def test_malformed_numeric_options_get_one_line_exit_2_and_write_nothing(name, tmp_path, capsys):
     main, build_parser, argv, outputs = cli_table(tmp_path)[name]
