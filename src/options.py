@@ -166,7 +166,7 @@ def _nearest_existing(path: Path) -> Path:
 def _can_write_in(folder: Path) -> str | None:
     """None when a file can be created in the existing ``folder``, else why not (the probe file is removed)."""
     if not folder.is_dir():
-        return f"{folder} is a file, not a folder"
+        return f"{folder} is a file, not a writable folder"
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass

@@ -227,7 +227,7 @@ def test_unwritable_output_is_refused_before_any_work(name, tmp_path, capsys):
     main, _, argv, _ = cli_table(tmp_path)[name]
     before = snapshot(tmp_path)
     code, text = call(main, argv, capsys)
-    assert code == EXIT_BAD_INPUT and "cannot be written" in text and "is a file, not a folder" in text, text
+    assert code == EXIT_BAD_INPUT and "cannot be written" in text and "is a file, not a writable folder" in text, text
     assert "Traceback" not in text
     assert snapshot(tmp_path) == before
 
