@@ -22,11 +22,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class ArgumentParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse with a bad option reported as one line naming it (no usage block) and exit status 2."""
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+ArgumentParser = OneLineParser  # the tools build theirs under argparse's own name
 
 
 def refuse(error: Exception | str, code: int = EXIT_BAD_INPUT) -> None:
