@@ -26,7 +26,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse with a bad option reported as one line naming it (no usage block) and exit status 2."""
 
     def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")  # as the tools' own errors
 
 
 ArgumentParser = OneLineParser  # the tools build theirs under argparse's own name
