@@ -148,7 +148,7 @@ def train(root: Path, name: str, minutes: float, overrides: list[str]) -> dict:
     cmd = [sys.executable, "-m", "src.train", "experiment=quickstart", "domain=image",
            f"datamodule.path={root / 'train'}", f"datamodule.resolution={RES}", "datamodule.channels=1",
            "datamodule.random_flip=false", "datamodule.num_workers=0", "logger=none", "threads=1",
-           "trainer.max_steps=-1", f"+trainer.max_time={{minutes:{minutes}}}",
+           "trainer.max_steps=-1", f"trainer.max_time={{minutes:{minutes}}}",
            "sampling.every_n_steps=1000000", "checkpoint.every_n_steps=500",
            "ema.phema={std:[0.05,0.10],snapshot_every:100}",
            f"paths.output_dir={run}", *overrides]

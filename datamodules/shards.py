@@ -13,13 +13,14 @@ which codec ``--domain`` names. The reader's and writer's names are re-exported,
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
+from src.cli import ArgumentParser
 from src.domains import shard_codec, shard_codecs
-from src.errors import DataError
+from src.errors import ProjectError
+from src.options import EXIT_BAD_INPUT, SEED, Number, Whole, check_output_folder
 
 from .webshards import (
     SUMMARY,
@@ -52,17 +53,19 @@ def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int =
                        captions_csv=captions_csv, captions_column=captions_column)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m datamodules.shards",
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="python -m datamodules.shards",
                                  description="Pack a folder into webdataset tar shards for streaming.")
     ap.add_argument("--domain", required=True, help=f"one of {', '.join(shard_codecs())}")
     ap.add_argument("--src", required=True, help="folder of source files (searched recursively)")
     ap.add_argument("--out", required=True, help="folder for shard-*.tar, val-*.tar and summary.json")
-    ap.add_argument("--max-count", type=int, default=1000, help="samples per shard at most (default 1000)")
+    ap.add_argument("--max-count", type=Whole(1).arg("--max-count"),
+                    default=1000, help="samples per shard at most (default 1000)")
     ap.add_argument("--max-size", default="256MB", help="bytes per shard at most, e.g. 256MB, 1GB")
-    ap.add_argument("--val-fraction", type=float, default=0.05,
+    ap.add_argument("--val-fraction", type=Number(0.0, 1.0, high_open=True).arg("--val-fraction"), default=0.05,
                     help="share held out in val-*.tar; match datamodule.val_fraction (default 0.05)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the train/val split; match the run's seed")
+    ap.add_argument("--seed", type=SEED.arg("--seed"),
+                    default=0, help="seed of the train/val split; match the run's seed")
     ap.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     ap.add_argument("--labels", default="none", choices=("none", "folders", "csv"),
                     help="class labels in each sample's json: folders (first-level subfolder) or csv")
@@ -74,15 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--captions-csv", default=None, help="with --captions csv: CSV with a file column (relative "
                     "to --src) and a caption column")
     ap.add_argument("--captions-column", default="caption", help="the CSV's caption column (default caption)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        check_output_folder(args.out, "--out")
+        parse_size(args.max_size)
         s = write_shards(args.domain, args.src, args.out, args.max_count, args.max_size, args.val_fraction,
                          args.seed, args.overwrite, args.labels, args.labels_csv, args.labels_column,
                          args.captions, args.captions_csv, args.captions_column)
-    except DataError as e:
+    except ProjectError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     n_shards = {k: sum(1 for v in s["shards"].values() if v["split"] == k) for k in ("train", "val")}
     print(f"packed {s['samples']['train']} training samples into {n_shards['train']} shards and "
           f"{s['samples']['val']} validation samples into {n_shards['val']} shards under {args.out}")
@@ -98,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["SUMMARY", "TAR_SUFFIXES", "TRAIN_PREFIX", "VAL_PREFIX", "count_samples", "expand", "is_shard_path",
-           "is_url", "main", "pack_folder", "parse_size", "resolve_shards", "shard_counts", "shard_name",
-           "summary_classes", "summary_source", "write_shards"]
+__all__ = ["SUMMARY", "TAR_SUFFIXES", "TRAIN_PREFIX", "VAL_PREFIX", "build_parser", "count_samples", "expand",
+           "is_shard_path", "is_url", "main", "pack_folder", "parse_size", "resolve_shards", "shard_counts",
+           "shard_name", "summary_classes", "summary_source", "write_shards"]
 
 
 if __name__ == "__main__":

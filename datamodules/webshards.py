@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -79,9 +80,13 @@ def default_pack(path: Path, extensions) -> tuple[dict[str, bytes], dict]:
 # ---- writing ------------------------------------------------------------------------------------------
 def parse_size(text: str | int | float) -> int:
     m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).upper() not in SIZE_UNITS:
-        raise DataError(f"--max-size {text!r} is not a size; write e.g. 256MB, 1GB or 1000000.")
-    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
+    try:
+        size = float(m.group(1)) * SIZE_UNITS[m.group(2).upper()] if m else math.nan
+    except (ValueError, KeyError):
+        size = math.nan
+    if not 1 <= size <= 2**63 - 1:  # NaN, inf, 0 and "1.2.3" alike
+        raise DataError(f"--max-size {text!r} is not a size of at least one byte; write e.g. 256MB, 1GB or 1000000.")
+    return int(size)
 
 
 def tar_bytes(key: str, members: dict[str, bytes]) -> int:

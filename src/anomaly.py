@@ -13,26 +13,33 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import run_tool
-from .tools.anomaly.screen import ScreenOptions, screen_file
+from .cli import ArgumentParser, run_tool
+from .options import flag_type
+from .tools.anomaly.screen import KINDS, ScreenOptions, screen_file
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m src.anomaly", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m src.anomaly", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="model trained on normal scans (.ckpt from src.train)")
     p.add_argument("--input", required=True, help="scan to screen: NIfTI for mri models (PNG / WAV for the others)")
     p.add_argument("--output", required=True, help="anomaly map: .nii.gz for mri (.png or .npy otherwise)")
-    p.add_argument("--noise-level", type=float, default=0.3,
+    p.add_argument("--noise-level", type=flag_type(KINDS, "noise_level"), default=0.3,
                    help="how far to noise before denoising back: share of the noise schedule in (0, 1] "
                         "(default 0.3)")
-    p.add_argument("--draws", type=int, default=4, help="noise draws averaged into the map (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="steps of the full schedule (default: the model's "
-                                                           "diffusion.steps); --noise-level of them are run")
+    p.add_argument("--draws", type=flag_type(KINDS, "draws"),
+                   default=4, help="noise draws averaged into the map (default 4)")
+    p.add_argument("--steps", type=flag_type(KINDS, "steps"),
+                   default=None, help="steps of the full schedule (default: the model's "
+                                      "diffusion.steps); --noise-level of them are run")
     p.add_argument("--likelihood", action="store_true", help="also bits per dimension (probability-flow ODE)")
-    p.add_argument("--ode-steps", type=int, default=32, help="steps of the likelihood ODE (default 32)")
-    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes averaged per item (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise draws and probes (default 0)")
-    p.add_argument("--batch-size", type=int, default=16, help="slices or tiles per network call (default 16)")
+    p.add_argument("--ode-steps", type=flag_type(KINDS, "ode_steps"),
+                   default=32, help="steps of the likelihood ODE (default 32)")
+    p.add_argument("--probes", type=flag_type(KINDS, "probes"),
+                   default=1, help="Hutchinson probes averaged per item (default 1)")
+    p.add_argument("--seed", type=flag_type(KINDS, "seed"), default=0,
+                   help="seed of the noise draws and probes (default 0)")
+    p.add_argument("--batch-size", type=flag_type(KINDS, "batch_size"),
+                   default=16, help="slices or tiles per network call (default 16)")
     p.add_argument("--device", default="auto", help="auto (cuda when present, the default), cpu or cuda")
     p.add_argument("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
     return p
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_tool(build_parser, run, argv)
+    return run_tool(build_parser, run, argv, files=("output",))
 
 
 if __name__ == "__main__":

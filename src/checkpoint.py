@@ -5,6 +5,7 @@ the module classes; this module imports none)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 from pathlib import Path
@@ -33,11 +34,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             log.error("%s", msg)
             # raising (not returning) stops ModelCheckpoint from rotating away an older, finite checkpoint
             raise CheckpointError(msg)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        try:  # through a Python file object: a full disk is then an OSError(ENOSPC), not torch's RuntimeError
+            atomic_write(path, lambda tmp: _save_through_file(checkpoint, tmp))
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # the temporary file is gone and the checkpoints already there are untouched
+            raise CheckpointError(f"No space left in {path.parent} to write {path.name} at step "
+                                  f"{checkpoint.get('global_step', '?')} (disk full or quota exceeded); the "
+                                  "checkpoints already there are intact: free space and run the same command "
+                                  "again to resume.") from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         # Lightning's resume reads here: weights-only whatever `weights_only` or the environment say
         return read_checkpoint_file(path, map_location=map_location or "cpu", fix=RESUME_FIX)
+
+
+def _save_through_file(checkpoint: dict, tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
 
 
 def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:

@@ -11,28 +11,39 @@ optimizer state is left out: to continue training, resume from the folder itself
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, consolidate, load_shards
+from .checkpoint import CheckpointError, consolidate, load_shards, nonfinite_tensors
+from .cli import ArgumentParser, refuse
+from .errors import ProjectError
 from .fileio import atomic_write
+from .options import check_output_file
 
-__all__ = ["consolidate", "load_shards", "main"]  # the readers live in src.checkpoint
+__all__ = ["build_parser", "consolidate", "load_shards", "main"]  # the readers live in src.checkpoint
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m src.consolidate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="sharded checkpoint folder (e.g. RUN/checkpoints/last.ckpt)")
+    parser.add_argument("output", help="file to write (e.g. model.ckpt)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.consolidate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="sharded checkpoint folder (e.g. RUN/checkpoints/last.ckpt)")
-    parser.add_argument("output", help="file to write (e.g. model.ckpt)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = Path(args.output).expanduser()
     try:
+        check_output_file(out, "output")
         ckpt = consolidate(args.checkpoint)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+        bad = nonfinite_tensors(ckpt["state_dict"])
+        if bad:
+            raise CheckpointError(f"{args.checkpoint} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                                  f"nothing was written to {out}: consolidate an earlier checkpoint.")
+    except ProjectError as e:
+        refuse(e)
     atomic_write(out, lambda tmp: torch.save(ckpt, tmp))
     n = sum(t.numel() for t in ckpt["state_dict"].values() if isinstance(t, torch.Tensor))
     print(f"wrote {out} (step {ckpt.get('global_step', '?')}, {n / 1e6:.2f}M values incl. EMA)",

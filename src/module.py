@@ -44,6 +44,24 @@ def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return batch, None
 
 
+def nonfinite_data(batch) -> str | None:
+    """When the training batch itself holds NaN or Inf: which items (file names when the batch carries them
+    under ``path``), else None (the optimisation, not the data, went non-finite)."""
+    if batch is None:
+        return None
+    x = unpack(batch)[0]
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return None
+    bad = (~torch.isfinite(x.detach().reshape(x.shape[0], -1))).any(dim=1)
+    if not bool(bad.any()):
+        return None
+    rows = [int(i) for i in torch.nonzero(bad).flatten()]
+    names = batch.get("path") if isinstance(batch, dict) else None
+    if isinstance(names, (list, tuple)) and len(names) == x.shape[0]:
+        return "the training data holds non-finite values: " + ", ".join(str(names[i]) for i in rows[:5])
+    return f"the training batch holds non-finite values in {len(rows)} of its {x.shape[0]} items"
+
+
 def with_label(net, label: torch.Tensor | None):
     """The backbone call ``net(x, noise_level, cond)`` that objectives make, with class labels bound."""
     if label is None:
@@ -123,6 +141,8 @@ class DiffusionModule(pl.LightningModule):
         self._loss_finite: torch.Tensor | None = None  # all losses of the current accumulation window finite
         self._skip_step = False
         self._consecutive_skips = 0
+        self._last_batch = None
+        self.nonfinite_stop: dict | None = None  # set when the run stops itself on non-finite values
         self.diffusion_cfg = dict(diffusion)
         self.data_shape = list(data_shape)
         self.seed = seed
@@ -194,6 +214,7 @@ class DiffusionModule(pl.LightningModule):
         return x
 
     def training_step(self, batch, batch_idx):
+        self._last_batch = batch  # a reference only: read when a step turns out non-finite
         x, cond = unpack(batch)
         accum = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         # noise, and the global RNG (dropout and the like), are pure functions of (seed, step, rank,
@@ -316,6 +337,7 @@ class DiffusionModule(pl.LightningModule):
                 log.warning("Non-finite loss or gradient at step %d: update skipped (%d consecutive, "
                             "optim.nonfinite_max_skips=%d).", step, self._consecutive_skips, limit)
         if stop and self._trainer is not None:
+            self.nonfinite_stop = {"step": step, "data": nonfinite_data(self._last_batch)}
             self.trainer.should_stop = True
 
     # ---- validation: loss per noise-level bucket, on the EMA weights --------------------------------

@@ -10,11 +10,12 @@ re-exported here, so ``from src.phema import ...`` keeps working.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from .cli import ArgumentParser, refuse
 from .errors import ConfigError, ProjectError
+from .options import Whole, check_output_folder
 from .runtime.phema import (
     SNAPSHOT_DIR,
     SNAPSHOT_RE,
@@ -34,8 +35,9 @@ from .runtime.phema import (
 DESCRIPTION = ('Post-hoc EMA (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion '
                'Models").')
 
-__all__ = ["PHEMASnapshots", "PowerFunctionEMA", "SNAPSHOT_DIR", "SNAPSHOT_RE", "atomic_save", "exp_to_std",
-           "list_snapshots", "main", "parse_sigma_rel", "power_beta", "profile_inner_products", "reconstruct",
+__all__ = ["PHEMASnapshots", "PowerFunctionEMA", "SNAPSHOT_DIR", "SNAPSHOT_RE", "atomic_save", "build_parser",
+           "exp_to_std", "list_snapshots", "main", "parse_sigma_rel", "power_beta", "profile_inner_products",
+           "reconstruct",
            "solve_coefficients", "std_to_exp", "write_checkpoints"]
 
 
@@ -49,18 +51,24 @@ def parse_sigma_rel(text: str) -> list[float]:
     return values
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m src.phema", description=DESCRIPTION)
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="python -m src.phema", description=DESCRIPTION)
     ap.add_argument("run_dir", help="a training run folder (with checkpoints/last.ckpt and checkpoints/phema/)")
     ap.add_argument("--sigma-rel", required=True, help="relative EMA widths, e.g. 0.05,0.10,0.15")
     ap.add_argument("--out", required=True, help="folder for the reconstructed checkpoints")
-    ap.add_argument("--step", type=int, default=None, help="reconstruct as of this step (default: the last)")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    ap.add_argument("--step", type=Whole(0).arg("--step"),
+                    default=None, help="reconstruct as of this step (default: the last)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        check_output_folder(args.out, "--out")
         paths = write_checkpoints(Path(args.run_dir).expanduser(), parse_sigma_rel(args.sigma_rel),
                                   Path(args.out).expanduser(), args.step)
     except ProjectError as e:
-        raise SystemExit(f"error: {e}") from None
+        refuse(e)
     for p in paths:
         print(f"wrote {p}")
 

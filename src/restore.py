@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import run_tool
-from .tools.restoration.workflow import ALL_TASKS, RestoreOptions, restore_file
+from .cli import ArgumentParser, run_tool
+from .options import flag_type
+from .tools.restoration.workflow import ALL_TASKS, KINDS, RestoreOptions, restore_file
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m src.restore", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m src.restore", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="unconditional image or audio model (.ckpt from src.train)")
     p.add_argument("--task", required=True, choices=ALL_TASKS, help="what to repair: inpaint, super-resolution or "
                    "denoise (images); denoise, declip or bandwidth (recordings)")
@@ -30,21 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "noise, clip or low-pass) and score against it")
     t = p.add_argument_group("task options")
     t.add_argument("--mask", help="inpaint: PNG of the input's size, white where pixels are missing")
-    t.add_argument("--mask-box", nargs=4, type=int, action="append", metavar=("X", "Y", "W", "H"),
+    t.add_argument("--mask-box", nargs=4, type=flag_type(KINDS, "mask_boxes"),
+                   action="append", metavar=("X", "Y", "W", "H"),
                    help="inpaint: a missing rectangle in pixels from the top-left corner (repeatable)")
-    t.add_argument("--scale", type=int, default=4, help="super-resolution: upscaling factor, 2 or 4 (default 4)")
-    t.add_argument("--noise-std", type=float, default=None,
+    t.add_argument("--scale", type=flag_type(KINDS, "scale"),
+                   default=4, help="super-resolution: upscaling factor, 2 or 4 (default 4)")
+    t.add_argument("--noise-std", type=flag_type(KINDS, "noise_std"), default=None,
                    help="denoise: noise std as a share of full scale (estimated when omitted)")
-    t.add_argument("--clip-level", type=float, default=None, help="declip: level the recording clips at "
-                                                                  "(full scale = 1)")
-    t.add_argument("--cutoff", type=float, default=None, help="bandwidth: frequency (Hz) above which the "
-                                                              "recording holds nothing")
+    t.add_argument("--clip-level", type=flag_type(KINDS, "clip_level"),
+                   default=None, help="declip: level the recording clips at "
+                                      "(full scale = 1)")
+    t.add_argument("--cutoff", type=flag_type(KINDS, "cutoff"),
+                   default=None, help="bandwidth: frequency (Hz) above which the "
+                                      "recording holds nothing")
     s = p.add_argument_group("sampler")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's diffusion.steps)")
-    s.add_argument("--eta", type=float, default=0.85, help="DDIM noise, 0 = deterministic (default 0.85)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of --simulate's noise (default 0)")
-    s.add_argument("--batch-size", type=int, default=16, help="tiles per network call (default 16)")
-    s.add_argument("--overlap", type=float, default=0.25,
+    s.add_argument("--steps", type=flag_type(KINDS, "steps"),
+                   default=None, help="sampler steps (default: the model's diffusion.steps)")
+    s.add_argument("--eta", type=flag_type(KINDS, "eta"), default=0.85,
+                   help="DDIM noise, 0 = deterministic (default 0.85)")
+    s.add_argument("--seed", type=flag_type(KINDS, "seed"),
+                   default=0, help="seed of the sampler and of --simulate's noise (default 0)")
+    s.add_argument("--batch-size", type=flag_type(KINDS, "batch_size"),
+                   default=16, help="tiles per network call (default 16)")
+    s.add_argument("--overlap", type=flag_type(KINDS, "overlap"), default=0.25,
                    help="share of a tile that overlaps its neighbour (default 0.25)")
     s.add_argument("--device", default="auto", help="auto (cuda when present, the default), cpu or cuda")
     s.add_argument("--no-ema", action="store_true", help="use the raw instead of the EMA weights")
@@ -67,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_tool(build_parser, run, argv)
+    return run_tool(build_parser, run, argv, files=("output",))
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, nonfinite_tensors
+from .cli import refuse
 from .config import expand_home, to_plain
 from .domains import all_domains, build_media, get_domain
 from .env_check import resolve_device
 from .errors import ConfigError, ProjectError, positive_int, writable_folder
 from .latent.stage import module_from_checkpoint
+from .options import SEED, Number, check_output_folder
 from .runtime.progress import MODES, Progress
 
 DEFAULTS = {
@@ -82,15 +84,15 @@ def parse_args(argv: list[str]):
     OmegaConf.set_struct(base, True)
     bad = [a for a in argv if "=" not in a]
     if bad:
-        raise SystemExit(f"error: arguments are key=value pairs, got {bad[0]!r}\n{USAGE}")
+        refuse(f"error: arguments are key=value pairs, got {bad[0]!r}\n{USAGE}")
     try:
         cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
     except ConfigKeyError as e:
         key = str(e).split("\n")[0]
-        raise SystemExit(f"error: unknown option ({key}); options are {', '.join(options)}\n{USAGE}") from None
+        refuse(f"error: unknown option ({key}); options are {', '.join(options)}\n{USAGE}")
     for key in ("ckpt", "out"):
         if not cfg[key]:
-            raise SystemExit(f"error: {key}= is required\n{USAGE}")
+            refuse(f"error: {key}= is required\n{USAGE}")
     return cfg
 
 
@@ -100,9 +102,9 @@ def check_options(cfg) -> None:
     positive_int(cfg["batch_size"], "batch_size")
     if cfg["steps"] is not None:  # steps=0 would fall back to the model's default without a word
         positive_int(cfg["steps"], "steps")
-    if isinstance(cfg["guidance"], bool) or not isinstance(cfg["guidance"], (int, float)) or cfg["guidance"] < 0:
-        raise ConfigError("guidance must be a number >= 0 (1: no guidance, 0: unconditional); "
-                          f"got {cfg['guidance']!r}.")
+    Number(0.0, note="(1: no guidance, 0: unconditional)").check(cfg["guidance"], "guidance")
+    if cfg["seed"] is not None:
+        SEED.check(cfg["seed"], "seed")
     label = cfg["label"]
     if label is not None and label != "all" and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
         raise ConfigError(f"label must be a class index (0, 1, ...) or all; got {label!r}.")
@@ -111,13 +113,14 @@ def check_options(cfg) -> None:
     if cfg["progress"] not in MODES:
         raise ConfigError(f"progress must be one of {', '.join(MODES)}; got {cfg['progress']!r}.")
     every = cfg["progress_every"]
-    if isinstance(every, bool) or not isinstance(every, (int, float)) or every < 0:
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 <= every < float("inf"):
         raise ConfigError(f"progress_every must be a number of seconds >= 0; got {every!r}.")
     read_prompts(cfg)
     out = Path(cfg["out"]).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={out} is an existing file; pass a folder for the samples (it is created if "
                           "missing).")
+    check_output_folder(out, "out=")
 
 
 def read_prompts(cfg) -> list[str] | None:
@@ -166,6 +169,10 @@ def sample(cfg) -> list[Path]:
     check_options(cfg)
     device = resolve_device(cfg["device"], key="device=")
     module, ckpt = module_from_checkpoint(cfg["ckpt"], device=device)
+    bad = nonfinite_tensors(module.state_dict())
+    if bad:  # such weights draw NaN, written as black images or silent audio
+        raise CheckpointError(f"Checkpoint {cfg['ckpt']} holds non-finite weights ({len(bad)} tensors, e.g. "
+                              f"{bad[0]}); it cannot draw samples: use an earlier checkpoint of the run.")
     run_cfg = ckpt.get("run_config") or {}
     if "media" not in run_cfg:
         raise CheckpointError(f"Checkpoint {cfg['ckpt']} has no run_config.media; it was not written by "
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sample(cfg)
     except ProjectError as e:
-        raise SystemExit(f"error: {e}") from None
+        refuse(e)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ from .backbones.pretrained import check_init, check_objective, describe, file_sh
 from .backbones.text import check_text_cond
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from .config import expand_home, redact, register_resolvers, to_plain
+from .config_check import check_run
 from .domains import build_datamodule, build_media, plugin_config_dirs
 from .env_check import native_cpu_bf16
 from .errors import ConfigError, ProjectError, one_of
 from .latent.callbacks import ReconstructionCallback
 from .latent.stage import build_model, is_autoencoder
 from .metrics import MetricsCallback
+from .options import EXIT_BAD_INPUT, EXIT_NONFINITE
 from .runtime import threads
 from .runtime.callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .runtime.distributed import build_strategy, cluster_plugins
@@ -248,6 +250,7 @@ def train(cfg: DictConfig) -> dict:
     part below receives plain sections."""
     OmegaConf.resolve(cfg)
     plain = to_plain(cfg)
+    check_run({k: v for k, v in plain.items() if k != "hydra"})  # every numeric key in range, before any work
     threads.apply(plain.get("threads", "auto"), plain["trainer"].get("devices"))
     apply_init(plain)
     out = Path(plain["paths"]["output_dir"]).expanduser().resolve()
@@ -314,7 +317,16 @@ def train(cfg: DictConfig) -> dict:
         requeue()  # last: everything is saved
     return {"output_dir": str(out), "global_step": trainer.global_step, "preempted": preempted,
             "stop_signal": stopped_by, "last_checkpoint": str(last.path), "summary": runlog.summary,
+            "nonfinite": getattr(model, "nonfinite_stop", None),
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+
+
+def nonfinite_message(result: dict) -> str:
+    """The sentence for a run that stopped itself on non-finite values (exit status ``EXIT_NONFINITE``)."""
+    stop = result["nonfinite"]
+    why = stop.get("data") or "the loss or gradients overflowed (lower optim.lr, or set optim.nonfinite=skip)"
+    return (f"the run stopped itself at step {stop['step']} on non-finite values: {why}; the checkpoints in "
+            f"{Path(result['output_dir']) / 'checkpoints'} hold the last finite weights.")
 
 
 def resume_command(last_ckpt: str) -> str:
@@ -348,7 +360,10 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", e)
         removed = fresh and remove_failed_run(out)
         print(f"error: {e}" + (f" (its run folder {out} was removed)" if removed else ""), file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    if result.get("nonfinite"):
+        print(f"error: {nonfinite_message(result)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_NONFINITE)
     if result["stop_signal"] is not None:
         if rank_zero_only.rank == 0:
             print(f"Saved {result['last_checkpoint']} at step {result['global_step']}. Resume with:\n  "

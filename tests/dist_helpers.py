@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "experiment=smoke", "logger=none", "datamodule.resolution=16", "datamodule.builtin_size=64",
     "datamodule.batch_size=4", "datamodule.num_workers=0", "trainer.enable_progress_bar=false",
-    "trainer.val_check_interval=4", "trainer.limit_val_batches=2", "+trainer.num_sanity_val_steps=0",
+    "trainer.val_check_interval=4", "trainer.limit_val_batches=2", "trainer.num_sanity_val_steps=0",
     "trainer.log_every_n_steps=2", "sampling.num=0", "checkpoint.keep=-1", "optim.warmup_steps=2",
 ]
 

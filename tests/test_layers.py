@@ -28,6 +28,8 @@ LAYERS: dict[str, str] = {
     "src.config": "foundation",
     "src.env_check": "foundation",
     "src.cli": "foundation",
+    "src.options": "foundation",
+    "src.config_check": "foundation",
     # shared data pieces (the shard-packing command line is an entry point, below)
     "datamodules": "data",
     "src.labels": "data",

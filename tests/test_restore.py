@@ -253,7 +253,7 @@ def test_bad_inputs_get_one_sentence(ckpts, photo, recording, tmp_path, capsys):
     err = refused(capsys, ckpts["image"], photo, tmp_path / "o.png", "--task", "super-resolution", "--scale", "3")
     assert "--scale 3 does not divide the model's tile" in err
     err = refused(capsys, ckpts["audio"], recording, tmp_path / "o.wav", "--task", "declip", "--clip-level", "1.5")
-    assert "outside the data range" in err
+    assert "argument --clip-level: must be a finite number greater than 0 and at most 1, got '1.5'" in err
     err = refused(capsys, ckpts["audio"], recording, tmp_path / "o.wav", "--task", "declip", "--clip-level", "0.95")
     assert "above the data range" in err and "peak" in err
     err = refused(capsys, ckpts["mri"], photo, tmp_path / "o.png", "--task", "inpaint",

@@ -87,6 +87,7 @@ class AutoencoderModule(pl.LightningModule):
             self._perceptual.append(build_perceptual(self.loss_cfg["perceptual_network"], self.data_shape,
                                                      slices=bool(self.loss_cfg["perceptual_slices"])))
         self._consecutive_skips = 0
+        self.nonfinite_stop: dict | None = None  # set when the run stops itself on non-finite values
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["autoencoder_arch"] = self.arch  # resolved: stage 2 rebuilds it even if the presets change
@@ -226,6 +227,7 @@ class AutoencoderModule(pl.LightningModule):
                       self._consecutive_skips, ", stopping the run; the checkpoints hold the last finite weights "
                       "(lower optim.lr, or set optim.nonfinite=skip)" if stop else "")
         if stop:
+            self.nonfinite_stop = {"step": self.global_step, "data": None}
             self.trainer.should_stop = True
 
     # ---- validation: reconstructions of the EMA autoencoder ------------------------------------------

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from src.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_file
+from src.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, read_checkpoint_file
 from src.errors import ConfigError
 from src.fileio import atomic_write
 
@@ -194,10 +194,30 @@ def reconstruct(snapshots: list[dict], sigma_rel: list[float], step: int | None 
     return out, t_out
 
 
+def check_snapshot(path: Path, snap: dict, reference: dict) -> None:
+    """A snapshot whose weights are not finite, or whose tensors do not have the shapes of ``reference``
+    (``last.ckpt``'s EMA weights), would make every reconstruction garbage: refused, naming the file."""
+    for sd in snap["state_dicts"]:
+        bad = nonfinite_tensors(sd)
+        if bad:
+            raise CheckpointError(f"Snapshot {path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                                  "move it out of the phema folder (or pass --step before it) and run again.")
+        for key, value in sd.items():
+            ref = reference.get(f"ema.module.{key}")
+            if ref is not None and tuple(value.shape) != tuple(ref.shape):
+                raise CheckpointError(f"Snapshot {path} holds {key} of shape {tuple(value.shape)}, but the model's "
+                                      f"is {tuple(ref.shape)}; the snapshots and last.ckpt come from different "
+                                      "models: move the foreign snapshots out of the phema folder.")
+
+
 def write_checkpoints(run_dir: Path, sigma_rel: list[float], out_dir: Path, step: int | None = None) -> list[Path]:
-    snaps = [read_checkpoint_file(p) for p in list_snapshots(run_dir)]
+    paths_in = list_snapshots(run_dir)
+    snaps = [read_checkpoint_file(p) for p in paths_in]
     template_path = run_dir / "checkpoints" / "last.ckpt"
     template = load_checkpoint(template_path)
+    for path, snap in zip(paths_in, snaps):
+        if step is None or snap["step"] <= step:
+            check_snapshot(path, snap, template["state_dict"])
     recon, t_out = reconstruct(snaps, sigma_rel, step)
     hp = copy.deepcopy(template["hyper_parameters"])
     hp["ema"] = {k: v for k, v in (hp.get("ema") or {}).items() if k != "phema"}  # the output has no profiles
@@ -215,6 +235,10 @@ def write_checkpoints(run_dir: Path, sigma_rel: list[float], out_dir: Path, step
                 "run_config": template.get("run_config"),
                 "phema": {"sigma_rel": target, "step": t_out, "snapshots": len(snaps)}}
         path = out_dir / f"phema-{target:.3f}.ckpt"
+        bad = nonfinite_tensors(weights)
+        if bad:  # a solve that overflowed: nothing is written rather than a checkpoint that samples black
+            raise CheckpointError(f"The reconstruction for sigma_rel {target:g} has non-finite weights (e.g. "
+                                  f"{bad[0]}); nothing was written to {path}.")
         atomic_save(ckpt, path)
         paths.append(path)
     return paths

@@ -42,17 +42,23 @@ class Geometry:
     pixel_mm: tuple[float, float]
     axes: tuple[str, str] = ("?", "?")
     intensity: dict = field(default_factory=default_intensity)
+    # the files' own matrix when it was padded or cropped to ``matrix`` (a multiple of the U-Net's 8); None: same
+    fitted_from: tuple[int, int] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        return {"matrix": list(self.matrix), "pixel_mm": list(self.pixel_mm), "axes": list(self.axes),
-                "intensity": dict(d["intensity"])}
+        out = {"matrix": list(self.matrix), "pixel_mm": list(self.pixel_mm), "axes": list(self.axes),
+               "intensity": dict(d["intensity"])}
+        if self.fitted_from is not None:
+            out["fitted_from"] = list(self.fitted_from)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> Geometry:
         return cls(matrix=tuple(int(v) for v in d["matrix"]), pixel_mm=tuple(float(v) for v in d["pixel_mm"]),
                    axes=tuple(str(v) for v in d.get("axes", ("?", "?"))),
-                   intensity=dict(d.get("intensity") or default_intensity()))
+                   intensity=dict(d.get("intensity") or default_intensity()),
+                   fitted_from=tuple(int(v) for v in d["fitted_from"]) if d.get("fitted_from") else None)
 
     def describe(self) -> str:
         (h, w), (dh, dw) = self.matrix, self.pixel_mm

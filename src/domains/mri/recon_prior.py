@@ -51,7 +51,7 @@ from src.domains.mri.geometry import (
     match,
 )
 from src.domains.mri.io import scan_folder
-from src.errors import fraction
+from src.errors import fraction, one_of
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,13 @@ def load_image_volume(path: Path, reader: str) -> tuple[np.ndarray, np.ndarray]:
     if arr.ndim != 3:
         raise DataError(f"DICOM series {path} has shape {arr.shape}; expected one 3D series per folder.")
     return np.ascontiguousarray(arr.transpose(2, 0, 1)), np.asarray(img.affine)
+
+
+def fit_to_multiple(matrix: Sequence[int], multiple: int, how: str) -> tuple[int, ...]:
+    """Each size rounded up (``pad``) or down (``crop``, never below one ``multiple``) to a ``multiple``."""
+    if how == "pad":
+        return tuple(-(-int(n) // multiple) * multiple for n in matrix)
+    return tuple(max(multiple, int(n) // multiple * multiple) for n in matrix)
 
 
 def crop_or_pad(x: torch.Tensor, matrix: Sequence[int]) -> torch.Tensor:
@@ -220,7 +227,7 @@ class ReconPriorDataModule(DiffusionDataModule):
                  mode: str = "slice", min_slice_foreground: float = 0.05, foreground_threshold: float = 0.1,
                  val_fraction: float = 0.1, max_bad_fraction: float = 0.05, intensity: dict | None = None,
                  random_flip: bool = False, affine_copies: int = 0, affine_degrees: float = 5.0,
-                 affine_scale: float = 0.05, **kw):
+                 affine_scale: float = 0.05, fit_matrix: str = "pad", **kw):
         super().__init__(**kw)
         if not path:
             raise DataError("experiment=recon_prior needs datamodule.path: a folder of fastMRI .h5 files, "
@@ -232,6 +239,8 @@ class ReconPriorDataModule(DiffusionDataModule):
             raise DataError(f"datamodule.shape must be null (the files' own matrix) or two multiples of 8, "
                             f"got {list(shape)}.")
         self.path, self.shape = Path(path).expanduser(), (None if shape is None else [int(n) for n in shape])
+        one_of(fit_matrix, "datamodule.fit_matrix", ("pad", "crop"))
+        self.fit_matrix = fit_matrix  # a files' matrix that is not a multiple of 8: zero-pad up, or crop down
         self.min_fg = fraction(min_slice_foreground, "datamodule.min_slice_foreground")
         self.fg_threshold = float(foreground_threshold)
         self.val_fraction = fraction(val_fraction, "datamodule.val_fraction")
@@ -283,10 +292,13 @@ class ReconPriorDataModule(DiffusionDataModule):
         votes = Counter((v.geometry.axes, v.geometry.pixel_mm, v.geometry.matrix) for v in volumes)
         axes, pixel, matrix = votes.most_common(1)[0][0]
         matrix = tuple(self.shape) if self.shape else matrix
-        if any(n % 8 for n in matrix):
-            raise DataError(f"The files' matrix is {matrix[0]}x{matrix[1]}, not a multiple of 8 (the U-Net halves "
-                            "the size at each level); set datamodule.shape to the multiples of 8 to crop or pad to.")
-        target = Geometry(tuple(matrix), tuple(pixel), tuple(axes), self.intensity)
+        fitted_from = None
+        if any(n % 8 for n in matrix):  # the U-Net halves the size at each level: the next multiple of 8
+            fitted_from, matrix = matrix, fit_to_multiple(matrix, 8, self.fit_matrix)
+            log.info("The files' matrix is %dx%d, not a multiple of 8: %s to %dx%d (datamodule.fit_matrix=%s); "
+                     "the checkpoints' geometry records both.", *fitted_from,
+                     "zero-padded" if self.fit_matrix == "pad" else "centre-cropped", *matrix, self.fit_matrix)
+        target = Geometry(tuple(matrix), tuple(pixel), tuple(axes), self.intensity, fitted_from=fitted_from)
         good = []
         for v in volumes:
             # the matrix is cropped or padded to, so compare the rest of the grid at the target matrix

@@ -17,6 +17,7 @@ import numpy as np
 
 from src.errors import ConfigError
 from src.fileio import sibling, write_json
+from src.options import COUNT, SEED, Number, Whole, check_fields
 
 from ..prior import Prior
 from .detector import Detector
@@ -44,8 +45,21 @@ class ScreenOptions:
     use_ema: bool = True
 
 
+# what each numeric option accepts: checked here for the Python API and by the CLI's flags (src.anomaly)
+KINDS = {
+    "noise_level": Number(0.0, 1.0, low_open=True),
+    "draws": COUNT,
+    "steps": Whole(1, none_ok=True),
+    "ode_steps": COUNT,
+    "probes": COUNT,
+    "seed": SEED,
+    "batch_size": COUNT,
+}
+
+
 def screen_file(opts: ScreenOptions) -> dict:
     """Screen ``opts.input`` and write its map to ``opts.output`` (see the module docstring)."""
+    check_fields(opts, KINDS)
     out = Path(opts.output).expanduser().resolve()
     for what, other in (("--input", opts.input), ("--checkpoint", opts.checkpoint)):
         if Path(other).expanduser().resolve() == out:

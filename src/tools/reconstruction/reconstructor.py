@@ -29,6 +29,7 @@ from src.errors import ConfigError, DataError
 from src.inverse.sampler import RESAMPLE_SIGMAS, sample_posterior
 from src.inverse.tv import tv_refine
 from src.latent.stage import module_from_checkpoint, require_pixel_space
+from src.options import COUNT
 
 from .masks import center_region, centre_hann_window
 from .measurement import Measurement, as_measurement, robust_max, zero_filled
@@ -165,6 +166,8 @@ class Reconstructor:
         self.factor = size_multiple(module.backbone)
         if self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}.")
+        COUNT.check(batch_size, "--batch-size")  # -1 once gave an all-zero image and a success
+        COUNT.check(cg_iters, "--cg-iters")
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"--eta must be between 0 and 1, got {self.eta}.")
         if not 0.0 <= self.refine_tv <= 10.0:

@@ -22,6 +22,7 @@ from src.domains.mri.fastmri import read_kspace_h5, read_reference, read_slices,
 from src.domains.mri.fft import ifft2c, rss
 from src.errors import DataError, writable_folder
 from src.fileio import is_nifti, nifti_stem, write_json
+from src.options import COUNT, SEED, Number, Whole, check_fields
 
 from ..quality import all_metrics
 from .checks import check_geometry, choose_method, tv_complex, volume_checks
@@ -121,8 +122,27 @@ def check_paths(opts: ReconstructOptions) -> Path:
     return stem
 
 
+# what each numeric option accepts: checked here for the Python API and by the CLI's flags (src.reconstruct)
+KINDS = {
+    "acceleration": Number(1.0),
+    "center_fraction": Number(0.0, 1.0, low_open=True),
+    "seed": SEED,
+    "num_samples": Whole(1, none_ok=True),
+    "steps": Whole(1, none_ok=True),
+    "eta": Number(0.0, 1.0, none_ok=True, note="(0: deterministic)"),
+    "refine_tv": Number(0.0, 10.0, none_ok=True, note="(0: off)"),
+    "resample": Whole(0, 20, none_ok=True, note="(0: off)"),
+    "resample_sigmas": Number(0.0, low_open=True, none_ok=True),
+    "cg_iters": COUNT,
+    "batch_size": COUNT,
+    "cs_lambda": Number(0.0),
+    "cs_iters": COUNT,
+}
+
+
 def reconstruct_file(opts: ReconstructOptions) -> dict:
     """Reconstruct ``opts.input`` into ``opts.output`` (see the module docstring); returns the summary."""
+    check_fields(opts, KINDS)
     stem = check_paths(opts)
     reconstructor = None
     if opts.method == "diffusion" or (opts.method == "auto" and opts.checkpoint):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from src.errors import ConfigError
 from src.fileio import kind_of, sibling, write_json
+from src.options import COUNT, ETA, SEED, Number, Whole, check_fields
 
 from ..prior import Prior
 from . import audio, image
@@ -53,7 +54,23 @@ class RestoreOptions:
     progress: bool = True
 
 
+# what each numeric option accepts: checked here for the Python API and by the CLI's flags (src.restore)
+KINDS = {
+    "mask_boxes": Whole(0, none_ok=True),
+    "scale": Whole(2, 16),
+    "noise_std": Number(0.0, 1.0, low_open=True, none_ok=True),
+    "clip_level": Number(0.0, 1.0, low_open=True, none_ok=True),
+    "cutoff": Number(0.0, low_open=True, none_ok=True),
+    "steps": Whole(1, none_ok=True),
+    "eta": ETA,
+    "seed": SEED,
+    "batch_size": COUNT,
+    "overlap": Number(0.0, 0.9),
+}
+
+
 def check_paths(opts: RestoreOptions) -> None:
+    check_fields(opts, KINDS)
     out = Path(opts.output).expanduser().resolve()
     for what, other in (("--input", opts.input), ("--reference", opts.reference), ("--checkpoint", opts.checkpoint),
                         ("--mask", opts.mask)):
