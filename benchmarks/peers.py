@@ -320,7 +320,7 @@ def _channels(data: Path) -> int:
 
 def parse(argv: list[str] | None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
-    ap.add_argument("--domain", choices=sorted(RECIPES), required=True)
+    ap.add_argument("--domain", choices=sorted(RECIPES), required=True, help="image or audio (which recipes run)")
     ap.add_argument("--minutes", default="2,5,10", help="CPU-minutes per recipe, comma-separated (e.g. 2,5,10)")
     ap.add_argument("--data", type=Path, required=True,
                     help="folder of images or sounds in class subfolders (image: missing or empty = the digits)")
@@ -332,10 +332,12 @@ def parse(argv: list[str] | None):
     ap.add_argument("--held-out", type=int, default=300, help="real items held out for the scorer")
     ap.add_argument("--resolution", type=int, default=None, help="image side (default: the first image's)")
     ap.add_argument("--channels", type=int, choices=[1, 3], default=None, help="image channels (default: guessed)")
-    ap.add_argument("--sample-rate", type=int, default=16000)
-    ap.add_argument("--clip-seconds", type=float, default=0.5)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--sample-rate", type=int, default=16000, help="audio: sample rate of every recipe (Hz)")
+    ap.add_argument("--clip-seconds", type=float, default=0.5, help="audio: clip length of every recipe")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cpu (budgets in process CPU time) or cuda (one GPU; budgets in wall-clock time)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="fp32, or bf16 autocast for training and sampling (the GPU check uses bf16)")
     ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for the src.train recipes")
     a = ap.parse_args(argv)
     a.minutes_list = parse_minutes(a.minutes)

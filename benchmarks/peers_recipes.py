@@ -314,12 +314,14 @@ def sample_all(a) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peers_recipes", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["diffusers", "diffwave", "sample"])
+    ap.add_argument("what", choices=["diffusers", "diffwave", "sample"],
+                    help="train diffusers' or DiffWave's recipe, or sample from a run")
     ap.add_argument("--data", type=Path, help="training folder (train split written by benchmarks.peers)")
     ap.add_argument("--out", type=Path, required=True, help="run folder (training) or .npz (sample)")
-    ap.add_argument("--budget-s", type=float, default=60.0)
-    ap.add_argument("--resolution", type=int, default=16)
-    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--budget-s", type=float, default=60.0,
+                    help="training: CPU seconds of this process (wall seconds on CUDA), start-up included")
+    ap.add_argument("--resolution", type=int, default=16, help="diffusers: image side")
+    ap.add_argument("--channels", type=int, default=1, help="image or audio channels")
     ap.add_argument("--match-params", type=int, default=164_000, help="diffusers: parameters to match")
     ap.add_argument("--preset", default="tiny", help="diffwave: the backbone preset (the framework run's)")
     ap.add_argument("--length", type=int, default=8000, help="audio: clip length in samples")
@@ -327,10 +329,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kind", choices=sorted(SAMPLE), help="sample: whose run folder")
     ap.add_argument("--run", type=Path, help="sample: the run folder")
     ap.add_argument("--samplers", default="preset:32", help="sample: name:steps[:num],...")
-    ap.add_argument("--num", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=100)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--num", type=int, default=300, help="sample: samples per sampler unless name:steps:num says")
+    ap.add_argument("--batch-size", type=int, default=100, help="sample: samples drawn at once")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fp32, or bf16 autocast")
     ap.add_argument("--result", type=Path, help="JSON file for this step's result")
     a = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

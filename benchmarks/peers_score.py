@@ -147,7 +147,7 @@ class AudioData:
                 w = torchaudio.functional.resample(w, rate, sample_rate)
             n = max(1, min(max_clips_per_file, w.shape[-1] // length))
             for k in range(n):
-                c = torch.nn.functional.pad(w[:, k * length:(k + 1) * length], (0, 0))
+                c = w[:, k * length:(k + 1) * length]
                 c = torch.nn.functional.pad(c, (0, length - c.shape[-1]))
                 clips.append(normalize(c, "peak", sample_rate))
                 labels.append(self.classes.index(name))
