@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.domains.common import frechet_distance
 from src.errors import ConfigError
-from src.metrics import frechet_distance
 
 
 class RandomFeatures(nn.Module):
