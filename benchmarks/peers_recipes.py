@@ -223,7 +223,7 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 def load_framework(run: Path, device: torch.device):
-    from src.checkpoint import module_from_checkpoint
+    from src.latent.stage import module_from_checkpoint
 
     module = module_from_checkpoint(run / "checkpoints" / "last.ckpt", device=device)[0]
     return module, num_params(module.backbone)
