@@ -97,7 +97,7 @@ def test_image_benchmark_end_to_end_on_tiny_data(tmp_path):
     out = tmp_path / "out"
     r = run_module(["benchmarks.peers", "--domain", "image", "--minutes", "0.05", "--data", str(data), "--out",
                     str(out), "--json", str(tmp_path / "r.json"), "--samples", "8", "--ddpm-samples", "2",
-                    "--held-out", "12", "--resolution", "8"], timeout=900, env={"OMP_NUM_THREADS": "1"})
+                    "--held-out", "12", "--resolution", "8"], timeout=1800, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads((tmp_path / "r.json").read_text())
     check_result(result, ("framework", "edm", "diffusers"), r.stdout)
@@ -112,7 +112,7 @@ def test_audio_benchmark_end_to_end_on_tiny_synthetic_tones(tmp_path):
     data = write_tones(tmp_path / "tones")
     r = run_module(["benchmarks.peers", "--domain", "audio", "--minutes", "0.05", "--data", str(data), "--out",
                     str(tmp_path / "out"), "--json", str(tmp_path / "r.json"), "--samples", "4", "--held-out", "4",
-                    "--sample-rate", "8000", "--clip-seconds", "0.125"], timeout=900, env={"OMP_NUM_THREADS": "1"})
+                    "--sample-rate", "8000", "--clip-seconds", "0.125"], timeout=1800, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads((tmp_path / "r.json").read_text())
     check_result(result, ("framework", "edm", "diffwave"), r.stdout)
