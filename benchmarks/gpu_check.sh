@@ -17,6 +17,13 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 [ "${TINY:-0}" = 1 ] && set -- --tiny "$@"
+# opt-in (PEERS=1, about 4 minutes of the budget): quality per GPU-minute against the peers, bf16, one device
+# (docs/guide/benchmarks.md); the digits are written to /tmp/peers_digits on first use
+if [ "${PEERS:-0}" = 1 ] && [ "${TINY:-0}" != 1 ]; then
+  mkdir -p "${OUT:-benchmarks/results}"
+  timeout 300 "$py" -m benchmarks.peers --domain image --minutes 0.5 --data /tmp/peers_digits --out /tmp/peers_runs \
+    --device cuda --precision bf16 --json "${OUT:-benchmarks/results}/peers.json" || echo "peers: failed (exit $?)"
+fi
 budget=$(( ${BUDGET_S:-460} - (SECONDS - start) ))
 # the Python side keeps every step inside the budget and writes the table; this outer limit is the backstop
 exec timeout -k 10 $(( budget + 30 )) "$py" -m benchmarks.gpu_check --budget-s "$budget" "$@"

@@ -6,6 +6,7 @@ DOMAIN = Domain(
     name="image",
     datamodule="src.domains.image.data:ImageDataModule",
     media="src.domains.image.media:ImageMedia",
+    metrics="src.domains.image.metrics:ImageMetrics",
     shard_codec="src.domains.image.data",
     description="2-D images (C, H, W), written as PNG",
 )
