@@ -6,12 +6,12 @@ label) and each file's label; the names go into the checkpoint as ``cond.classes
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from src.errors import DataError
+from src.fileio import read_csv
 
 
 class LabelError(DataError):
@@ -50,14 +50,16 @@ def csv_labels(csv_path: str | Path, files: Sequence[str | Path], root: str | Pa
     csv_path, root = Path(csv_path), Path(root)
     if not csv_path.is_file():
         raise LabelError(f"Label file {csv_path} does not exist; pass a CSV with columns {file_column},{column}.")
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for key in (file_column, column):
-            if key not in header:
-                raise LabelError(f"{csv_path} has no column '{key}' (columns: {', '.join(header) or 'none'}); "
-                                 "name the file and label columns.")
-        table = {Path(row[file_column]).as_posix(): (row[column] or "").strip() for row in reader}
+    try:
+        header, rows = read_csv(csv_path, "Label file")
+    except DataError as e:
+        raise LabelError(str(e)) from None
+    for key in (file_column, column):
+        if key not in header:
+            raise LabelError(f"{csv_path} has no column '{key}' (columns: {', '.join(header) or 'none'}); "
+                             "name the file and label columns.")
+    rows = [{(k or "").strip(): v for k, v in row.items()} for row in rows]
+    table = {Path(row[file_column] or "").as_posix(): (row[column] or "").strip() for row in rows}
     missing = [rel for rel in table if not (root / rel).exists()]
     if missing:
         raise LabelError(f"{csv_path} names {len(missing)} files that are not under {root}, e.g. {missing[0]}; "

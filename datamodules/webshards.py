@@ -348,18 +348,41 @@ def summary_source(url: str) -> str | None:
     return f"{folder or '.'}/{SUMMARY}"
 
 
+def _damaged(source: str, why: str) -> dict:
+    log.warning("%s is damaged (%s); ignoring it: samples are counted from the shards and class labels are "
+                "unavailable. Repack with `python -m datamodules.shards` to rewrite it.", source, why)
+    return {}
+
+
 def _read_summary_file(source: str | None) -> dict:
+    """The writer's summary beside the shards, {} when there is none; a damaged one is named in a warning and
+    ignored (a shard's count must be a whole number, the classes a list of names)."""
     if source is None:
         return {}
     try:
         if is_url(source):
             with wds.gopen(source) as f:
-                return json.loads(f.read())
-        local = Path(source)
-        return json.loads(local.read_text()) if local.is_file() else {}
-    except (OSError, ValueError) as e:
+                data = json.loads(f.read())
+        else:
+            local = Path(source)
+            if not local.is_file():
+                return {}
+            data = json.loads(local.read_bytes().decode("utf-8"))
+    except OSError as e:
         log.info("No usable %s at %s (%s); counting samples instead.", SUMMARY, source, e)
         return {}
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _damaged(source, f"{type(e).__name__}: {e}")
+    if not isinstance(data, dict):
+        return _damaged(source, f"holds a {type(data).__name__}, not an object")
+    shards = data.get("shards", {})
+    if not isinstance(shards, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("samples"), int) and v["samples"] >= 0 for v in shards.values()):
+        return _damaged(source, "its 'shards' are not a map of shard name to a whole number of samples")
+    classes = data.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, (str, int)) for c in classes)):
+        return _damaged(source, "its 'classes' are not a list of names")
+    return data
 
 
 def _read_summary(source: str | None) -> dict:

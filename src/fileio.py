@@ -9,6 +9,8 @@ float32 ``(C, L)`` in the file's full scale; NIfTI arrays keep the file's own ax
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -69,6 +71,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")  # longest first: "a.nii.gz" is gzipped NIfTI, not ".gz"
 HDF5_SUFFIXES = (".h5", ".hdf5")
+# values one input file may hold, checked against its header before anything is allocated (a fastMRI
+# multi-coil knee volume holds about 1.2e8 complex values); DIFFUSION_MAX_INPUT_VALUES raises it
+MAX_INPUT_VALUES = 1 << 28
+MAX_VALUES_ENV = "DIFFUSION_MAX_INPUT_VALUES"
+NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what a magnitude image may store
 # free-text NIfTI header fields: outputs are patient data, so they keep the geometry, never names or notes
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 
@@ -124,17 +131,87 @@ def existing(path: str | Path, what: str, hint: str = "") -> Path:
     return p
 
 
+def max_input_values() -> int:
+    try:
+        return max(1, int(os.environ.get(MAX_VALUES_ENV, MAX_INPUT_VALUES)))
+    except ValueError:
+        return MAX_INPUT_VALUES
+
+
+def check_header(path: Path, what: str, shape, dtype=None, kinds: str = NUMERIC_KINDS,
+                 max_itemsize: int = 8) -> tuple[int, ...]:
+    """The checks every reader makes on a file's header before it allocates anything: no empty axis, at
+    most ``max_input_values()`` values, and (with ``dtype``) a number type of ``kinds`` no wider than
+    ``max_itemsize`` bytes. A DataError names the file and what to do."""
+    shape = tuple(int(n) for n in shape)
+    if not shape or min(shape) <= 0:
+        raise DataError(f"{what} {path} is empty (shape {shape}); pass a file that holds data.")
+    n, cap = math.prod(shape), max_input_values()
+    if n > cap:
+        raise DataError(f"{what} {path} claims {n:,} values (shape {shape}), more than the {cap:,} one input "
+                        f"may hold; pass a smaller file (or raise {MAX_VALUES_ENV} if it is real).")
+    if dtype is not None:
+        dt = np.dtype(dtype)
+        if dt.kind not in kinds or dt.itemsize > max_itemsize:
+            names = {"b": "bool", "i": "integer", "u": "unsigned", "f": "float", "c": "complex"}
+            allowed = " or ".join(names[k] for k in kinds)
+            raise DataError(f"{what} {path} stores {dt} values; it must hold {allowed} numbers of at most "
+                            f"{max_itemsize * 8} bits.")
+    return shape
+
+
+def check_finite(arr: np.ndarray, path: Path, what: str, unit: str = "values") -> np.ndarray:
+    if not np.isfinite(arr).all():
+        raise DataError(f"{what} {path} holds NaN or infinite {unit}; fix or remove them first.")
+    return arr
+
+
+def open_image(p: Path, what: str):
+    """A Pillow image with its header checked (nothing decoded yet): a decompression bomb's header is one
+    sentence, not Pillow's exception."""
+    from PIL import Image, UnidentifiedImageError  # optional heavy dependency: Pillow
+
+    try:
+        img = Image.open(p)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{what} {p} is too large to decode safely ({e}); pass a smaller image.") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{what} {p} cannot be read as an image ({e}); pass a PNG, JPEG or TIFF file.") from None
+    try:
+        check_header(p, what, (len(img.getbands()), img.size[1], img.size[0]))
+    except DataError:
+        img.close()
+        raise
+    return img
+
+
+def _unit_range(arr: np.ndarray, p: Path, what: str) -> np.ndarray:
+    """High-depth gray values (16/32-bit integer or float) to [0, 1] by the range the values lie in: a float
+    image in [0, 1] as is, else the first of 255 or 65535 that holds the maximum."""
+    check_finite(arr, p, what, "pixels")
+    if arr.size and arr.min() < 0:
+        raise DataError(f"{what} {p} holds negative pixel values ({arr.min():g}); save it with values in 0..1 "
+                        "(float) or 0..65535 (16-bit).")
+    top = float(arr.max()) if arr.size else 0.0
+    white = next((w for w in (1.0, 255.0, 65535.0) if top <= w), None)
+    if white is None:
+        raise DataError(f"{what} {p} holds pixel values up to {top:g}, beyond 16 bits; save it with values in 0..1 "
+                        "(float) or 0..65535 (16-bit).")
+    if white == 1.0 and arr.dtype.kind != "f":
+        white = 255.0  # an integer image of 0s and 1s is nearly black, not white
+    return (arr / white).astype(np.float32)
+
+
 def read_image(path: str | Path, channels: int, what: str = "Input") -> np.ndarray:
     """``(channels, H, W)`` float32 in [0, 1]; colour is converted to gray (or gray repeated) as the model needs."""
-    from PIL import Image, UnidentifiedImageError  # optional heavy dependency: Pillow
+    from PIL import UnidentifiedImageError  # optional heavy dependency: Pillow
 
     p = existing(path, what)
     try:
-        with Image.open(p) as img:
+        with open_image(p, what) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                arr = (arr / (65535.0 if arr.max() > 255 else 255.0))[None].astype(np.float32)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16/32-bit gray, 32-bit float
+                arr = _unit_range(np.asarray(img, dtype=np.float64), p, what)[None]
                 return np.repeat(arr, channels, axis=0)
             img = img.convert("RGB" if channels == 3 else "L")
             arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -145,11 +222,11 @@ def read_image(path: str | Path, channels: int, what: str = "Input") -> np.ndarr
 
 def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """Boolean ``(H, W)``: True where pixels are missing (any non-black pixel of the mask image)."""
-    from PIL import Image, UnidentifiedImageError  # optional heavy dependency: Pillow
+    from PIL import UnidentifiedImageError  # optional heavy dependency: Pillow
 
     p = existing(path, "Mask")
     try:
-        with Image.open(p) as img:
+        with open_image(p, "Mask") as img:
             arr = np.asarray(img.convert("L")) > 127
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"Mask {p} cannot be read as an image ({e}); pass a black-and-white PNG.") from None
@@ -177,11 +254,16 @@ def read_audio(path: str | Path, what: str = "Input") -> tuple[np.ndarray, int]:
 
     p = existing(path, what)
     try:
+        info = sf.info(str(p))
+        if info.frames <= 0:
+            raise DataError(f"{what} {p} holds no samples; pass a recording that is not empty.")
+        check_header(p, what, (info.channels, info.frames))
         data, rate = sf.read(p, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise DataError(f"{what} {p} cannot be read as sound ({e}); pass a WAV, FLAC or OGG file.") from None
     if data.shape[0] == 0:
         raise DataError(f"{what} {p} holds no samples; pass a recording that is not empty.")
+    check_finite(data, p, what, "samples")
     return np.ascontiguousarray(data.T), int(rate)
 
 
@@ -206,6 +288,14 @@ def read_nifti(path: str | Path, what: str = "Input") -> tuple[np.ndarray, np.nd
     p = existing(path, what, " (a .nii or .nii.gz volume)")
     try:
         img = nib.load(str(p))
+        shape, dtype = img.shape, img.get_data_dtype()
+    except Exception as e:  # noqa: BLE001 - any nibabel failure means the file is not a usable NIfTI
+        raise DataError(f"{what} {p} could not be read as NIfTI ({type(e).__name__}: {e}); pass a .nii or .nii.gz "
+                        "volume.") from None
+    check_header(p, what, shape, dtype, kinds=NUMERIC_KINDS + "c", max_itemsize=16)
+    if not np.isfinite(np.asarray(img.affine)).all():
+        raise DataError(f"{what} {p} has a NaN or infinite affine (voxel size or position); fix its header.")
+    try:
         arr = np.asarray(img.dataobj)
     except Exception as e:  # noqa: BLE001 - any nibabel failure means the file is not a usable NIfTI
         raise DataError(f"{what} {p} could not be read as NIfTI ({type(e).__name__}: {e}); pass a .nii or .nii.gz "
@@ -246,9 +336,43 @@ def open_hdf5(path: str | Path, what: str = "Input", hint: str = ""):
     return h5py.File(p, "r")
 
 
+def read_dataset(f, key: str, p: Path, what: str, kinds: str = NUMERIC_KINDS, max_itemsize: int = 8,
+                 ranks: tuple[int, ...] | None = None) -> np.ndarray:
+    """``f[key]`` of an open HDF5 file, its shape, size and number type checked before a byte is read."""
+    ds = f[key]
+    if not hasattr(ds, "dtype"):
+        raise DataError(f"'{key}' in {what.lower()} {p} is a group, not a dataset; store the array itself.")
+    label = f"'{key}' in {what.lower()}"
+    if ranks is not None and len(ds.shape) not in ranks:
+        counts = " or ".join(", ".join(map(str, ranks)).rsplit(", ", 1))
+        raise DataError(f"{label} {p} has shape {tuple(ds.shape)}; expected {counts} axes.")
+    check_header(p, label, ds.shape, ds.dtype, kinds, max_itemsize)
+    return np.asarray(ds[()])
+
+
 def write_npy(array: np.ndarray, path: str | Path) -> Path:
     return atomic_write(Path(path).expanduser(), lambda tmp: np.save(tmp, np.asarray(array, dtype=np.float32)),
                         suffix=".npy")
+
+
+def read_csv(path: str | Path, what: str = "CSV file") -> tuple[list[str], list[dict[str, str]]]:
+    """``(column names, rows)`` of a CSV file read as UTF-8 (a byte-order mark, as Excel writes, is dropped);
+    any other encoding, or a file too large to be a table of labels, is one sentence."""
+    p = Path(path).expanduser()
+    size = p.stat().st_size
+    if size > max_input_values():
+        raise DataError(f"{what} {p} is {size:,} bytes, too large for a table; pass the CSV of labels.")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {p} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8 "
+                        "(e.g. 'CSV UTF-8' in a spreadsheet).") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+    except csv.Error as e:
+        raise DataError(f"{what} {p} is not a readable CSV table ({e}); fix the file.") from None
+    return [name.strip() for name in reader.fieldnames or []], rows
 
 
 def finite_json(data):

@@ -23,7 +23,7 @@ from .backbones.lora import check_lora
 from .backbones.pretrained import check_init, check_objective, describe, file_sha256
 from .backbones.text import check_text_cond
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
-from .config import expand_home, redact, register_resolvers, to_plain
+from .config import data_names, expand_home, redact, register_resolvers, to_plain
 from .config_check import check_run
 from .domains import build_datamodule, build_media, plugin_config_dirs
 from .env_check import native_cpu_bf16
@@ -33,7 +33,7 @@ from .latent.stage import build_model, is_autoencoder
 from .metrics import MetricsCallback
 from .options import EXIT_BAD_INPUT, EXIT_NONFINITE
 from .runtime import threads
-from .runtime.callbacks import RunConfigInCheckpoint, SampleCallback, ThroughputCallback
+from .runtime.callbacks import KeepNewestSteps, RunConfigInCheckpoint, SampleCallback, ThroughputCallback
 from .runtime.distributed import build_strategy, cluster_plugins
 from .runtime.metrics_log import MetricsFileLogger, RunEvents, wandb_run_id
 from .runtime.phema import PHEMASnapshots
@@ -157,6 +157,13 @@ def log_distributed(trainer: pl.Trainer, module) -> None:
                  held)
 
 
+def private_names(cfg: dict) -> set[str]:
+    """With ``privacy.patient_data``: the data's file names, which no recorded config value may repeat."""
+    if not (cfg.get("privacy") or {}).get("patient_data"):
+        return set()
+    return data_names((cfg.get("datamodule") or {}).get("path") or "")
+
+
 def build_callbacks(cfg: dict, out: Path) -> list[pl.Callback]:
     """The run's callbacks from the plain config; media writers come from the domain registry here, so the
     runtime's callbacks never import a domain."""
@@ -172,12 +179,13 @@ def build_callbacks(cfg: dict, out: Path) -> list[pl.Callback]:
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                         every_n_train_steps=cfg["checkpoint"]["every_n_steps"], save_top_k=cfg["checkpoint"]["keep"],
                         monitor="step", mode="max", save_last=True, enable_version_counter=False),
+        KeepNewestSteps(out / "checkpoints", cfg["checkpoint"]["keep"]),
         ThroughputCallback(window=max(1, int(cfg["trainer"].get("log_every_n_steps", 10)))),
         RunEvents(),  # start/resume, preemption and end in RUN_DIR/metrics.jsonl; final metrics in the W&B summary
         sample_preview(out / "samples", build_media(cfg["media"]), every_n_steps=s["every_n_steps"], num=s["num"],
                        sampler=s["sampler"], steps=s["steps"], seed=cfg["seed"], batch_size=s["batch_size"],
                        class_names=not privacy.get("patient_data")),
-        RunConfigInCheckpoint(redact(cfg, data_path=bool(privacy.get("patient_data"))),
+        RunConfigInCheckpoint(redact(cfg, data_path=bool(privacy.get("patient_data")), names=private_names(cfg)),
                               private=bool(privacy.get("patient_data"))),
         LearningRateMonitor(logging_interval="step"),
         PHEMASnapshots(out / "checkpoints"),
@@ -294,7 +302,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("Run folder: %s | backbone parameters: %.2fM", out, model.num_parameters() / 1e6)
         if wandb_logger:
             private = {"data_path": not privacy.get("upload_data_paths", False),
-                       "class_names": bool(privacy.get("patient_data"))}
+                       "class_names": bool(privacy.get("patient_data")), "names": private_names(plain)}
             # the model's own hyper-parameters, redacted like the config (Lightning's unredacted logging is off)
             hparams = redact(dict(model.hparams_initial), **private)
             wandb_logger.log_hyperparams({**hparams, "config": redact(plain, **private),

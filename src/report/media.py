@@ -11,10 +11,22 @@ import nibabel as nib
 import numpy as np
 import soundfile as sf
 import torch
+from nibabel.filebasedimages import ImageFileError
 from PIL import Image
 
 from ..env_check import import_torchaudio
 from .plots import plt, png
+
+# what a damaged sample file raises in the readers below (Pillow, soundfile, nibabel); the page skips and notes it
+UNREADABLE = (OSError, ValueError, EOFError, RuntimeError, sf.LibsndfileError, ImageFileError,
+              Image.DecompressionBombError)
+
+
+def check_image(path: Path) -> bool:
+    """Decode ``path`` whole (a truncated PNG fails here, not in the grid)."""
+    with Image.open(path) as img:
+        img.load()
+    return True
 
 
 def data_uri(data: bytes, mime: str) -> str:

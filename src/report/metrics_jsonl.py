@@ -17,23 +17,45 @@ class RunLog:
     series: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # lines that are not records training writes, e.g. "line 7"
+
+
+def _record(line: str) -> dict | None:
+    """One line as a record training writes (an event, or a step with numeric metrics), None otherwise."""
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("step"), int) or isinstance(rec.get("step"), bool):
+        return None
+    if "event" in rec:
+        return rec if isinstance(rec["event"], str) else None
+    metrics = rec.get("metrics")
+    if not isinstance(metrics, dict) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in metrics.values()):
+        return None
+    return rec
 
 
 def read_metrics(path: str | Path) -> RunLog:
-    """Parse a metrics file; a torn last line (a job killed mid-write) is skipped."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+    """Parse a metrics file; a torn last line (a job killed mid-write) or any other line that is not a record
+    is skipped and named in ``skipped``."""
+    records, skipped = [], []
+    lines = Path(path).read_bytes().decode("utf-8", "replace").splitlines()
+    for n, line in enumerate(lines, 1):
+        rec = _record(line) if line.strip() else None
+        if rec is None:
+            if line.strip() and n < len(lines):  # a torn last line is what a kill leaves: expected, not noted
+                skipped.append(f"line {n}")
             continue
+        records.append(rec)
     kept: list[dict] = []
     for rec in records:
         if rec.get("event") == "resume":  # the new job replays the steps after its checkpoint
             # values are logged at Lightning's step (optimizer steps done - 1); events at steps done
             kept = [r for r in kept if "event" in r or r["step"] < rec["step"]]
         kept.append(rec)
-    log = RunLog()
+    log = RunLog(skipped=skipped)
     for rec in kept:
         if "event" in rec:
             log.events.append(rec)

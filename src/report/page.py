@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import redact
 from . import media, plots
 from .run import Run, config_differences
 
@@ -71,6 +72,12 @@ def overview(runs: list[Run]) -> str:
     return _table(["run", "domain", "folder", "last step", "status", "W&B run id"], rows, cls="overview")
 
 
+def skipped_notes(runs: list[Run]) -> str:
+    """What each run folder held that the page could not use (damaged files, unreadable lines)."""
+    return "".join(f'<p class="note skipped">Left out of {html.escape(r.name)}: '
+                   f"{html.escape('; '.join(r.skipped))}.</p>" for r in runs if r.skipped)
+
+
 def config_section(runs: list[Run]) -> str:
     parts = []
     if len(runs) > 1:
@@ -116,6 +123,20 @@ def _prompt_rows(prompts: list[str]) -> str:
     return html.escape(", one row per prompt: " + "; ".join(f'{i}: "{p}"' for i, p in enumerate(prompts)))
 
 
+def _drawn(run: Run, f: Path, draw):
+    """``draw(f)``, or None with ``f`` noted in ``run.skipped`` when the sample file is damaged."""
+    try:
+        return draw(f)
+    except media.UNREADABLE as e:
+        why = type(e).__name__ if run.private else f"{type(e).__name__}: {e}"  # a reader's message may quote a path
+        run.skipped.append(f"samples/{f.name} ({why})")
+        return None
+
+
+def _readable(run: Run, f: Path, check) -> bool:
+    return _drawn(run, f, check) is not None
+
+
 def samples_section(runs: list[Run], max_steps: int, max_clips: int) -> str:
     parts = []
     for r in runs:
@@ -132,18 +153,26 @@ def samples_section(runs: list[Run], max_steps: int, max_clips: int) -> str:
             files = r.samples[step]
             parts.append(f'<div class="sample-step" data-step="{step}"><h4>step {step}</h4>')
             if files[0].suffix == ".png":
-                parts.append(f"<figure>{_img(media.image_grid(files), 'sample-grid', f'samples at step {step}')}"
-                             f"<figcaption>{len(files)} EMA samples{_prompt_rows(r.prompts)}</figcaption></figure>")
+                readable = [f for f in files if _readable(r, f, media.check_image)]
+                if readable:
+                    parts.append(f"<figure>{_img(media.image_grid(readable), 'sample-grid', f'samples at step {step}')}"
+                                 f"<figcaption>{len(readable)} EMA samples{_prompt_rows(r.prompts)}</figcaption>"
+                                 "</figure>")
             elif files[0].suffix == ".wav":
                 for f in files[:max_clips]:
+                    spectrogram = _drawn(r, f, media.mel_spectrogram)
+                    if spectrogram is None:
+                        continue
                     audio = media.data_uri(f.read_bytes(), "audio/wav")
                     parts.append(f'<figure><audio class="sample-audio" controls preload="none" src="{audio}"></audio>'
-                                 f"{_img(media.mel_spectrogram(f), 'spectrogram', f'mel spectrogram of {f.name}')}"
+                                 f"{_img(spectrogram, 'spectrogram', f'mel spectrogram of {f.name}')}"
                                  f"<figcaption>{html.escape(f.name)}</figcaption></figure>")
             else:
                 for f in files[:max_clips]:
-                    parts.append(f"<figure>{_img(media.mri_slices(f), 'mri-slices', f'slices of {f.name}')}"
-                                 f"<figcaption>{html.escape(f.name)}</figcaption></figure>")
+                    slices = _drawn(r, f, media.mri_slices)
+                    if slices is not None:
+                        parts.append(f"<figure>{_img(slices, 'mri-slices', f'slices of {f.name}')}"
+                                     f"<figcaption>{html.escape(f.name)}</figcaption></figure>")
             parts.append("</div>")
         parts.append("</div>")
     return "".join(parts)
@@ -189,7 +218,11 @@ def results_section(runs: list[Run]) -> str:
                                                *[rows[k].get(c, "-") for c in cols]] for k in order],
                            ["" if k in MAIN_ROWS else "baseline" for k in order], cls="results")
             info = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
-            parts.append(f"<h3>{html.escape(r.name)}: {html.escape(str(path.relative_to(r.path)))}</h3>"
+            where = str(path.relative_to(r.path))
+            if r.private:  # file names and the paths a tool recorded may name a patient
+                info = redact(info, data_path=True)
+                where = f"result {r.results.index((path, data)) + 1}"
+            parts.append(f"<h3>{html.escape(r.name)}: {html.escape(where)}</h3>"
                          f'<p class="note">{_fmt(info)}</p>{table}')
     return "".join(parts) or ('<p class="note">No *.metrics.json (reconstruction or restoration results) in the '
                               "run folders.</p>")
@@ -208,9 +241,10 @@ SECTIONS = [("overview", "Runs"), ("config", "Config"), ("curves", "Training cur
 
 
 def build_html(runs: list[Run], max_sample_steps: int = 12, max_clips: int = 4) -> str:
-    bodies = {"overview": overview(runs), "config": config_section(runs), "curves": curves_section(runs),
+    bodies = {"config": config_section(runs), "curves": curves_section(runs),
               "samples": samples_section(runs, max_sample_steps, max_clips), "metrics": metrics_section(runs),
               "results": results_section(runs), "checkpoints": checkpoints_section(runs)}
+    bodies["overview"] = overview(runs) + skipped_notes(runs)  # after the sections that find damaged files
     title = "Report: " + ", ".join(r.name for r in runs)
     made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     nav = " · ".join(f'<a href="#{k}">{t}</a>' for k, t in SECTIONS)

@@ -17,6 +17,11 @@ EVENT_STYLE = {"resume": ("tab:green", "--", "resumed"), "preempted": ("tab:red"
 DPI = 80
 
 
+def plain(text: str) -> str:
+    """``text`` as matplotlib draws it literally: a run named ``a$x$`` is not mathtext (which could fail)."""
+    return str(text).replace("$", r"\$")
+
+
 def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
@@ -59,7 +64,7 @@ def curve(runs: list[Run], keys: list[str], title: str, ylabel: str, log_y: bool
             steps, values = _finite(*run.log.series[name])
             if not steps:
                 continue
-            label = name if len(runs) == 1 else f"{run.name}: {name}"
+            label = plain(name if len(runs) == 1 else f"{run.name}: {name}")
             ax.plot(steps, values, color=colour, ls=styles[j % len(styles)], marker="o" if len(steps) < 8 else None,
                     ms=3, lw=1.4, label=label)
             drawn += 1
@@ -69,7 +74,7 @@ def curve(runs: list[Run], keys: list[str], title: str, ylabel: str, log_y: bool
     _mark_events(ax, runs)
     if log_y and all(v > 0 for line in ax.get_lines() for v in line.get_ydata() if isinstance(v, float)):
         ax.set_yscale("log")
-    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.set(title=plain(title), xlabel="step", ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return png(fig)
@@ -90,7 +95,7 @@ def buckets(run: Run) -> bytes | None:
         ax.plot(steps, values, color=cmap(k / max(1, len(names) - 1)), marker="o" if len(steps) < 8 else None,
                 ms=3, label=f"bucket {k}")
     _mark_events(ax, [run])
-    ax.set(title=f"{run.name}: validation loss per noise-level bucket (0 = least noise)", xlabel="step",
+    ax.set(title=plain(f"{run.name}: validation loss per noise-level bucket (0 = least noise)"), xlabel="step",
            ylabel="loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -108,9 +113,9 @@ def domain_metrics(runs: list[Run], names: list[str]) -> bytes | None:
         for i, run in enumerate(runs):
             if run.log and name in run.log.series:
                 steps, values = _finite(*run.log.series[name])
-                ax.plot(steps, values, color=f"C{i % 10}", marker="o", ms=3, label=run.name)
+                ax.plot(steps, values, color=f"C{i % 10}", marker="o", ms=3, label=plain(run.name))
         _mark_events(ax, runs)
-        ax.set(title=name, xlabel="step")
+        ax.set(title=plain(name), xlabel="step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..checkpoint import checkpoint_step  # reads the step with a weights-only, memory-mapped load
-from ..config import redact
+from ..config import REDACTED, data_names, redact
 from .errors import ReportError
 from .metrics_jsonl import FILENAME, RunLog, read_metrics
 
@@ -30,6 +31,8 @@ class Run:
     checkpoints: list[tuple[str, int, int]] = field(default_factory=list)  # (name, step or -1, bytes)
     results: list[tuple[Path, dict]] = field(default_factory=list)  # *.metrics.json files and their content
     wandb_id: str | None = None
+    skipped: list[str] = field(default_factory=list)  # what the page leaves out, each "FILE (why)"
+    private: bool = False  # privacy.patient_data: no path, file name or class name on the page
 
     @property
     def domain(self) -> str:
@@ -53,19 +56,35 @@ def load_run(path: str | Path) -> Run:
     config_file = path / "config.yaml"
     if not config_file.is_file():
         raise ReportError(f"{path} is not a run folder (it has no config.yaml); {HINT}.")
+    skipped = []
+    raw = config_file.read_bytes()
     try:
-        config = yaml.safe_load(config_file.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "replace")
+        skipped.append("config.yaml (not UTF-8: undecodable bytes shown as \ufffd)")
+    try:
+        config = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ReportError(f"{config_file} is not valid YAML ({e.__class__.__name__}); it should be the "
                           "config a training run wrote, so pass an untouched run folder.") from None
     if not isinstance(config, dict):
         raise ReportError(f"{config_file} does not hold a run config (a mapping); {HINT}.")
-    if (config.get("privacy") or {}).get("patient_data"):
-        # the page is made to be shared: as in the W&B config, no path and no class name (both may name patients)
-        config = redact(config, data_path=True, class_names=True)
+    private = bool((config.get("privacy") or {}).get("patient_data"))
+    if private:
+        # the page is made to be shared: as in the W&B config, no path, no data file name and no class name
+        # (each may name a patient)
+        names = data_names((config.get("datamodule") or {}).get("path") or "")
+        config = redact(config, data_path=True, class_names=True, names=names)
     metrics = path / FILENAME
-    run = Run(path=path.resolve(), name=path.resolve().name, shown=str(path), config=config,
-              log=read_metrics(metrics) if metrics.is_file() else None)
+    # with patient data the run folder's name (it may be a patient's) gives way to a stable pseudonym
+    name = (f"run-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}" if private
+            else path.resolve().name)
+    run = Run(path=path.resolve(), name=name, shown=REDACTED if private else str(path), config=config,
+              log=read_metrics(metrics) if metrics.is_file() else None, skipped=skipped, private=private)
+    if run.log is not None and run.log.skipped:
+        lines = ", ".join(run.log.skipped[:5]) + (" ..." if len(run.log.skipped) > 5 else "")
+        run.skipped.append(f"{FILENAME} {lines} (not a metrics record)")
     for f in sorted((path / "samples").glob("step*")):
         m = SAMPLE.match(f.name)
         if m:

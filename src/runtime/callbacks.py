@@ -148,3 +148,35 @@ def _strip_paths(node):
     if isinstance(node, str) and node.startswith("/"):
         return Path(node).name
     return node
+
+
+class KeepNewestSteps(pl.Callback):
+    """``checkpoint.keep`` over every ``stepNNNNNNN.ckpt`` in the folder, not only those this job wrote: a job
+    killed after writing a step file (before its state recorded it) leaves one that Lightning's rotation no
+    longer knows. The oldest beyond ``keep`` are removed when training starts and after each step; ``last.ckpt``
+    and the newest ``keep`` step files stay, so rotation never takes the checkpoint a resume needs."""
+
+    def __init__(self, folder: Path, keep: int):
+        self.folder, self.keep = Path(folder), int(keep)
+
+    def step_files(self) -> list[Path]:
+        files = [p for p in self.folder.glob("step*.ckpt") if p.name[4:-5].isdigit()]
+        return sorted(files, key=lambda p: int(p.name[4:-5]))
+
+    def prune(self, trainer: pl.Trainer) -> None:
+        if self.keep < 1 or not trainer.is_global_zero:
+            return
+        files = self.step_files()
+        for old in files[:max(0, len(files) - self.keep)]:
+            if old.is_file():
+                old.unlink(missing_ok=True)
+                log.info("Removed %s: checkpoint.keep=%d counts every step file in the folder.", old.name, self.keep)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.prune(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.prune(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.prune(trainer)

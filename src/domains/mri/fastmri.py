@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from src.errors import DataError
-from src.fileio import existing, is_nifti, open_hdf5, read_nifti, write_nifti
+from src.fileio import check_finite, existing, is_nifti, open_hdf5, read_dataset, read_nifti, write_nifti
 
 REFERENCE_KEYS = ("reconstruction_rss", "reconstruction_esc", "reconstruction", "target")
 ONE_FILE = " (.h5 k-space or a .nii/.nii.gz volume)"
@@ -36,9 +36,15 @@ def display_affine(voxel_mm: tuple[float, float, float]) -> np.ndarray:
     return np.array([[0, dw, 0, 0], [-dh, 0, 0, 0], [0, 0, dz, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
+class ImpossibleHeader(ValueError):
+    """An ISMRMRD header that parses but describes no possible scan (a zero matrix, a NaN field of view)."""
+
+
 def voxel_size_from_ismrmrd(header: bytes | str | None, h: int,
                             w: int) -> tuple[tuple[float, float, float], str]:
-    """Voxel size (mm) from the ISMRMRD header stored by fastMRI: encoded field of view over matrix size."""
+    """Voxel size (mm) from the ISMRMRD header stored by fastMRI: encoded field of view over matrix size.
+    A header that is missing or cannot be parsed gives 1 mm with a note; one whose field of view is not a
+    positive finite number, or whose matrix size is zero or negative, raises ``ImpossibleHeader``."""
     if header is None:
         return (1.0, 1.0, 1.0), "no ismrmrd_header in the file: voxel size unknown, 1 mm assumed"
     try:
@@ -55,11 +61,15 @@ def voxel_size_from_ismrmrd(header: bytes | str | None, h: int,
 
         fov = values(["encoding", "encodedSpace", "fieldOfView_mm"])
         mat = values(["encoding", "encodedSpace", "matrixSize"])
-        dz = fov["z"] / max(mat.get("z", 1.0), 1.0)
-        voxel = (fov["x"] / mat.get("x", h), fov["y"] / mat.get("y", w), dz)
-        return voxel, "voxel size from the ISMRMRD header (encoded field of view)"
+        fov_xyz, mat_xyz = (fov["x"], fov["y"], fov["z"]), (mat.get("x", h), mat.get("y", w), mat.get("z", 1.0))
     except (ET.ParseError, StopIteration, KeyError, ValueError, TypeError):
         return (1.0, 1.0, 1.0), "unreadable ismrmrd_header: voxel size unknown, 1 mm assumed"
+    if not all(np.isfinite(v) and v > 0 for v in fov_xyz):
+        raise ImpossibleHeader(f"field of view {fov_xyz} mm (each must be a positive number)")
+    if not all(np.isfinite(v) and v >= 1 for v in mat_xyz):
+        raise ImpossibleHeader(f"matrix size {mat_xyz} (each must be at least 1)")
+    voxel = (fov_xyz[0] / mat_xyz[0], fov_xyz[1] / mat_xyz[1], fov_xyz[2] / mat_xyz[2])
+    return voxel, "voxel size from the ISMRMRD header (encoded field of view)"
 
 
 def read_kspace_h5(path: str | Path) -> KspaceScan:
@@ -72,21 +82,29 @@ def read_kspace_h5(path: str | Path) -> KspaceScan:
             raise DataError(f"Input {p} has no 'kspace' dataset (it has: {keys}); the raw k-space must be "
                             "stored under the key 'kspace', as in fastMRI files.")
         ds = f["kspace"]
-        if ds.dtype.kind != "c":
+        if getattr(ds, "dtype", None) is not None and ds.dtype.kind in "biuf":
             extra = (" If the last axis holds (real, imaginary), store kspace[..., 0] + 1j * kspace[..., 1]"
                      " instead." if ds.shape and ds.shape[-1] == 2 else "")
             raise DataError(f"'kspace' in {p} is real-valued ({ds.dtype}); k-space must be complex (e.g. "
                             f"complex64) as acquired by the scanner.{extra} For a magnitude image use a NIfTI "
                             "file with --simulate.")
-        kspace = np.asarray(ds[()])
-        mask = np.asarray(f["mask"][()]) if "mask" in f else None
+        # complex64 or complex128 only (not bytes, not complex256), shape and size checked before reading
+        kspace = read_dataset(f, "kspace", p, "Input", kinds="c", max_itemsize=16, ranks=(2, 3, 4))
+        mask = read_dataset(f, "mask", p, "Input", ranks=(1, 2, 3)) if "mask" in f else None
         header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
-    if kspace.ndim not in (2, 3, 4):
-        raise DataError(f"'kspace' in {p} has shape {kspace.shape}; expected (slices, H, W) for single-coil "
-                        "or (slices, coils, H, W) for multi-coil data.")
+    check_finite(kspace, p, "'kspace' in input", "samples")
+    if mask is not None:
+        check_finite(mask, p, "'mask' in input")
+        if not np.isin(mask, (0, 1)).all():
+            raise DataError(f"'mask' in input {p} holds values other than 0 and 1; store 1 for each sampled "
+                            "k-space column and 0 for each skipped one.")
     if kspace.ndim == 2:
         kspace = kspace[None]
-    voxel, note = voxel_size_from_ismrmrd(header, kspace.shape[-2], kspace.shape[-1])
+    try:
+        voxel, note = voxel_size_from_ismrmrd(header, kspace.shape[-2], kspace.shape[-1])
+    except ImpossibleHeader as e:
+        raise DataError(f"'ismrmrd_header' in input {p} has an impossible {e}; fix the header or delete it "
+                        "(1 mm voxels are then assumed).") from None
     return KspaceScan(kspace=kspace, mask=mask, affine=display_affine(voxel), notes=[note])
 
 
@@ -118,5 +136,6 @@ def read_reference(path: str | Path) -> np.ndarray:
         if key is None:
             raise DataError(f"Reference {p} has none of the keys {', '.join(REFERENCE_KEYS)}; store the "
                             "fully sampled image under 'reconstruction_rss' (fastMRI) or pass a NIfTI file.")
-        ref = np.abs(np.asarray(f[key][()])).astype(np.float32)
+        ref = read_dataset(f, key, p, "Reference", kinds="biufc", max_itemsize=16, ranks=(2, 3))
+    ref = check_finite(np.abs(ref).astype(np.float32), p, f"'{key}' in reference")
     return ref[None] if ref.ndim == 2 else ref

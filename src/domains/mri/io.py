@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from src.errors import DataError
-from src.fileio import NIFTI_SUFFIXES, is_nifti, nifti_suffix  # noqa: F401 - shards.py and data.py import them here
+from src.fileio import MAX_VALUES_ENV, NIFTI_SUFFIXES, is_nifti, max_input_values, nifti_suffix  # noqa: F401 - shards.py and data.py import them here
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,9 @@ def nifti_header(path: str, select_channel: int | None) -> tuple[float, ...]:
     while len(shape) > 3 and shape[-1] == 1:  # trailing singleton dimensions carry no data
         shape = shape[:-1]
     _check_shape(shape, select_channel)
+    if math.prod(shape) > max_input_values():
+        raise HeaderError(f"claims {math.prod(shape):,} voxels (shape {shape}), more than the {max_input_values():,} "
+                          f"one volume may hold (raise {MAX_VALUES_ENV} if it is real)")
     return _check_spacing(zooms[:3])
 
 
@@ -189,13 +193,14 @@ def dicom_header(folder: str) -> tuple[float, ...]:
     from pydicom.errors import InvalidDicomError  # optional heavy dependency: pydicom
 
     files = _dicom_candidates(sorted(p for p in Path(folder).iterdir() if p.is_file()))
-    slices, unreadable = [], []
+    slices, readable, unreadable = [], [], []
     for f in files:
         try:
             ds = pydicom.dcmread(f, defer_size=1024)  # pixel data stays on disk
             if "PixelData" not in ds:
                 raise InvalidDicomError("no pixel data")
             slices.append(ds)
+            readable.append(f)
         except (InvalidDicomError, OSError, EOFError, ValueError, AttributeError) as e:
             unreadable.append((f.name, type(e).__name__))
     if unreadable:
@@ -212,18 +217,19 @@ def dicom_header(folder: str) -> tuple[float, ...]:
     for tag in ("InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if any(tag not in ds for ds in slices):
             raise HeaderError(f"has slices without {tag}, so the volume cannot be assembled")
-    if len({(int(ds.Rows), int(ds.Columns)) for ds in slices}) > 1:
+    fields = [_slice_fields(ds, f.name) for ds, f in zip(slices, readable)]
+    if len({fl["size"] for fl in fields}) > 1:
         raise HeaderError("mixes slices of different sizes")
-    pixel = {tuple(round(float(v), 4) for v in ds.PixelSpacing) for ds in slices}
+    pixel = {tuple(round(v, 4) for v in fl["PixelSpacing"]) for fl in fields}
     if len(pixel) > 1:
         raise HeaderError(f"mixes pixel spacings {sorted(pixel)} mm")
-    orient = {tuple(round(float(v), 3) for v in ds.ImageOrientationPatient) for ds in slices}
+    orient = {tuple(round(v, 3) for v in fl["ImageOrientationPatient"]) for fl in fields}
     if len(orient) > 1:
         raise HeaderError("mixes slice orientations")
     row, col = np.array(next(iter(orient))[:3]), np.array(next(iter(orient))[3:])
     normal = np.cross(row, col)
-    ordered = sorted(slices, key=lambda ds: int(ds.InstanceNumber))
-    pos = np.array([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in ordered])
+    ordered = sorted(fields, key=lambda fl: fl["InstanceNumber"])
+    pos = np.array([float(np.dot(normal, fl["ImagePositionPatient"])) for fl in ordered])
     gaps = np.abs(np.diff(pos))
     if gaps.min() <= 1e-4:
         raise HeaderError("has two slices at the same position")
@@ -232,6 +238,39 @@ def dicom_header(folder: str) -> tuple[float, ...]:
     ps = next(iter(pixel))
     # MONAI's PydicomReader puts columns on the first axis (swap_ij), rows on the second, slices on the third
     return _check_spacing((ps[1], ps[0], float(gaps.mean())))
+
+
+# the numbers each slice must carry, with how many values each holds (None: one whole number)
+SLICE_FIELDS = {"InstanceNumber": None, "ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+
+
+def _slice_fields(ds, name: str) -> dict:
+    """The geometry of one DICOM slice as numbers; a malformed field (text in a position, a 3-value orientation,
+    a non-integer instance number) is a HeaderError naming the file and the field, never a traceback."""
+    out = {}
+    try:
+        out["size"] = (int(ds.Rows), int(ds.Columns))
+    except (TypeError, ValueError, AttributeError):
+        raise HeaderError(f"has a slice ({name}) without a valid Rows/Columns size") from None
+    for tag, count in SLICE_FIELDS.items():
+        try:
+            raw = ds[tag].value if tag in ds else None
+            if count is None:
+                number = float(raw)
+                if not number.is_integer():
+                    raise ValueError
+                out[tag] = int(number)
+            else:
+                values = [float(v) for v in (raw if isinstance(raw, (list, tuple)) or hasattr(raw, "__len__")
+                                             and not isinstance(raw, (str, bytes)) else [raw])]
+                if len(values) != count or not np.isfinite(values).all():
+                    raise ValueError
+                out[tag] = values
+        except (TypeError, ValueError, OverflowError, KeyError, AttributeError):
+            expected = "a whole number" if count is None else f"{count} numbers"
+            raise HeaderError(f"has a slice ({name}) whose {tag} is not {expected}, so the volume cannot be "
+                              "assembled") from None
+    return out
 
 
 def check_headers(

@@ -50,8 +50,9 @@ from src.domains.mri.geometry import (
     image_reference,
     match,
 )
-from src.domains.mri.io import scan_folder
+from src.domains.mri.io import HeaderError, dicom_header, scan_folder
 from src.errors import fraction, one_of
+from src.fileio import check_header
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,14 @@ def ismrmrd_space(header, space: str, shape: tuple[int, int]) -> tuple[float, fl
                for c in f}
         mat = {c.tag.split("}")[-1]: float(c.text) for m in node if m.tag.split("}")[-1] == "matrixSize"
                for c in m}
-        return fov["x"] / mat.get("x", shape[0]), fov["y"] / mat.get("y", shape[1])
+        pair = (fov["x"], fov["y"]), (mat.get("x", shape[0]), mat.get("y", shape[1]))
     except (ET.ParseError, StopIteration, KeyError, ValueError, TypeError):
         return None
+    (fx, fy), (mx, my) = pair
+    if not all(np.isfinite(v) and v > 0 for v in (fx, fy)) or not all(np.isfinite(v) and v >= 1 for v in (mx, my)):
+        raise DataError(f"has an impossible ismrmrd_header ({space} field of view {fx} x {fy} mm over a "
+                        f"{mx} x {my} matrix); fix the header")
+    return fx / mx, fy / my
 
 
 def h5_affine(pixel: tuple[float, float]) -> np.ndarray:
@@ -95,6 +101,13 @@ def h5_affine(pixel: tuple[float, float]) -> np.ndarray:
 
 
 def probe_h5(path: Path, intensity: dict) -> Volume:
+    try:
+        return _probe_h5(path, intensity)
+    except OSError as e:  # h5py's error for a damaged file
+        raise DataError(f"{path} could not be read as HDF5 ({e}); replace the file.") from None
+
+
+def _probe_h5(path: Path, intensity: dict) -> Volume:
     with h5py.File(path, "r") as f:
         header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
         if "kspace" in f and f["kspace"].dtype.kind == "c" and f["kspace"].ndim in (3, 4):
@@ -106,8 +119,13 @@ def probe_h5(path: Path, intensity: dict) -> Volume:
                 raise DataError(f"{path} has neither a complex 'kspace' nor a reconstruction_esc / "
                                 "reconstruction_rss dataset; it is not a fastMRI training file.")
             shape, kind, space = tuple(f[key].shape), "image", "reconSpace"
+        check_header(path, f"'{key}' in", shape, f[key].dtype, kinds="c" if kind == "kspace" else "biufc",
+                     max_itemsize=16)
     hw = (int(shape[-2]), int(shape[-1]))
-    pixel = ismrmrd_space(header, space, hw)
+    try:
+        pixel = ismrmrd_space(header, space, hw)
+    except DataError as e:
+        raise DataError(f"{path} {e}.") from None
     if pixel is None:
         raise DataError(f"{path} has no readable ismrmrd_header, so its pixel size is unknown; a prior needs "
                         "it to be checked at reconstruction (keep the header fastMRI ships).")
@@ -276,12 +294,18 @@ class ReconPriorDataModule(DiffusionDataModule):
                 [{"image": str(root), "reader": "nifti"}] if root.is_file() and root.name.endswith((".nii", ".nii.gz"))
                 else []):
             try:
+                if it["reader"] == "dicom":
+                    dicom_header(it["image"])  # a malformed series is skipped before MONAI reads it
                 data, affine = load_image_volume(Path(it["image"]), it["reader"])
-            except DataError as e:
+            except (DataError, HeaderError) as e:
                 counter.add(it["image"], str(e))
                 continue
             g = geometry_from_affine(affine, data.shape[1:], self.intensity)
             volumes.append(Volume(Path(it["image"]), it["reader"], None, g, data.shape[0], data=data))
+        if not volumes and counter.count:
+            why = "; ".join(f"{Path(name).name}: {reason}" for name, reason in counter.bad[:3])
+            raise DataError(f"Every one of the {counter.count} files found under datamodule.path={root} was skipped "
+                            f"({why}); fix or replace them.")
         if not volumes:
             raise DataError(f"No fastMRI .h5 file, NIfTI file or DICOM series found under datamodule.path={root}.")
         self._volumes = self._common_grid(volumes, counter)
