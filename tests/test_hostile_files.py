@@ -109,7 +109,7 @@ def test_hdf5_claiming_24_gib_of_kspace_is_refused_before_reading(tmp_path, caps
     ("bytes", "stores |S4 values; it must hold complex numbers of at most 128 bits"),
     ("complex256", "stores complex256 values; it must hold complex numbers of at most 128 bits"),
     ("zero_slices", "is empty (shape (0, 16, 16))"),
-    ("nan_kspace", "'kspace' in input"),
+    ("nan_kspace", "holds NaN or infinite samples"),
     ("nan_mask", "holds NaN or infinite values"),
     ("half_mask", "holds values other than 0 and 1"),
     ("zero_matrix", "has an impossible matrix size"),
