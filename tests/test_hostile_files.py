@@ -168,6 +168,23 @@ def test_nan_in_a_wav_is_one_sentence(ckpts, tmp_path, capsys):
     assert "holds NaN or infinite samples" in err
 
 
+def test_nan_in_a_training_wav_is_skipped_and_named(tmp_path, caplog):
+    from src.domains.audio.data import AudioDataModule
+
+    for i in range(3):
+        wave = np.sin(np.linspace(0, 40 * (i + 1), 4000)).astype(np.float32) * 0.5
+        if i == 0:
+            wave[1000:1100] = np.nan
+        sf.write(tmp_path / f"clip{i}.wav", wave, 8000, subtype="FLOAT")
+    dm = AudioDataModule(path=str(tmp_path), sample_rate=8000, clip_seconds=0.5, num_workers=0, batch_size=2,
+                         val_fraction=0.0, max_bad_fraction=0.5)
+    dm.setup("fit")
+    with caplog.at_level(logging.WARNING):
+        items = [dm.train_set[i]["x"] for i in range(len(dm.train_set))]
+    assert all(torch.isfinite(x).all() for x in items)  # the NaN file's place is taken by a good one
+    assert "clip0.wav" in caplog.text and "holds NaN or infinite samples" in caplog.text
+
+
 def test_float_tiff_is_read_as_its_values_not_black(tmp_path):
     ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (24, 1))
     Image.fromarray(ramp, mode="F").save(tmp_path / "ramp.tif")

@@ -123,6 +123,8 @@ def read_clip(snd: sf.SoundFile, sample_rate: int, length: int, channels: int,
     snd.seek(lo)
     data = snd.read(need + (start - lo) + margin, dtype="float32", always_2d=True)
     x = match_channels(torch.from_numpy(data.T.copy()), channels)
+    if not bool(torch.isfinite(x).all()):  # a float WAV may hold them; the file is skipped and named, not trained on
+        raise ValueError("holds NaN or infinite samples")
     if rate != sample_rate:
         x = torchaudio.functional.resample(x, rate, sample_rate)
         x = x[:, round((start - lo) * sample_rate / rate):]

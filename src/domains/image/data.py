@@ -43,6 +43,8 @@ def _unit_gray(img: Image.Image) -> Image.Image:
     """A high-bit-depth grayscale image as mode F scaled by its real range to [0, 1] (not clipped at 255)."""
     white = HIGH_DEPTH_WHITE[img.mode]
     arr = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("holds NaN or infinite pixels")
     if arr.size and (arr.min() < 0 or arr.max() > white):
         raise ValueError(f"{img.mode} pixel values {arr.min():g}..{arr.max():g} lie outside 0..{white:g}; "
                          "save it as an 8- or 16-bit image")
