@@ -292,12 +292,14 @@ def test_report_of_a_damaged_run_folder_builds_the_page_and_says_what_it_left_ou
         Image.new("L", (16, 16), 60 * i).save(run / "samples" / f"step0000004_{i:05d}.png")
     cut = run / "samples" / "step0000004_00001.png"
     cut.write_bytes(cut.read_bytes()[:50])
+    (run / "scan.metrics.json").write_text('{"reconstruction": {"psnr": 3')  # cut off mid-write
     out = tmp_path / "report.html"
     assert report_main([str(run), "--out", str(out)]) == 0
     page = out.read_text()
     assert "Left out of run $\\alpha_{x$: config.yaml (not UTF-8" in page
     assert "metrics.jsonl line 4, line 5 (not a metrics record)" in page
     assert "samples/step0000004_00001.png (OSError" in page
+    assert "scan.metrics.json (not valid JSON)" in page
     assert 'class="sample-grid"' in page and "1 EMA samples" in page  # the readable sample is shown
 
 

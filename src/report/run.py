@@ -97,10 +97,10 @@ def load_run(path: str | Path) -> Run:
         if "wandb" in f.relative_to(path).parts:
             continue
         try:
-            run.results.append((f, json.loads(f.read_text())))
-        except json.JSONDecodeError:
-            raise ReportError(f"{f} is not valid JSON; rerun the reconstruction or restoration that wrote it, "
-                              "or remove it.") from None
+            run.results.append((f, json.loads(f.read_bytes().decode("utf-8"))))
+        except (ValueError, RecursionError):  # not JSON, not UTF-8: the page is built without it
+            where = "a *.metrics.json file" if private else str(f.relative_to(path))  # its name may be a patient's
+            run.skipped.append(f"{where} (not valid JSON)")
     id_file = path / "wandb" / "run-id"
     run.wandb_id = id_file.read_text().strip() if id_file.is_file() else None
     return run

@@ -200,7 +200,7 @@ class MRIDataModule(DiffusionDataModule):
     def _datalist_labels(self, root: Path) -> tuple[list[str], dict[str, int]]:
         try:
             content = json.loads(root.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise DataError(f"Datalist {root} could not be read as JSON ({e}); fix the file.") from None
         names: dict[str, str] = {}
         for key in (self.datalist_key, self.datalist_val_key):

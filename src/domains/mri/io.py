@@ -81,7 +81,7 @@ def load_datalist(path: Path, key: str) -> list[dict]:
     try:
         with open(path) as f:
             content = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DataError(f"Datalist {path} could not be read as JSON ({e}); fix the file.") from None
     if not isinstance(content, dict) or key not in content:
         keys = ", ".join(sorted(content)) if isinstance(content, dict) else "none"
@@ -122,7 +122,7 @@ def discover(
         with open(root) as f:
             try:
                 has_val = datalist_val_key in json.load(f)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON or not UTF-8: load_datalist below says so
                 has_val = False
         if has_val:
             val = load_datalist(root, datalist_val_key)
