@@ -25,11 +25,11 @@ from .backbones.text import check_text_cond
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from .config import expand_home, redact, register_resolvers, to_plain
 from .config_check import check_run
+from .distill.stage import adopt_teacher, build_student
 from .domains import build_datamodule, build_media, plugin_config_dirs
 from .env_check import native_cpu_bf16
 from .errors import ConfigError, ProjectError, one_of
 from .latent.callbacks import ReconstructionCallback
-from .distill.stage import adopt_teacher, build_student
 from .latent.stage import build_model, is_autoencoder, is_distill
 from .metrics import MetricsCallback
 from .options import EXIT_BAD_INPUT, EXIT_NONFINITE

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from src.checkpoint import load_checkpoint
 from src.diffusion.objectives import EDMObjective
 from src.diffusion.samplers import SAMPLERS
 from src.distill.maths import (
@@ -18,10 +19,21 @@ from src.distill.maths import (
     progressive_target,
     student_sigmas,
 )
-from src.distill.student import check_distill
+from src.distill.student import StudentModule, check_distill
+from src.domains.mri.fft import fft2c
 from src.errors import ConfigError
+from src.latent.space import file_sha256
+from src.latent.stage import module_from_checkpoint
+from src.module import DiffusionModule
+from src.reconstruct import Reconstructor
 from src.sample import main as sample_main
+from src.tools.anomaly import Detector
+from src.tools.prior import Prior
+from src.tools.reconstruction.masks import undersampling_mask
+from src.tools.restoration import Problem, Restorer, box_mask
 from src.train import train
+from tests.conftest import compose
+from tests.restore_helpers import DIFFUSION
 
 MU = torch.tensor([0.5, -0.3, 0.0, 0.2])
 STD = torch.tensor([0.2, 0.5, 0.8, 0.35])
@@ -87,7 +99,7 @@ def test_one_step_student_on_the_exact_teacher_approaches_the_ode_endpoint_map()
     target = copy.deepcopy(net).requires_grad_(False)
     edm = EDMObjective()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for step in range(1500):
+    for _ in range(1000):
         x0 = MU + STD * torch.randn(256, 4, generator=g)
         noise = torch.randn(256, 4, generator=g)
         index = torch.randint(0, len(GRID) - 1, (256,), generator=g)
@@ -132,7 +144,7 @@ def test_progressive_target_makes_one_step_land_where_two_teacher_steps_land():
         x = MU + torch.randn(64, 4, generator=g) * (STD**2 + s.reshape(-1, 1) ** 2).sqrt()
         x_tilde = progressive_target(gaussian_denoiser, x, s, s_mid, s_next)
         two = ode_step(gaussian_denoiser, ode_step(gaussian_denoiser, x, s, s_mid, "euler"), s_mid, s_next, "euler")
-        one = ode_step(lambda *_: x_tilde, x, s, s_next, "euler")  # a DDIM step with x_tilde as the estimate
+        one = ode_step(lambda *_, t=x_tilde: t, x, s, s_next, "euler")  # a DDIM step with x_tilde as the estimate
         torch.testing.assert_close(one, two, atol=1e-4, rtol=1e-4)
 
 
@@ -161,7 +173,6 @@ def _distill(compose_cfg, teacher, out, *extra):
 
 @pytest.fixture(scope="module")
 def image_teacher(tmp_path_factory):
-    from tests.conftest import compose
 
     return _teacher(compose, tmp_path_factory.mktemp("teacher") / "image", "diffusion=edm")
 
@@ -169,8 +180,6 @@ def image_teacher(tmp_path_factory):
 @pytest.mark.slow
 def test_consistency_student_of_an_image_teacher_samples_in_1_2_4_steps(compose_cfg, image_teacher, tmp_path,
                                                                         capsys):
-    from src.checkpoint import load_checkpoint
-    from src.latent.space import file_sha256
 
     res = _distill(compose_cfg, image_teacher, tmp_path / "cd")
     assert res["global_step"] == 4
@@ -230,3 +239,73 @@ def test_missing_teacher_is_one_sentence(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         train(compose_cfg(SMOKE + ["stage=distill", f"distill.teacher={tmp_path / 'none.ckpt'}",
                                    f"paths.output_dir={tmp_path / 'y'}"]))
+
+
+# ---- the tools with a student (untrained tiny networks: the properties, not the quality) ----------------------
+def make_student(path, domain, data_shape, method="consistency", **datamodule):
+    """A student checkpoint laid out as stage=distill writes it, from an untrained tiny teacher."""
+
+    torch.manual_seed(0)
+    backbone = dict(name="unet", spatial_dims=len(data_shape) - 1, in_channels=data_shape[0], preset="tiny")
+    teacher = DiffusionModule(backbone=backbone, diffusion=DIFFUSION, data_shape=list(data_shape))
+    distill = {**check_distill({"method": method, "steps": [4] if method == "progressive" else [1, 2, 4]}),
+               "sigma_min": 0.01, "sigma_max": 150.0, "teacher": {"file": "t.ckpt", "sha256": "0" * 64, "step": 0}}
+    student = StudentModule(**dict(teacher.hparams), distill=distill)
+    student.start_from(teacher)
+    data = {"image": {"resolution": data_shape[-1], "channels": data_shape[0]},
+            "mri": {"mode": "slice", "intensity_scaling": "zero_anchored_percentile", "intensity_percentile": 99.5,
+                    "slice_axis": 2}}[domain]
+    torch.save({"state_dict": student.state_dict(), "hyper_parameters": dict(student.hparams),
+                "run_config": {"domain": {"name": domain}, "datamodule": {**data, **datamodule}}}, path)
+    return path
+
+
+def test_student_checkpoint_rebuilds_without_its_teacher(tmp_path):
+
+    module, _ = module_from_checkpoint(make_student(tmp_path / "s.ckpt", "image", [1, 16, 16]))
+    assert module.distill_cfg["steps"] == [1, 2, 4] and module.diffusion_cfg["sampler"] == "consistency"
+    assert module.sample(2, steps=1, seed=0).shape == (2, 1, 16, 16)
+    with pytest.raises(ConfigError, match="distilled for 1, 2 or 4 steps"):
+        module.sample(2, steps=8)
+
+
+@pytest.mark.parametrize("method", ["consistency", "progressive"])
+def test_mri_reconstruction_with_a_student_keeps_the_measured_kspace(tmp_path, method):
+
+    ckpt = make_student(tmp_path / "s.ckpt", "mri", [1, 16, 16], method)
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(2, 16, 16, generator=g).to(torch.complex64)
+    mask = undersampling_mask("random", 16, 4, 0.125, 1)
+    kspace = fft2c(img) * mask
+    rec = Reconstructor.from_checkpoint(ckpt, device="cpu")
+    assert rec.steps == 4 and rec.fresh_noise == (method == "consistency")
+    k_out = fft2c(torch.from_numpy(rec.run(kspace.numpy(), mask.numpy()).complex_image))
+    measured = mask.expand(2, 16, 16)
+    assert float((k_out - kspace)[measured].abs().max()) <= 1e-4 * float(kspace.abs().max())
+    with pytest.raises(ConfigError, match="distilled for"):
+        Reconstructor.from_checkpoint(ckpt, device="cpu", steps=8)
+
+
+def test_restoration_with_a_consistency_student_keeps_every_measured_pixel(tmp_path):
+
+    prior = Prior.from_checkpoint(make_student(tmp_path / "s.ckpt", "image", [3, 16, 16]), ("image", "audio"),
+                                  "restoration", "cpu")
+    y = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    keep = torch.from_numpy(~box_mask((24, 20), [(5, 6, 8, 10)]))[None, None]
+    for steps in (1, 2, 4):
+        out = Restorer(prior, steps=steps).restore(Problem("inpaint", y * keep, (24, 20), keep=keep))
+        assert torch.allclose(out * keep, y * keep, atol=1e-6)
+
+
+def test_anomaly_with_students_one_step_or_refused(tmp_path):
+
+    prior = Prior.from_checkpoint(make_student(tmp_path / "c.ckpt", "image", [1, 16, 16]), ("image",), "anomaly", "cpu")
+    detector = Detector(prior, noise_level=0.3, draws=1)
+    assert len(detector.sigmas) == 2 and detector.sigmas[-1] == 0  # one network call per draw
+    assert detector.map(torch.rand(1, 1, 16, 16) * 2 - 1).shape == (1, 16, 16)
+    with pytest.raises(ConfigError, match="no probability-flow ODE"):
+        detector.bits_per_dim(torch.zeros(1, 1, 16, 16))
+    pd = Prior.from_checkpoint(make_student(tmp_path / "p.ckpt", "image", [1, 16, 16], "progressive"), ("image",),
+                               "anomaly", "cpu")
+    with pytest.raises(ConfigError, match="progressive student"):
+        Detector(pd)

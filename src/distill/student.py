@@ -25,10 +25,10 @@ import torch
 
 from src.checkpoint import CheckpointError
 from src.diffusion.guidance import guided
-from src.runtime.ema import EMA
 from src.errors import ConfigError
 from src.latent.diffusion import LatentDiffusionModule
 from src.module import DiffusionModule, with_label
+from src.runtime.ema import EMA
 
 from .maths import (
     consistency_distance,
