@@ -98,18 +98,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--distill-steps", type=int, default=150, help="training steps of each student")
     p.add_argument("--lr", type=float, default=2e-4, help="students' learning rate")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--skip-training", action="store_true", help="score the runs already in --root (their training "
+                   "figures are read from --json)")
     args = p.parse_args(argv)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor()
               or platform.machine(), "uptime_before": uptime(), "runs": {}}
     with open("/proc/cpuinfo") as f:
         result["cpu_model"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    if args.skip_training:
+        result["runs"] = json.loads(args.json.read_text())["runs"]
     if not (args.root / "train").is_dir():
         write_pngs(args.root)
-    result["runs"]["teacher"] = train_teacher(args.root, args.teacher_steps)
-    for method in ("consistency", "progressive"):
+    if not args.skip_training:
+        result["runs"]["teacher"] = train_teacher(args.root, args.teacher_steps)
+    for method in ("consistency", "progressive") if not args.skip_training else ():
         result["runs"][method] = distill(args.root, method, args.distill_steps, args.lr)
         result["runs"][method]["share_of_teacher_cpu"] = round(
             result["runs"][method]["cpu_s"] / result["runs"]["teacher"]["cpu_s"], 3)
+    if args.json:  # the training figures first, so that a failed scoring keeps them
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps(result, indent=2))
     scorer = Scorer()
     rows = evaluate(args.root, scorer, "teacher", [("dpmpp_2m_sde", 32), ("dpmpp_2m", 32), ("dpmpp_2m", 4),
                                                    ("dpmpp_2m", 2), ("dpmpp_2m", 1)])
