@@ -4,8 +4,11 @@ distillation of smoke teachers of every domain, sampling in 1/2/4 steps, refusal
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from src.checkpoint import load_checkpoint
 from src.diffusion.objectives import EDMObjective
@@ -158,7 +161,7 @@ def test_bad_distill_options_are_one_sentence(bad, key):
 
 # ---- end to end ------------------------------------------------------------------------------------------
 SMOKE = ["experiment=smoke", "logger=none", "threads=1", "trainer.accelerator=cpu", "sampling.num=2",
-         "trainer.val_check_interval=1.0"]
+         "trainer.val_check_interval=2", "trainer.limit_val_batches=1"]
 
 
 def _teacher(compose_cfg, out, *extra):
@@ -309,3 +312,29 @@ def test_anomaly_with_students_one_step_or_refused(tmp_path):
                                "anomaly", "cpu")
     with pytest.raises(ConfigError, match="progressive student"):
         Detector(pd)
+
+
+@pytest.mark.slow
+def test_class_conditional_latent_teacher_with_guidance_distilled_in(compose_cfg, tmp_path):
+    """Latent space and class conditioning pass through: the student keeps the teacher's autoencoder (copied, so
+    sampling needs neither the teacher nor the autoencoder file) and its labels, with guidance 2 distilled in."""
+    d = load_digits()
+    for digit in (0, 1):
+        (tmp_path / "data" / str(digit)).mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(d.target == digit)[:8]):
+            Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).resize((16, 16)).save(
+                tmp_path / "data" / str(digit) / f"{k}.png")
+    data = [f"datamodule.path={tmp_path / 'data'}", "datamodule.resolution=16", "datamodule.channels=1",
+            "datamodule.batch_size=4", "datamodule.random_flip=false"]
+    train(compose_cfg(SMOKE + data + ["stage=autoencoder", f"paths.output_dir={tmp_path / 'ae'}",
+                                      "trainer.max_steps=4", "sampling.num=0"]))
+    teacher = _teacher(compose_cfg, tmp_path / "teacher", *data, "cond=class",
+                       f"latent.autoencoder={tmp_path / 'ae' / 'checkpoints' / 'last.ckpt'}")
+    res = _distill(compose_cfg, teacher, tmp_path / "cd", "distill.guidance=2.0")
+    assert res["global_step"] == 4
+    student = tmp_path / "cd" / "checkpoints" / "last.ckpt"
+    module, ckpt = module_from_checkpoint(student)
+    assert hasattr(module, "latent") and module.num_classes == 2
+    assert ckpt["hyper_parameters"]["distill"]["guidance"] == 2.0
+    x = module.sample(2, steps=2, seed=0, label=torch.tensor([0, 1]))
+    assert x.shape == (2, 1, 16, 16) and torch.isfinite(x).all()
