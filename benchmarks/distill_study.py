@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--distill-steps", type=int, default=150, help="training steps of each student")
     p.add_argument("--lr", type=float, default=2e-4, help="students' learning rate")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--teacher-cpu-s", type=float, help="use the teacher already in --root (trained, or stopped early "
+                   "with SIGTERM, which saves last.ckpt) and record this CPU time for it")
     p.add_argument("--skip-training", action="store_true", help="score the runs already in --root (their training "
                    "figures are read from --json)")
     args = p.parse_args(argv)
@@ -109,7 +111,14 @@ def main(argv: list[str] | None = None) -> None:
         result["runs"] = json.loads(args.json.read_text())["runs"]
     if not (args.root / "train").is_dir():
         write_pngs(args.root)
-    if not args.skip_training:
+    if args.teacher_cpu_s is not None:
+        import torch
+
+        step = int(torch.load(args.root / "teacher" / "checkpoints" / "last.ckpt", map_location="cpu",
+                              weights_only=True)["global_step"])
+        result["runs"]["teacher"] = {"cpu_s": args.teacher_cpu_s, "steps": step,
+                                     "note": "trained earlier in --root; CPU time as given (--teacher-cpu-s)"}
+    elif not args.skip_training:
         result["runs"]["teacher"] = train_teacher(args.root, args.teacher_steps)
     for method in ("consistency", "progressive") if not args.skip_training else ():
         result["runs"][method] = distill(args.root, method, args.distill_steps, args.lr)
