@@ -59,7 +59,7 @@ def adopt_teacher(cfg) -> None:
         for key, value in to_plain(cfg.distill.get("datamodule") or {}).items():
             if value is not None:
                 cfg.datamodule[key] = value
-    for section in ("sampling",):  # training previews at a step count the student supports, with its sampler
+    for section in ("sampling", "metrics"):  # previews and sample metrics: a step count the student takes
         s = cfg.get(section)
         if s is not None and (s.get("steps") is not None and int(s.steps) not in steps or s.get("sampler")):
             with open_dict(cfg):
