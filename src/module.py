@@ -229,11 +229,10 @@ class DiffusionModule(pl.LightningModule):
         label = self._labels(batch)
         if label is not None:
             label = drop_labels(label, self.num_classes, float(self.cond_cfg["drop_prob"]), g)
-        net = with_label(self.backbone, label)
+        text = None
         if self.has_text:
-            net = with_text(self.backbone, self.encode_text(
-                drop_captions(self._captions(batch), float(self.cond_cfg["drop_prob"]), g)))
-        loss = self.objective.loss(net, x, u, noise, cond).mean()
+            text = self.encode_text(drop_captions(self._captions(batch), float(self.cond_cfg["drop_prob"]), g))
+        loss = self.diffusion_loss(self.backbone, x, u, noise, cond, label, text).mean()
         finite = torch.isfinite(loss.detach())  # a tensor, no host sync per micro-batch
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         # the all-reduce (and its host sync) only where the value is written: on the logger's steps (Lightning's
@@ -243,6 +242,15 @@ class DiffusionModule(pl.LightningModule):
             logged = self.trainer.strategy.reduce(logged, reduce_op="mean")
         self.log("train/loss", logged, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
+
+    def conditioned(self, net, label=None, text: dict | None = None):
+        """``net(x, noise_level, cond)`` with this batch's class labels or encoded captions bound."""
+        return with_text(net, text) if text is not None else with_label(net, label)
+
+    def diffusion_loss(self, net, x, u, noise, cond, label=None, text: dict | None = None) -> torch.Tensor:
+        """Per-sample training loss of ``net`` (the backbone, or its EMA copy in validation) with the batch's
+        labels or encoded captions; a later stage (``src/distill``) replaces it with its own."""
+        return self.objective.loss(self.conditioned(net, label, text), x, u, noise, cond)
 
     def _on_logging_step(self) -> bool:
         connector = getattr(self._trainer, "_logger_connector", None)
@@ -350,10 +358,8 @@ class DiffusionModule(pl.LightningModule):
             u_center = (k + 0.5) / self.val_buckets  # bucket k = k-th quantile band of the training density
             _, noise = self._noise(x, g)
             u = torch.full((x.shape[0],), u_center, device=x.device)
-            net = with_label(self.ema.module, self._labels(batch))
-            if self.has_text:
-                net = with_text(self.ema.module, self.encode_text(self._captions(batch)))
-            loss = self.objective.loss(net, x, u, noise, cond).mean()
+            text = self.encode_text(self._captions(batch)) if self.has_text else None
+            loss = self.diffusion_loss(self.ema.module, x, u, noise, cond, self._labels(batch), text).mean()
             self.log(f"val/loss_bucket{k}", loss, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
             losses.append(loss)
         self.log("val/loss", torch.stack(losses).mean(), on_epoch=True, prog_bar=True, sync_dist=True,

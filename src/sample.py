@@ -182,6 +182,11 @@ def sample(cfg) -> list[Path]:
     domain = get_domain((run_cfg.get("domain") or {}).get("name") or run_cfg["media"].get("kind"))
     cond, shape = domain_input(cfg, domain, run_cfg, int(cfg["num_samples"]), device)
     seed = int(cfg["seed"]) if cfg["seed"] is not None else random.SystemRandom().randrange(2**31)
+    # a step count or sampler the model cannot take is refused before anything is written (few-step students)
+    if cfg["steps"] is not None:
+        module.objective.sampling_sigmas(int(cfg["steps"]))
+    if cfg["sampler"] is not None and hasattr(module, "check_sampler"):
+        module.check_sampler(cfg["sampler"])
     writable_folder(Path(cfg["out"]).expanduser(), f"out={cfg['out']}")
     t0 = time.perf_counter()
     out = Path(cfg["out"]).expanduser()

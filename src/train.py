@@ -25,11 +25,12 @@ from .backbones.text import check_text_cond
 from .checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, checkpoint_step, is_sharded
 from .config import data_names, expand_home, redact, register_resolvers, to_plain
 from .config_check import check_run
+from .distill.stage import adopt_teacher, build_student
 from .domains import build_datamodule, build_media, plugin_config_dirs
 from .env_check import native_cpu_bf16
 from .errors import ConfigError, ProjectError, one_of
 from .latent.callbacks import ReconstructionCallback
-from .latent.stage import build_model, is_autoencoder
+from .latent.stage import build_model, is_autoencoder, is_distill
 from .metrics import MetricsCallback
 from .options import EXIT_BAD_INPUT, EXIT_NONFINITE
 from .runtime import threads
@@ -257,6 +258,8 @@ def train(cfg: DictConfig) -> dict:
     """One training run from the composed Hydra config: resolved and converted to plain dicts once, here; every
     part below receives plain sections."""
     OmegaConf.resolve(cfg)
+    if is_distill(cfg):  # the data, network and objective are the teacher's (src/distill)
+        adopt_teacher(cfg)
     plain = to_plain(cfg)
     check_run({k: v for k, v in plain.items() if k != "hydra"})  # every numeric key in range, before any work
     threads.apply(plain.get("threads", "auto"), plain["trainer"].get("devices"))
@@ -274,13 +277,16 @@ def train(cfg: DictConfig) -> dict:
     dm = build_datamodule(dict(plain["datamodule"]), seed=plain["seed"])
     threads.limit_worker_threads(dm)
     # pixel-space diffusion, stage=autoencoder or latent diffusion
-    init = plain["init"] if (plain.get("init") or {}).get("from") else None
-    model = build_model(plain, dm.data_shape, cond=module_cond(plain.get("cond"), dm), init=init,
-                        finetune=plain.get("finetune") if init else None)
-    if getattr(model, "lora_counts", None) and rank_zero_only.rank == 0:
-        c = model.lora_counts
-        log.info("LoRA rank %d on %d layers: %d trainable parameters, %.2f%% of the base's %d (frozen).",
-                 model.lora["rank"], c["layers"], c["trainable"], 100 * c["trainable"] / c["base"], c["base"])
+    if is_distill(plain):  # a few-step student of distill.teacher, initialised from it (src/distill)
+        model = build_student(plain, dm.data_shape)
+    else:
+        init = plain["init"] if (plain.get("init") or {}).get("from") else None
+        model = build_model(plain, dm.data_shape, cond=module_cond(plain.get("cond"), dm), init=init,
+                            finetune=plain.get("finetune") if init else None)
+        if getattr(model, "lora_counts", None) and rank_zero_only.rank == 0:
+            c = model.lora_counts
+            log.info("LoRA rank %d on %d layers: %d trainable parameters, %.2f%% of the base's %d (frozen).",
+                     model.lora["rank"], c["layers"], c["trainable"], 100 * c["trainable"] / c["base"], c["base"])
     if hasattr(model, "backbone"):  # the backbone says which sizes it takes (latent runs: the latent's)
         check_data_shape(model.data_shape, model.backbone)
     trainer_kwargs = dict(plain["trainer"])

@@ -45,6 +45,7 @@ LAYERS: dict[str, str] = {
     "src.domains": "domain",
     # applications over both: later training stages, inverse problems, tools, reports, cross-domain dispatch
     "src.latent": "application",
+    "src.distill": "application",
     "src.inverse": "application",
     "src.tools": "application",
     "src.report": "application",

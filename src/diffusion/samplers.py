@@ -199,7 +199,24 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, eta: float = 1.0, s_noise
     return x
 
 
+def sample_consistency(denoiser: Denoiser, x, sigmas, generator=None, callback=None, **_):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) for a consistency function
+    ``f(x, sigma)`` (the denoiser here): jump to the data, ``x0 = f(x, sigma_i)``, then noise back up to the
+    next level with fresh noise, ``x = x0 + sigma_{i+1} z``; one network call per step, the last ``x0`` returned.
+    """
+    x0 = x
+    for i in range(len(sigmas) - 1):
+        x0 = denoiser(x, _sig(sigmas[i], x))
+        s_next = sigmas[i + 1].item()
+        if s_next > 0:
+            x = x0 + s_next * _randn(x0, generator)
+        if callback is not None:
+            callback(i, x, x0)
+    return x0
+
+
 SAMPLERS = Registry("sampler", {
+    "consistency": sample_consistency,
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "euler": sample_euler,

@@ -11,6 +11,10 @@ steps whose noise level lies in ``resample_sigmas``, the state reached at the ne
 to the current one with fresh noise and the step is taken again, ``resample`` more times. A projection step
 replaces the measured part of the estimate but leaves the rest as the network guessed it without those
 data; the repeats let the unmeasured part catch up with what was measured.
+
+``fresh_noise`` makes each step multistep consistency sampling (Song et al. 2023, whose zero-shot inpainting
+and super-resolution also replace the estimate by its data-consistent version): the next state is the
+consistent ``x0`` noised afresh to the next level, which is what a consistency student (``src/distill``) needs.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ RESAMPLE_SIGMAS = (0.05, 5.0)  # where time travel paid on the real-head study (
 
 def sample_posterior(denoiser, x: torch.Tensor, sigmas: torch.Tensor, data_step: DataStep, eta: float = 0.85,
                      generator: torch.Generator | None = None, callback=None, resample: int = 0,
-                     resample_sigmas: tuple[float, float] = RESAMPLE_SIGMAS) -> torch.Tensor:
+                     resample_sigmas: tuple[float, float] = RESAMPLE_SIGMAS, fresh_noise: bool = False) -> torch.Tensor:
     """Run from noise ``x`` (scaled by ``sigmas[0]``) down the sigma grid; return the last consistent ``x0``.
 
     ``denoiser(x, sigma)`` is ``D`` in the variance-exploding view ``x = x0 + sigma * eps`` and
     ``data_step(x0, i)`` returns the data-consistent estimate in the same (model) space. ``resample``
     repeats of each step whose sigma lies in ``resample_sigmas`` (inclusive; see the module docstring):
-    the network runs ``1 + resample`` times on those steps.
+    the network runs ``1 + resample`` times on those steps. ``fresh_noise``: the step re-noises ``x0`` with new
+    noise only (``eta`` unused), for consistency students.
     """
     if resample < 0:
         raise ValueError(f"resample must be >= 0, got {resample}")
@@ -55,9 +60,12 @@ def sample_posterior(denoiser, x: torch.Tensor, sigmas: torch.Tensor, data_step:
             eps = (x_ve - den) / s
             x0 = data_step(den, i)
             noise = None
-            if eta > 0 and s_next > 0:
+            if (eta > 0 or fresh_noise) and s_next > 0:
                 noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = ddim_step(x0, eps, abar, abar_next, eta, noise)
+            if fresh_noise:  # x_next = x0 + sigma_next z in the VE view
+                z = math.sqrt(abar_next) * x0 + (math.sqrt(1 - abar_next) * noise if noise is not None else 0)
+            else:
+                z = ddim_step(x0, eps, abar, abar_next, eta, noise)
             if k < repeats:  # back from sigma_next to sigma: the forward process q(z_s | z_next)
                 back = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
                 z = math.sqrt(abar / abar_next) * z + math.sqrt(1 - abar / abar_next) * back

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from src.checkpoint import CheckpointError, load_checkpoint
+from src.distill.student import LatentStudentModule, StudentModule
 from src.errors import ConfigError
 from src.module import DiffusionModule
 
@@ -24,6 +25,10 @@ def stage_name(cfg) -> str:
     return str((cfg.get("stage") or {}).get("name") or "diffusion")
 
 
+def is_distill(cfg) -> bool:
+    return stage_name(cfg) == "distill"
+
+
 def is_autoencoder(cfg) -> bool:
     return stage_name(cfg) == "autoencoder"
 
@@ -34,8 +39,10 @@ def build_model(cfg: dict, data_shape: list[int], **extra):
     stage 1 (an unconditional autoencoder) ignores."""
     latent = dict(cfg.get("latent") or {})
     stage = stage_name(cfg)
-    if stage not in ("diffusion", "autoencoder"):
-        raise ConfigError(f"Unknown stage '{stage}'; choose diffusion or autoencoder.")
+    if stage not in ("diffusion", "autoencoder", "distill"):
+        raise ConfigError(f"Unknown stage '{stage}'; choose diffusion, autoencoder or distill.")
+    if stage == "distill":
+        raise ConfigError("stage=distill builds its student with src.distill.stage.build_student.")
     if stage == "autoencoder":
         if latent.get("autoencoder"):
             raise ConfigError("stage=autoencoder trains the autoencoder itself; drop latent.autoencoder=, which is "
@@ -81,6 +88,8 @@ def module_class(hp: dict, path) -> type:
     if "autoencoder" in hp and "backbone" not in hp:
         raise CheckpointError(f"Checkpoint {path} is a stage=autoencoder checkpoint, which does not sample; pass it "
                               "as latent.autoencoder= to a diffusion run and sample from that run's checkpoint.")
+    if hp.get("distill"):  # a few-step student (src/distill)
+        return LatentStudentModule if hp.get("latent") else StudentModule
     if hp.get("latent"):
         return LatentDiffusionModule
     return DiffusionModule

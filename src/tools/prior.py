@@ -18,6 +18,10 @@ from src.errors import ConfigError
 from src.latent.stage import module_from_checkpoint, require_pixel_space
 
 
+def is_consistency_student(module) -> bool:
+    return (getattr(module, "distill_cfg", None) or {}).get("method") == "consistency"
+
+
 @dataclass
 class Prior:
     module: torch.nn.Module
@@ -53,6 +57,17 @@ class Prior:
     @property
     def spatial(self) -> tuple[int, ...]:
         return tuple(int(v) for v in self.module.data_shape[1:])
+
+    @property
+    def student(self) -> dict | None:
+        """The ``distill`` settings of a few-step student (``src/distill``); None for a diffusion model."""
+        return getattr(self.module, "distill_cfg", None)
+
+    @property
+    def fresh_noise(self) -> bool:
+        """A consistency student: posterior sampling re-noises each consistent estimate afresh
+        (``src.inverse.sample_posterior``)."""
+        return is_consistency_student(self.module)
 
     def check(self, domains: tuple[str, ...], tool: str) -> None:
         if self.domain not in domains:

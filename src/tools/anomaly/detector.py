@@ -1,7 +1,8 @@
 """Anomaly maps by partial noising and denoising back (AnoDDPM, Wyatt et al., CVPRW 2022; MONAI tutorials).
 
 A scan is noised to an intermediate level, then the prior's deterministic sampler (DDIM, eta = 0) takes it
-back to clean data. Healthy-looking anatomy comes back almost unchanged; structure the model never saw in
+back to clean data (a consistency student, ``src/distill``, in one step: ``f(x + sigma z, sigma)`` at the level
+picked on its distillation grid). Healthy-looking anatomy comes back almost unchanged; structure the model never saw in
 training is replaced by what it expects there, so ``|x - denoised|``, averaged over several noise draws, is
 large where the scan is unusual.
 """
@@ -40,6 +41,16 @@ def anomaly_map(denoiser, x: torch.Tensor, sigmas: torch.Tensor, draws: int = 4,
     return total / draws
 
 
+def student_sigmas(prior: Prior, level: float) -> torch.Tensor:
+    """A consistency student's one-step denoise: the level ``level`` (share of its distillation grid from the
+    bottom) down to 0 in one jump; a progressive student is refused (its denoiser is trained on its own grid)."""
+    if prior.student["method"] != "consistency":
+        raise ConfigError(f"Checkpoint {prior.name} is a {prior.student['method']} student, trained on its own "
+                          "few-step grid only; anomaly maps need a consistency student or the teacher checkpoint.")
+    grid = torch.cat([prior.module.grid, prior.module.grid.new_zeros(1)])
+    return torch.stack([partial_sigmas(grid, level)[0], grid[-1]])
+
+
 class Detector:
     """``Detector(prior).map(x)`` and ``.bits_per_dim(x)`` for signals ``(N, C, *spatial)`` in model space."""
 
@@ -49,7 +60,10 @@ class Detector:
             raise ConfigError("--draws, --ode-steps and --probes must each be at least 1.")
         self.prior, self.draws, self.batch_size = prior, int(draws), max(1, int(batch_size))
         self.noise_level = float(noise_level)
-        self.sigmas = partial_sigmas(prior.sigmas(steps), self.noise_level)
+        if prior.student:
+            self.sigmas = student_sigmas(prior, self.noise_level)
+        else:
+            self.sigmas = partial_sigmas(prior.sigmas(steps), self.noise_level)
         self.ode_steps, self.probes = int(ode_steps), int(probes)
 
     @classmethod
@@ -78,6 +92,9 @@ class Detector:
 
     def bits_per_dim(self, x: torch.Tensor, seed: int = 0) -> float:
         """Bits per value over all tiles (each tile scored on its own; overlaps count once per tile)."""
+        if self.prior.student:
+            raise ConfigError(f"Checkpoint {self.prior.name} is a few-step student, which has no probability-flow "
+                              "ODE to integrate; pass its teacher's checkpoint for --likelihood.")
         den = self.prior.denoiser(clamp=False)  # clamping would cut the Jacobian the trace needs
         grid = self.prior.sigmas(max(64, len(self.sigmas)))
         sigma_min, sigma_max = float(grid[grid > 0].min()), float(grid[0])

@@ -68,6 +68,9 @@ def screen_file(opts: ScreenOptions) -> dict:
     check_output(opts.output, prior.domain)
     detector = Detector(prior, noise_level=opts.noise_level, draws=opts.draws, steps=opts.steps,
                         batch_size=opts.batch_size, ode_steps=opts.ode_steps, probes=opts.probes)
+    if opts.likelihood and prior.student:
+        raise ConfigError(f"Checkpoint {opts.checkpoint} is a few-step student, which has no probability-flow ODE "
+                          "to integrate; pass its teacher's checkpoint for --likelihood.")
     scan = load(opts.input, prior)
     t0 = time.perf_counter()
     amap = to_input_layout(scan, detector.map(scan.x, seed=opts.seed))

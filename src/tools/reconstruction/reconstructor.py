@@ -31,6 +31,7 @@ from src.inverse.tv import tv_refine
 from src.latent.stage import module_from_checkpoint, require_pixel_space
 from src.options import COUNT
 
+from ..prior import is_consistency_student
 from .masks import center_region, centre_hann_window
 from .measurement import Measurement, as_measurement, robust_max, zero_filled
 
@@ -149,6 +150,9 @@ class Reconstructor:
         self.steps = int(steps or module.diffusion_cfg.get("steps") or 50)
         # the defaults the training config chose for this prior (experiment=recon_prior: docs/studies/reconstruction.md)
         tuned = dict((run_config or {}).get("reconstruction") or {})
+        self.fresh_noise = is_consistency_student(module)  # a few-step student (src/distill): its own grid
+        if getattr(module, "distill_cfg", None):
+            tuned.pop("resample", None)  # the teacher's time travel is tuned for its own many steps
         self.eta = float(eta if eta is not None else tuned.get("eta", 0.85))
         self.num_samples = int(tuned.get("num_samples", 1))
         self.refine_tv = float(refine_tv if refine_tv is not None else tuned.get("refine_tv", 0.0))
@@ -168,6 +172,7 @@ class Reconstructor:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}.")
         COUNT.check(batch_size, "--batch-size")  # -1 once gave an all-zero image and a success
         COUNT.check(cg_iters, "--cg-iters")
+        module.objective.sampling_sigmas(self.steps)  # a student refuses a step count it was not made for
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"--eta must be between 0 and 1, got {self.eta}.")
         if not 0.0 <= self.refine_tv <= 10.0:
@@ -328,7 +333,8 @@ class Reconstructor:
         sigmas = self.module.objective.sampling_sigmas(self.steps)
         x = torch.randn((y.shape[0], self.channels, *y.shape[-2:]), generator=generator, device=self.device)
         sample_posterior(self._denoiser(), x * sigmas[0].item(), sigmas, step, eta=self.eta,
-                         generator=generator, resample=self.resample, resample_sigmas=self.resample_sigmas)
+                         generator=generator, resample=self.resample, resample_sigmas=self.resample_sigmas,
+                         fresh_noise=self.fresh_noise)
         return last["image"]
 
 

@@ -6,6 +6,8 @@
 
 Each tile is sampled by ``src.inverse.sample_posterior`` with the problem's data step: the exact projection
 for noiseless measurements, the noise-aware proximal step (``src.inverse.proximal_consistency``) otherwise.
+A few-step student (``src/distill``) samples on its own 1-4 step grid (``--steps`` one of those it was made for);
+a consistency student re-noises each consistent estimate afresh (multistep consistency sampling).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class Restorer:
 
             shape = (len(chunk), channels, *(r.stop - r.start for r in chunk[0][1]))
             x = torch.randn(shape, generator=g, device=device) * sig[0]
-            out = sample_posterior(den, x, self.sigmas, step, eta=self.eta, generator=g)
+            out = sample_posterior(den, x, self.sigmas, step, eta=self.eta, generator=g,
+                                   fresh_noise=self.prior.fresh_noise)
             for (n, region), tile in zip(chunk, out):
                 results[n].append((region, tile))
             if bar is not None:
