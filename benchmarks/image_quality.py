@@ -39,7 +39,7 @@ SIGMA_RELS = (0.02, 0.05, 0.10, 0.15, 0.20)
 
 # ---- data ----------------------------------------------------------------------------------------
 def digit_images(res: int = RES) -> tuple[np.ndarray, np.ndarray]:
-    """All 1,797 digits as uint8 (N, res, res), upsampled the way tests/test_labels_data.py does, and labels."""
+    """All 1,797 digits as uint8 (N, res, res), upsampled the way tests/data/test_labels_data.py does, and labels."""
     from PIL import Image
     from sklearn.datasets import load_digits
 

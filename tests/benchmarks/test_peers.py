@@ -1,0 +1,119 @@
+"""benchmarks.peers: every recipe trained on the same data and budget, matched parameters, one scorer."""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import peers
+from benchmarks.peers_recipes import diffusers_unet, match_diffusers_width, num_params
+from src.errors import ConfigError
+
+from tests.conftest import run_module
+
+
+def write_digit_subset(folder, per_class: int = 12, classes: int = 4):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for c in range(classes):
+        (folder / str(c)).mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(d.target == c)[:per_class]):
+            Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).save(folder / str(c) / f"{k}.png")
+    return folder
+
+
+def write_tones(folder, rate: int = 8000):
+    import soundfile as sf
+
+    t = np.arange(rate // 2) / rate
+    for name, freq in (("low", 220.0), ("high", 880.0)):
+        (folder / name).mkdir(parents=True)
+        for k in range(3):
+            sf.write(folder / name / f"{k}.wav", 0.5 * np.sin(2 * np.pi * freq * (1 + 0.02 * k) * t), rate)
+    return folder
+
+
+def test_minutes_accept_a_list_and_refuse_nonsense():
+    assert peers.parse_minutes("2,5,10") == [2.0, 5.0, 10.0]
+    assert peers.parse_minutes("0.05") == [0.05]
+    for bad in ("", "two", "2,-1", "0"):
+        with pytest.raises(ConfigError, match="--minutes must be positive numbers"):
+            peers.parse_minutes(bad)
+
+
+def test_diffusers_network_is_matched_to_the_framework_within_ten_percent():
+    from src.backbones import build_backbone
+
+    for channels, res in ((1, 16),):
+        target = num_params(build_backbone({"name": "unet", "spatial_dims": 2, "in_channels": channels,
+                                            "preset": "tiny"}))
+        base = match_diffusers_width(res, channels, target)
+        assert abs(num_params(diffusers_unet(res, channels, base)) / target - 1) <= peers.PARAM_TOLERANCE
+
+
+def test_parameter_counts_off_by_more_than_ten_percent_are_refused():
+    rows = [{"recipe": "framework", "params": 1000}, {"recipe": "edm", "params": 1000},
+            {"recipe": "diffusers", "params": 1080}]
+    peers.check_params(rows)
+    assert rows[2]["params_vs_framework"] == 0.08
+    with pytest.raises(RuntimeError, match="more than 10%"):
+        peers.check_params(rows + [{"recipe": "other", "params": 1200}])
+
+
+def test_a_budgeted_process_is_stopped_at_its_cpu_budget(tmp_path):
+    spin = "import time\nwhile True: sum(range(10000))"
+    out = peers.run_budgeted([sys.executable, "-c", spin], tmp_path / "log", 0.5, cuda=False)
+    assert out["stopped_by_signal"] and out["returncode"] == -15
+    assert out["cpu_s"] >= 0.5 and out["maxrss_mb"] > 0
+
+
+@pytest.mark.slow  # three interpreters with torch: about a minute on a busy 2-core machine
+def test_bad_input_exits_2_with_one_sentence(tmp_path):
+    for args, text in ((["--domain", "image", "--minutes", "x", "--data", str(tmp_path)], "--minutes must be"),
+                       (["--domain", "audio", "--minutes", "1", "--data", str(tmp_path / "none")], "is not a folder"),
+                       (["--domain", "audio", "--minutes", "1", "--data", str(tmp_path)], "holds no audio files")):
+        r = run_module(["benchmarks.peers", *args, "--out", str(tmp_path / "out")], timeout=300,
+                       env={"OMP_NUM_THREADS": "1"})
+        assert r.returncode == 2 and text in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def check_result(result: dict, recipes: tuple[str, ...], stdout: str) -> None:
+    rows = result["budgets"][0]["rows"]
+    assert {r["recipe"] for r in rows} == set(recipes)
+    fw = next(r["params"] for r in rows if r["recipe"] == "framework")
+    for r in rows:
+        assert abs(r["params"] / fw - 1) <= 0.10 and math.isfinite(r["frechet"]) and r["samples_per_cpu_s"] > 0
+        assert r["train_cpu_s"] > 0 and r["train_maxrss_mb"] > 0
+        assert f"| {r['recipe']} | {r['params']:,} |" in stdout  # the printed table names every recipe's count
+
+
+@pytest.mark.slow
+def test_image_benchmark_end_to_end_on_tiny_data(tmp_path):
+    data = write_digit_subset(tmp_path / "digits")
+    out = tmp_path / "out"
+    r = run_module(["benchmarks.peers", "--domain", "image", "--minutes", "0.05", "--data", str(data), "--out",
+                    str(out), "--json", str(tmp_path / "r.json"), "--samples", "8", "--ddpm-samples", "2",
+                    "--held-out", "12", "--resolution", "8"], timeout=1800, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    check_result(result, ("framework", "edm", "diffusers"), r.stdout)
+    samplers = {(row["recipe"], row["sampler"], row["steps"]) for row in result["budgets"][0]["rows"]}
+    assert {("framework", "dpmpp_2m_sde", 32), ("edm", "heun", 16), ("diffusers", "ddpm", 1000),
+            ("diffusers", "ddim", 32), ("diffusers", "dpmpp_2m", 32)} <= samplers
+    assert (out / "grid_image_0.05min.png").is_file() and "max_prob" in result["reference"]
+
+
+@pytest.mark.slow
+def test_audio_benchmark_end_to_end_on_tiny_synthetic_tones(tmp_path):
+    data = write_tones(tmp_path / "tones")
+    r = run_module(["benchmarks.peers", "--domain", "audio", "--minutes", "0.05", "--data", str(data), "--out",
+                    str(tmp_path / "out"), "--json", str(tmp_path / "r.json"), "--samples", "4", "--held-out", "4",
+                    "--sample-rate", "8000", "--clip-seconds", "0.125"], timeout=1800, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    check_result(result, ("framework", "edm", "diffwave"), r.stdout)
+    assert (tmp_path / "out" / "grid_audio_0.05min.png").is_file()

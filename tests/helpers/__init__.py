@@ -1,0 +1,1 @@
+"""Shared pieces of the test suite (parsers, tiny runs, MRI phantoms, restoration checkpoints)."""
