@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.domains import build_datamodule  # noqa: E402
 from src.checkpoint import load_checkpoint  # noqa: E402
+from src.domains import build_datamodule  # noqa: E402
 from src.reconstruct import main as reconstruct_cli  # noqa: E402
 from src.tools.reconstruction.io import write_nifti  # noqa: E402
 from src.tools.reconstruction.measurement import compressed_sensing, simulate_from_image  # noqa: E402

@@ -107,8 +107,8 @@ def device_of(cfg) -> torch.device:
 
 
 def in_memory_batches(cfg, n: int) -> list[dict]:
-    from src.domains import build_datamodule
     from src.config import to_plain
+    from src.domains import build_datamodule
 
     dm = build_datamodule(to_plain(cfg.datamodule), seed=cfg.seed)
     dm.setup("fit")
@@ -125,9 +125,9 @@ def run_framework(cfg, args, backbone_override: dict | None = None) -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.strategies import SingleDeviceStrategy
 
-    from src.domains import build_datamodule
     from src.config import to_plain
     from src.distributed import build_strategy
+    from src.domains import build_datamodule
     from src.module import DiffusionModule
     from src.train import resolve_precision
 

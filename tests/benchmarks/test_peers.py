@@ -10,7 +10,6 @@ import pytest
 from benchmarks import peers
 from benchmarks.peers_recipes import diffusers_unet, match_diffusers_width, num_params
 from src.errors import ConfigError
-
 from tests.conftest import run_module
 
 

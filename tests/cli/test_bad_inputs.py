@@ -12,8 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from src.domains import build_datamodule
-from src.errors import DataError
-from src.errors import ConfigError, ProjectError
+from src.errors import ConfigError, DataError, ProjectError
 from src.sample import DEFAULTS, check_options
 from src.train import train
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from src.config import REDACTED, redact
 from src.report.__main__ import main as report_main
-
 from tests.data.test_labels_data import run
 
 NAMES = ["patient_janet_doe", "site_oslo_ward7"]  # natural order: the label map is these, in this order

@@ -8,7 +8,6 @@ from PIL import Image
 
 from src.domains.image.data import ImageDataModule
 from src.module import DiffusionModule
-
 from tests.conftest import ROOT, run_module
 
 

@@ -36,7 +36,6 @@ from src.reconstruct import main as reconstruct_main
 from src.report.__main__ import main as report_main
 from src.restore import main as restore_main
 from src.runtime.callbacks import KeepNewestSteps
-
 from tests.helpers.mri import phantom, write_dicom_series, write_nifti
 from tests.helpers.restore import make_checkpoint
 

@@ -393,7 +393,6 @@ def test_full_disk_at_a_checkpoint_is_one_sentence_and_keeps_the_last(tmp_path, 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from src.train import train
-
     from tests.conftest import compose
     run = tmp_path_factory.mktemp("hostile") / "run"
     train(compose(["experiment=smoke", "logger=none", f"paths.output_dir={run}", "trainer.max_steps=4",

@@ -7,7 +7,6 @@ import tomllib
 import pytest
 
 from src import env_check
-
 from tests.conftest import ROOT
 
 LOCK = ROOT / "requirements.lock"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli_parsers import capture_parser
 from tests.conftest import ROOT, compose
+from tests.helpers.cli_parsers import capture_parser
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 NOT_OURS = {"pytest", "pip"}

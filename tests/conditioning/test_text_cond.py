@@ -21,7 +21,6 @@ from datamodules.captions import CaptionError, sidecar_path
 from datamodules.shards import write_shards
 from src.domains.audio.data import AudioDataModule
 from src.domains.image.data import ImageDataModule
-
 from tests.conftest import ROOT
 from tests.data.test_labels_data import TINY, run
 from tests.helpers.text import DIGIT_WORDS, captioned_digits, tiny_clip, tiny_t5

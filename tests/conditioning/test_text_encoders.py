@@ -20,7 +20,6 @@ from src.backbones.text import (
 )
 from src.diffusion.guidance import cat_conditions, guided
 from src.errors import ConfigError
-
 from tests.helpers.text import tiny_clip, tiny_t5
 
 

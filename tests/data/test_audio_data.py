@@ -8,11 +8,11 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from src.domains import build_datamodule
-from src.errors import DataError
 from datamodules.base import ReproducibleItems
+from src.domains import build_datamodule
 from src.domains.audio.data import AudioDataModule, normalize
 from src.domains.audio.synth import KINDS, render
+from src.errors import DataError
 
 
 def sine(freq, seconds, sr, channels=1, amp=0.5):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from src.domains import build_datamodule
-from src.errors import DataError
 from datamodules.base import ResumableSampler
+from src.domains import build_datamodule
 from src.domains.image.data import ImageDataModule, SyntheticShapes
+from src.errors import DataError
 
 
 def _write_images(root, n=6, size=(40, 30)):

@@ -13,11 +13,10 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from src.errors import DataError
 from datamodules.shards import write_shards
 from src.domains.audio.data import AudioDataModule
 from src.domains.image.data import ImageDataModule
-from src.errors import ConfigError
+from src.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = (0, 3, 7)

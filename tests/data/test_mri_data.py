@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.domains import build_datamodule
-from src.errors import DataError
 from datamodules.base import ReproducibleItems
+from src.domains import build_datamodule
 from src.domains.mri.data import MRIDataModule
 from src.domains.mri.phantoms import head_phantom
-
+from src.errors import DataError
 from tests.helpers.mri import phantom, write_dicom_series, write_nifti
 
 

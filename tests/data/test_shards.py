@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch.utils.data import get_worker_info
 
-from src.domains import build_datamodule
-from src.errors import DataError
 from datamodules.shards import is_shard_path, main, resolve_shards, shard_counts, write_shards
 from datamodules.stream import ShardSource, StreamConfig, StreamLoader, TrainShardStream, ValShardStream
+from src.domains import build_datamodule
 from src.domains.image.data import ImageFolder, decode_sample
+from src.errors import DataError
 
 RES = 8
 

@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from webdataset.tariterators import tarfile_samples
 
-from src.domains import build_datamodule
 from datamodules.base import call_seeded
 from datamodules.shards import resolve_shards, write_shards
+from src.domains import build_datamodule
 from src.domains.audio.data import AudioFolder, ClipTransform, probe
 
 ROOT = Path(__file__).resolve().parents[2]

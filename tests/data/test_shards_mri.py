@@ -11,10 +11,9 @@ import pytest
 import torch
 from webdataset.tariterators import tarfile_samples
 
-from src.domains import build_datamodule
 from datamodules.base import call_seeded
 from datamodules.shards import resolve_shards, write_shards
-
+from src.domains import build_datamodule
 from tests.helpers.mri import phantom, write_dicom_series, write_nifti
 
 ROOT = Path(__file__).resolve().parents[2]

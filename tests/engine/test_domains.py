@@ -16,7 +16,6 @@ from src.domains import build_datamodule
 from src.errors import ConfigError, DataError
 from src.media import build_media
 from src.metrics import build_metrics
-
 from tests.conftest import ROOT, run_module
 
 TOY = "tests.toy_domain"

@@ -16,7 +16,6 @@ import torch
 from src.phema import main as phema_main
 from src.phema import power_beta, std_to_exp
 from src.sample import main as sample_main
-
 from tests.helpers.dist import TINY, load_training_state, run_train
 
 N = 4

@@ -16,7 +16,6 @@ from src.latent.waveform import multi_resolution_stft_loss
 from src.runtime.progress import Progress
 from src.tools.prior import Prior
 from src.train import train
-
 from tests.conftest import compose
 
 # 0.064 s clips at 16 kHz: 1024 samples, 16 latent frames of the tiny autoencoder's hop of 64

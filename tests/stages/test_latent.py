@@ -13,7 +13,6 @@ from src.latent.networks import autoencoder_kwargs, latent_shape
 from src.latent.space import LatentSpace, file_sha256
 from src.latent.stage import module_from_checkpoint
 from src.train import train
-
 from tests.conftest import compose
 
 # 16x16 images, tiny networks: the autoencoder's factor 4 makes 3x4x4 latents

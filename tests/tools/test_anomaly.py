@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from src.domains.mri.phantoms import head_phantom
 from src.anomaly import main
 from src.diffusion.objectives import DDPMObjective
+from src.domains.mri.phantoms import head_phantom
 from src.tools.anomaly import anomaly_map, bits_per_dim, log_likelihood, partial_sigmas
-
 from tests.helpers.restore import make_checkpoint
 
 SIGMA_MIN, SIGMA_MAX = 0.01, 80.0

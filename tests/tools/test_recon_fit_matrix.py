@@ -10,7 +10,6 @@ import pytest
 from src.domains import build_datamodule
 from src.domains.mri.geometry import Geometry
 from src.errors import ConfigError
-
 from tests.helpers.mri import phantom
 
 

@@ -16,9 +16,8 @@ from src.domains.mri.geometry import Geometry, GeometryError, Reorientation, mat
 from src.errors import DataError
 from src.reconstruct import Reconstructor, main
 from src.tools.reconstruction.masks import undersampling_mask
-
-from tests.helpers.mri import phantom, write_dicom_series
 from tests.domains.test_mri_train import run
+from tests.helpers.mri import phantom, write_dicom_series
 
 H, W, PIXEL = 32, 24, (4.0, 5.0)  # a non-square grid with non-square pixels: a transpose is visible
 

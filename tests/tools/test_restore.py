@@ -18,7 +18,6 @@ from src.tools.restoration.baselines import wiener
 from src.tools.restoration.noise import estimate_noise_std
 from src.tools.restoration.scores import image_metrics, log_spectral_distance, si_sdr
 from src.tools.tiling import Tiling, blend
-
 from tests.helpers.restore import make_checkpoint
 
 RATE = 8000
