@@ -94,7 +94,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.distill_study", description=__doc__.split("\n")[0])
     p.add_argument("--root", type=Path, required=True, help="work folder (data, runs)")
-    p.add_argument("--teacher-steps", type=int, default=1200)
+    p.add_argument("--teacher-steps", type=int, default=1200, help="training steps of the teacher")
     p.add_argument("--distill-steps", type=int, default=150, help="training steps of each student")
     p.add_argument("--lr", type=float, default=2e-4, help="students' learning rate")
     p.add_argument("--json", type=Path, help="write the results here")

@@ -86,7 +86,17 @@ def to_unit_flat(x: torch.Tensor) -> np.ndarray:
     return u8.reshape(len(u8), -1).numpy().astype(np.float64) / 255.0
 
 
-class ImageScorer:
+class Scorer:
+    """What the image and audio scorers share: the reference row."""
+
+    def reference(self) -> dict:
+        """Real train items (as many as the held-out set) scored like samples: the best a recipe can do."""
+        d = self.data
+        pick = np.random.default_rng(0).choice(d.train, min(len(d.test), len(d.train)), replace=False)
+        return self.score(d.x[pick])
+
+
+class ImageScorer(Scorer):
     def __init__(self, data: ImageData, seed: int = 0):
         from sklearn.decomposition import PCA
         from sklearn.neural_network import MLPClassifier
@@ -108,12 +118,6 @@ class ImageScorer:
             p = self.clf.predict_proba(x)
             out.update(max_prob=float(p.max(1).mean()), class_entropy=class_entropy(p.argmax(1), len(p[0])))
         return out
-
-    def reference(self) -> dict:
-        """Real train images (as many as the held-out set) scored like samples: the best a recipe can do."""
-        d = self.data
-        pick = np.random.default_rng(0).choice(d.train, min(len(d.test), len(d.train)), replace=False)
-        return self.score(d.x[pick])
 
     def samples(self, x: np.ndarray) -> np.ndarray:
         return to_unit_flat(torch.from_numpy(x))
@@ -174,7 +178,7 @@ class AudioData:
         return folder
 
 
-class AudioScorer:
+class AudioScorer(Scorer):
     def __init__(self, data: AudioData):
         from sklearn.linear_model import LogisticRegression
 
@@ -199,11 +203,6 @@ class AudioScorer:
             p = self.clf.predict_proba(self.features(x))
             out.update(max_prob=float(p.max(1).mean()))
         return out
-
-    def reference(self) -> dict:
-        d = self.data
-        pick = np.random.default_rng(0).choice(d.train, min(len(d.test), len(d.train)), replace=False)
-        return self.score(d.x[pick])
 
     def samples(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)

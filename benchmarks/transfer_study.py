@@ -156,11 +156,11 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pretrain-minutes", type=float, default=3.0)
+    p.add_argument("--pretrain-minutes", type=float, default=3.0, help="CPU-minutes of pretraining on set A")
     p.add_argument("--minutes", default="1,2", help="CPU-minute marks at which each run on B is scored")
-    p.add_argument("--ranks", default="4,16")
+    p.add_argument("--ranks", default="4,16", help="LoRA ranks to fine-tune with, comma-separated")
     p.add_argument("--work", default="/tmp/transfer_study", help="folder for the pretrained checkpoint")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     marks = [float(m) for m in args.minutes.split(",")]

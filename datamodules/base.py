@@ -209,6 +209,12 @@ class DiffusionDataModule(pl.LightningDataModule):
             self._listing = (items, None if found is None else found[1])
         return self._listing
 
+    def split_files(self) -> tuple[list, list[int] | None, list[int], list[int]]:
+        """``labelled_files`` with the train and validation indices of ``val_fraction`` (seeded)."""
+        files, labels = self.labelled_files()
+        train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
+        return files, labels, train_idx, val_idx
+
     def labelled_folder_classes(self) -> list[str]:
         """``folder_classes`` of a datamodule that lists its items with ``labelled_files``."""
         if not self.path:

@@ -54,12 +54,8 @@ def options(args: argparse.Namespace) -> ScreenOptions:
         use_ema=not args.no_ema)
 
 
-def run(args: argparse.Namespace) -> dict:
-    return screen_file(options(args))
-
-
 def main(argv: list[str] | None = None) -> dict:
-    return run_tool(build_parser, run, argv, files=("output",))
+    return run_tool(build_parser, lambda args: screen_file(options(args)), argv, files=("output",))
 
 
 if __name__ == "__main__":

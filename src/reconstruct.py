@@ -113,12 +113,8 @@ def options(args: argparse.Namespace) -> ReconstructOptions:
         cs_lambda=args.cs_lambda, cs_iters=args.cs_iters, progress=not args.quiet)
 
 
-def run(args: argparse.Namespace) -> dict:
-    return reconstruct_file(options(args))
-
-
 def main(argv: list[str] | None = None) -> dict:
-    return run_tool(build_parser, run, argv, files=("output",))
+    return run_tool(build_parser, lambda args: reconstruct_file(options(args)), argv, files=("output",))
 
 
 if __name__ == "__main__":

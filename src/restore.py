@@ -71,12 +71,8 @@ def options(args: argparse.Namespace) -> RestoreOptions:
         progress=not args.quiet)
 
 
-def run(args: argparse.Namespace) -> dict:
-    return restore_file(options(args))
-
-
 def main(argv: list[str] | None = None) -> dict:
-    return run_tool(build_parser, run, argv, files=("output",))
+    return run_tool(build_parser, lambda args: restore_file(options(args)), argv, files=("output",))
 
 
 if __name__ == "__main__":

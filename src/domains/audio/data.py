@@ -295,8 +295,7 @@ class AudioDataModule(DiffusionDataModule):
         if self.train_set is not None or self.is_streaming:
             return
         if self.path:
-            files, labels = self.labelled_files()
-            train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
+            files, labels, train_idx, val_idx = self.split_files()
             args = (self.sample_rate, self.length, self.channels)
             self.train_set = AudioFolder([files[i] for i in train_idx], *args, True, self.transform,
                                          **self.item_extras(labels, train_idx))

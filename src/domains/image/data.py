@@ -228,8 +228,7 @@ class ImageDataModule(DiffusionDataModule):
         if self.train_set is not None or self.is_streaming:
             return
         if self.path:
-            files, labels = self.labelled_files()
-            train_idx, val_idx = split_indices(len(files), self.val_fraction, self.seed)
+            files, labels, train_idx, val_idx = self.split_files()
             self.train_set = ImageFolder([files[i] for i in train_idx], self.resolution, self.channels,
                                          self.random_flip, **self.item_extras(labels, train_idx))
             self.val_set = ImageFolder([files[i] for i in val_idx], self.resolution, self.channels, False,
