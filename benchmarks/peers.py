@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from src.errors import ConfigError, ProjectError
+from src.safe_load import safe_torch_load
 
 from .peers_score import IMAGE_EXTENSIONS, AudioData, AudioScorer, ImageData, ImageScorer, labelled_files, write_digits
 
@@ -159,12 +160,10 @@ def run_config(run: Path) -> dict:
 
 
 def checkpoint_step(run: Path) -> int | None:
-    import torch
-
     ckpt = run / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
         return None
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+    return int(safe_torch_load(ckpt)["global_step"])
 
 
 def log_tail(log: Path, n: int = 15) -> str:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import yaml
 
+import src.report.media as media  # the modules, not the package (whose __init__ imports this file)
+import src.report.plots as plots
+
 from ..config import redact
-from . import media, plots
 from .run import Run, config_differences
 
 CSS = """

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import src.tools.restoration.baselines as baselines  # the module, not the package
 from src.env_check import import_torchaudio
 from src.errors import ConfigError, DataError
 from src.fileio import read_audio, sibling, write_audio
 
-from . import baselines
 from .noise import estimate_noise_std
 from .operators import LowPass, clip
 from .problem import Problem

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import src.tools.restoration.baselines as baselines  # the module, not the package
 from src.errors import ConfigError, DataError
 from src.fileio import read_image, read_mask, sibling, write_image
 
-from . import baselines
 from .noise import estimate_noise_std
 from .operators import box_mask
 from .problem import Problem

@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import src.tools.restoration.audio as audio  # the modules, not the package (whose __init__ imports this file)
+import src.tools.restoration.image as image
 from src.errors import ConfigError
 from src.fileio import kind_of, sibling, write_json
 from src.options import COUNT, ETA, SEED, Number, Whole, check_fields
 
 from ..prior import Prior
-from . import audio, image
 from .problem import TASKS
 from .restorer import Restorer
 
