@@ -1,19 +1,25 @@
 """Transfer study: does starting from a pretrained model help a small data set in a small CPU budget?
 
-    python -m benchmarks.transfer_study --pretrain-minutes 3 --minutes 1,2 --json docs/studies/data/transfer.json
+    python -m benchmarks.transfer_study --pair emoji --pretrain-minutes 15 --minutes 2,5,10 \
+        --lora attention:4,attention:16,attention+conv:1 --json docs/studies/data/transfer_emoji.json
 
-Data (real, from scikit-learn, never downloaded): the 1,797 handwritten digits at 16x16 (as in
-benchmarks/image_quality.py). Set A: digits 0-4 (all of them), the pretraining set. Set B: digits 5-9; 250 of them
-(50 per class) are the small fine-tuning set, the rest of B is split in two: one half trains the scorer, the other
-is the reference the Frechet distance compares with. Scorer: an MLP classifier of B's five classes; a set of images
-is scored by the Frechet distance between its hidden-layer features and the reference's, the mean max-probability
-and the entropy of the predicted-class histogram (ln 5 = 1.61 when B's classes are equally common).
+Two pairs of real sets (never downloaded):
+- ``--pair emoji`` (32x32 colour, Debian packages, see benchmarks/icon_data.py): set A, the pretraining set, is
+  every 32x32 desktop icon of the installed icon themes plus the emoji of four Unicode groups (People & Body,
+  Objects, Symbols, Activities); set B is the emoji of five other groups (Smileys & Emotion, Animals & Nature,
+  Food & Drink, Travel & Places, Flags).
+- ``--pair digits`` (16x16 grey, scikit-learn): A is digits 0-4, B digits 5-9.
+In both, 250 items of B (50 per class) are the small fine-tuning set; the rest of B is split in two: one half
+trains the scorer, the other is the reference the Frechet distance compares with. Scorer: an MLP classifier of
+B's five classes on the pixels; a set of images is scored by the Frechet distance between its hidden-layer
+features and the reference's, the mean max-probability and the entropy of the predicted-class histogram
+(ln 5 = 1.61 when B's classes are equally common).
 
 Runs (one process, one thread, CPU time by ``time.process_time`` without the scoring; each run is trained in
 slices so all runs reach a mark before any goes further): pretrain on A from scratch,
 save it as a checkpoint of this framework; then on B for the same CPU minutes: from scratch, full fine-tuning
-from the A checkpoint (``init.from``), and LoRA (``finetune.lora.rank`` 4 and 16, attention layers). Every run
-is the tiny UNet with flow matching (the quickstart preset), scored at each of ``--minutes``.
+from the A checkpoint (``init.from``), and LoRA (``finetune.lora``: ``--lora TARGETS:RANK,...``, targets joined
+by ``+``). Every run is the tiny UNet with flow matching (the quickstart preset), scored at each of ``--minutes``.
 """
 
 from __future__ import annotations
@@ -34,27 +40,51 @@ from src.module import DiffusionModule
 
 B_TRAIN_PER_CLASS = 50
 N_SAMPLES = 300
-BACKBONE = {"name": "unet", "spatial_dims": 2, "in_channels": 1, "preset": "tiny"}
 DIFFUSION = {"family": "flow", "time_density": "logit_normal", "sigma_max": 80.0, "sampler": "dpmpp_2m_sde",
              "steps": 32}
 LR, BATCH, WARMUP = 1e-3, 32, 50
+EMOJI_A = ("People & Body", "Objects", "Symbols", "Activities")
+EMOJI_B = ("Smileys & Emotion", "Animals & Nature", "Food & Drink", "Travel & Places", "Flags")
 
 
 # ---- data and scorer ---------------------------------------------------------------------------------------
-def sets(seed: int = 0) -> dict:
-    imgs, y = digit_images()
-    x = imgs.astype(np.float32) / 255.0
-    rng = np.random.default_rng(seed)
-    a = np.flatnonzero(y < 5)
+def _split_b(y: np.ndarray, b_classes, rng) -> tuple[list, list, list]:
     b_train, b_clf, b_ref = [], [], []
-    for c in range(5, 10):
+    for c in b_classes:
         idx = rng.permutation(np.flatnonzero(y == c))
         b_train += list(idx[:B_TRAIN_PER_CLASS])
         rest = idx[B_TRAIN_PER_CLASS:]
         b_clf += list(rest[: len(rest) // 2])
         b_ref += list(rest[len(rest) // 2:])
+    return b_train, b_clf, b_ref
+
+
+def sets(pair: str = "digits", seed: int = 0, cache: Path = Path("/tmp/transfer_study")) -> dict:
+    """x (N, C, H, W) in [0, 1], labels y (B's classes 0-4, A's -1), and the index sets a / b_train / b_clf / b_ref."""
+    rng = np.random.default_rng(seed)
+    if pair == "digits":
+        imgs, y = digit_images()
+        x = imgs.astype(np.float32)[:, None] / 255.0
+        b_train, b_clf, b_ref = _split_b(y, range(5, 10), rng)
+        y = np.where(y >= 5, y - 5, -1)
+        a = np.flatnonzero(y < 0)
+    elif pair == "emoji":
+        from benchmarks import icon_data
+
+        ex, ey, names = icon_data.load("emoji", cache)
+        ix, _, _ = icon_data.load("icons", cache)
+        b_ids = [names.index(g) for g in EMOJI_B]
+        a_ids = [names.index(g) for g in EMOJI_A]
+        y = np.array([b_ids.index(v) if v in b_ids else (-1 if v in a_ids else -2) for v in ey])
+        keep = y > -2
+        x = np.concatenate([ex[keep], ix]).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        y = np.concatenate([y[keep], np.full(len(ix), -1)])
+        b_train, b_clf, b_ref = _split_b(y, range(5), rng)
+        a = np.flatnonzero(y < 0)
+    else:
+        raise SystemExit(f"--pair {pair}: choose digits or emoji")
     return {"x": x, "y": y, "a": a, "b_train": np.array(b_train), "b_clf": np.array(b_clf),
-            "b_ref": np.array(b_ref)}
+            "b_ref": np.array(b_ref), "pair": pair}
 
 
 class Scorer:
@@ -74,24 +104,28 @@ class Scorer:
         return np.maximum(x @ self.clf.coefs_[0] + self.clf.intercepts_[0], 0.0)
 
     def score(self, x: np.ndarray) -> dict:
+        x = x.reshape(len(x), -1).astype(np.float64)
         f, p = self.features(x), self.clf.predict_proba(x)
         return {"frechet": frechet_distance(f.mean(0), np.cov(f, rowvar=False), self.mu, self.cov),
-                "max_prob": float(p.max(1).mean()), "class_entropy": class_entropy(p.argmax(1), 10)}
+                "max_prob": float(p.max(1).mean()), "class_entropy": class_entropy(p.argmax(1), 5)}
 
 
 # ---- training ----------------------------------------------------------------------------------------------
-def build(init: dict | None = None, lora_rank: int = 0) -> DiffusionModule:
+def backbone_for(shape: tuple) -> dict:
+    return {"name": "unet", "spatial_dims": 2, "in_channels": int(shape[0]), "preset": "tiny"}
+
+
+def build(shape: tuple, init: dict | None = None, lora: tuple[list, int] | None = None) -> DiffusionModule:
     torch.manual_seed(0)
-    finetune = {"lora": {"rank": lora_rank, "targets": ["attention"]}} if lora_rank else None
-    return DiffusionModule(backbone=dict(BACKBONE), diffusion=dict(DIFFUSION), data_shape=[1, 16, 16],
+    finetune = {"lora": {"rank": lora[1], "targets": list(lora[0])}} if lora else None
+    return DiffusionModule(backbone=backbone_for(shape), diffusion=dict(DIFFUSION), data_shape=list(shape),
                            ema={"decay": 0.999}, init=init, finetune=finetune)
 
 
 def sample_score(module: DiffusionModule, scorer: Scorer, seed: int = 1) -> dict:
     t0 = time.process_time()
     x = module.sample(N_SAMPLES, seed=seed, batch_size=100)
-    x = ((x.clamp(-1, 1) + 1) / 2).reshape(len(x), -1).numpy().astype(np.float64)
-    out = scorer.score(x)
+    out = scorer.score(((x.clamp(-1, 1) + 1) / 2).numpy())
     out["score_cpu_s"] = round(time.process_time() - t0, 1)
     return out
 
@@ -103,7 +137,7 @@ class Arm:
     def __init__(self, module: DiffusionModule, x: np.ndarray, seed: int = 0):
         self.module = module
         self.opt = torch.optim.AdamW([p for p in module.backbone.parameters() if p.requires_grad], lr=LR)
-        self.data = torch.from_numpy(x * 2 - 1).unsqueeze(1)
+        self.data = torch.from_numpy(x * 2 - 1)
         self.g = torch.Generator().manual_seed(seed)
         self.step, self.used, self.loss = 0, 0.0, float("nan")
 
@@ -154,33 +188,52 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def lora_arms(spec: str) -> dict[str, tuple[list, int]]:
+    """``attention:4,attention+conv:1`` -> {"LoRA attention r=4": (["attention"], 4), ...}."""
+    arms = {}
+    for item in filter(None, (t.strip() for t in spec.split(","))):
+        targets, _, rank = item.rpartition(":")
+        if not targets or not rank.isdigit():
+            raise SystemExit(f"--lora {item}: write TARGETS:RANK, e.g. attention:4 or attention+conv:1")
+        arms[f"LoRA {targets} r={rank}"] = (targets.split("+"), int(rank))
+    return arms
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pretrain-minutes", type=float, default=3.0, help="CPU-minutes of pretraining on set A")
-    p.add_argument("--minutes", default="1,2", help="CPU-minute marks at which each run on B is scored")
-    p.add_argument("--ranks", default="4,16", help="LoRA ranks to fine-tune with, comma-separated")
-    p.add_argument("--work", default="/tmp/transfer_study", help="folder for the pretrained checkpoint")
+    p.add_argument("--pair", default="emoji", choices=["emoji", "digits"], help="which pair of real sets A -> B")
+    p.add_argument("--pretrain-minutes", type=float, default=15.0, help="CPU-minutes of pretraining on set A")
+    p.add_argument("--minutes", default="2,5,10", help="CPU-minute marks at which each run on B is scored")
+    p.add_argument("--lora", default="attention:4,attention:16",
+                   help="LoRA runs as TARGETS:RANK, comma-separated; targets joined by + (attention, conv, regex)")
+    p.add_argument("--work", default="/tmp/transfer_study", help="folder for the data cache and the pretrained "
+                   "checkpoint (reused when the study runs again)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     marks = [float(m) for m in args.minutes.split(",")]
-    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
-            "uptime_before": uptime(), "torch": torch.__version__, "threads": 1,
-            "settings": {"backbone": BACKBONE, "diffusion": DIFFUSION, "lr": LR, "batch": BATCH,
-                         "b_train": 5 * B_TRAIN_PER_CLASS, "samples": N_SAMPLES, "lora_targets": ["attention"]}}
-    t_all = time.process_time()
-    data = sets()
-    scorer = Scorer(data)
-    x = data["x"]
-    info["reference"] = {"real B (train split)": scorer.score(x[data["b_train"]].reshape(-1, 256).astype(np.float64)),
-                         "real A (digits 0-4)": scorer.score(x[data["a"]][:N_SAMPLES].reshape(-1, 256)
-                                                             .astype(np.float64))}
-    info["scorer_accuracy_on_reference"] = scorer.ref_accuracy
-    # pretraining on A, saved as a checkpoint of this framework (reused when the study is run again)
+    loras = lora_arms(args.lora)
     work = Path(args.work)
+    t_all = time.process_time()
+    data = sets(args.pair, cache=work)
+    x = data["x"]
+    shape = tuple(x.shape[1:])
+    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
+            "uptime_before": uptime(), "torch": torch.__version__, "threads": 1, "pair": args.pair,
+            "sizes": {"a": len(data["a"]), "b_train": len(data["b_train"]), "b_scorer": len(data["b_clf"]),
+                      "b_reference": len(data["b_ref"])},
+            "settings": {"backbone": backbone_for(shape), "diffusion": DIFFUSION, "lr": LR, "batch": BATCH,
+                         "samples": N_SAMPLES, "lora": {k: {"targets": t, "rank": r} for k, (t, r) in loras.items()}}}
+    scorer = Scorer(data)
+    info["reference"] = {"real B (train split)": scorer.score(x[data["b_train"]]),
+                         "real A": scorer.score(x[data["a"]][np.random.default_rng(0).permutation(len(data["a"]))
+                                                             [:N_SAMPLES]])}
+    info["scorer_accuracy_on_reference"] = scorer.ref_accuracy
+    print(json.dumps({"sizes": info["sizes"], "scorer_accuracy": scorer.ref_accuracy}), flush=True)
+    # pretraining on A, saved as a checkpoint of this framework (reused when the study is run again)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "pretrained_A.ckpt"
-    base = build()
+    ckpt = work / f"pretrained_A_{args.pair}.ckpt"
+    base = build(shape)
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         base.load_state_dict(saved["state_dict"])
@@ -192,13 +245,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.save({"state_dict": base.state_dict(), "hyper_parameters": dict(base.hparams),
                     "global_step": arm.step, "pretrain": info["pretrain"]}, ckpt)
     info["reference"]["pretrained on A, not fine-tuned"] = sample_score(base, scorer)
+    save(info, args.json, t_all)
+    backbone = backbone_for(shape)
     init = check_init({"from": str(ckpt)})
-    source = describe(ckpt, dict(BACKBONE))
+    source = describe(ckpt, dict(backbone))
     init.update(kind=source["kind"], file=source["file"], sha256=file_sha256(ckpt),
                 mapping=check_objective(init, source, DIFFUSION))
-    starts = {"scratch": (None, 0), "full fine-tune": (init, 0)}
-    starts.update({f"LoRA r={r}": (init, int(r)) for r in args.ranks.split(",")})
-    arms = {name: Arm(build(start, rank), x[data["b_train"]]) for name, (start, rank) in starts.items()}
+    starts = {"scratch": (None, None), "full fine-tune": (init, None)}
+    starts.update({name: (init, lora) for name, lora in loras.items()})
+    arms = {name: Arm(build(shape, start, lora), x[data["b_train"]]) for name, (start, lora) in starts.items()}
     info["runs"] = {name: {"trainable": sum(p.numel() for p in arm.module.backbone.parameters() if p.requires_grad),
                            "rows": []} for name, arm in arms.items()}
     for mark in marks:
