@@ -76,7 +76,8 @@ def with_text(net, text: dict | None):
     return lambda x, noise_level, cond=None: net(x, noise_level, cond, text=text)
 
 
-TEXT_BACKBONES = ("unet", "diffwave")
+# backbones with a text path (a context_dim argument and context=/pooled= in forward)
+TEXT_BACKBONES = ("unet", "diffwave", "unet1d")
 
 
 def check_cond(cond: dict | None) -> dict:
@@ -129,8 +130,9 @@ class DiffusionModule(pl.LightningModule):
         text_encoder = None
         if self.has_text:
             if backbone.get("name", "unet") not in TEXT_BACKBONES:
-                raise ConfigError(f"cond=text needs backbone.name {' or '.join(TEXT_BACKBONES)} (cross-attention to "
-                                  f"the text); backbone.name={backbone.get('name')} takes no text.")
+                names = f"{', '.join(TEXT_BACKBONES[:-1])} or {TEXT_BACKBONES[-1]}"
+                raise ConfigError(f"cond=text needs backbone.name {names} (cross-attention to the text); "
+                                  f"backbone.name={backbone.get('name')} takes no text.")
             self.text_input, text_encoder, context_dim = build_text(self.cond_cfg)
             backbone = {**backbone, "context_dim": context_dim}
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,

@@ -1,9 +1,12 @@
-"""Latent audio: the waveform autoencoder (shapes, hop), the 1D U-Net, both stages on the built-in sounds with a
-WAV from src.sample, the bad inputs (clips shorter than the hop, another sample rate or domain, restoration of
-a latent model) and the sampling progress lines."""
+"""Latent audio: the waveform autoencoder (shapes, hop), the 1D U-Net (and its text path), both stages on the
+built-in sounds with a WAV from src.sample, stage 2 with cond=text on captioned clips sampled from a prompt, the
+bad inputs (clips shorter than the hop, another sample rate or domain, restoration of a latent model) and the
+sampling progress lines."""
 
+import hashlib
 import io
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -64,6 +67,82 @@ def test_unet1d_takes_any_length_and_labels(length):
     x = torch.randn(2, 8, length)
     y = net(x, torch.rand(2), label=torch.tensor([0, 3]))
     assert y.shape == x.shape
+
+
+# sha256 of "name:shape" lines of the tiny unet1d's state_dict (8 channels, no classes, no text) before the text
+# path was added: checkpoints of latent audio without text must keep loading
+PLAIN_TINY_KEYS = (128, "518cdcaa7c55a9bfbfc85ae8c6858b4c3e369138b9a8410d77a9c417da39cd8c")
+
+
+def unet1d(**kw):
+    torch.manual_seed(0)
+    return build_backbone({"name": "unet1d", "in_channels": 8, "preset": "tiny", **kw})
+
+
+def test_unet1d_without_text_keeps_its_parameter_names():
+    plain = unet1d().state_dict()
+    lines = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in plain.items())
+    assert (len(plain), hashlib.sha256(lines.encode()).hexdigest()) == PLAIN_TINY_KEYS
+    text = unet1d(context_dim=16).state_dict()
+    assert all(text[k].shape == v.shape for k, v in plain.items())
+    # the text adds a pooled projection and cross-attention after each self-attention (tiny: level 1) and mid
+    added = {k.rsplit(".", 2)[0].removesuffix(".attn") for k in text if k not in plain}
+    assert added == {"text_pool", "mid_cross", "down.2.2", "up.0.2", "up.1.2"}
+
+
+def test_unet1d_output_depends_on_the_caption():
+    net = unet1d(context_dim=16)
+    cross = [m for m in net.modules() if type(m).__name__ == "CrossAttention1d"]
+    assert len(cross) == 4 and all(float(m.attn.out_proj.weight.abs().sum()) == 0 for m in cross)
+    with torch.no_grad():  # train-like weights everywhere except the zero-initialised cross-attention outputs
+        for name, p in net.named_parameters():
+            if "out_proj" not in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    x, t = torch.randn(2, 8, 19), torch.rand(2)
+    a, b = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    pooled = torch.randn(2, 16)
+    y = net(x, t, context=a, pooled=pooled)
+    assert y.shape == x.shape
+    # cross-attention starts as the identity: other tokens, same pooled embedding, same output
+    assert torch.allclose(net(x, t, context=b, pooled=pooled), y)
+    # the pooled embedding reaches the noise-level embedding
+    assert (net(x, t, context=a, pooled=pooled + 1) - y).abs().max() > 1e-3
+    with torch.no_grad():
+        for m in cross:
+            m.attn.out_proj.weight.normal_(std=0.05)
+    y = net(x, t, context=a, pooled=pooled)
+    assert (net(x, t, context=b, pooled=pooled) - y).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="built without text but got text"):
+        unet1d()(x, t, context=a, pooled=pooled)
+
+
+def test_stage2_with_captions_samples_from_a_prompt(runs, tmp_path):
+    from src.sample import main
+
+    t = np.arange(1024) / 16000
+    for k, (word, freq) in enumerate([("low", 220.0), ("high", 1760.0)] * 4):
+        sf.write(tmp_path / f"t{k}.wav", (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 16000)
+        (tmp_path / f"t{k}.txt").write_text(f"a {word} tone")
+    out = tmp_path / "ldm"
+    train(compose(["domain=audio", "experiment=audio_quickstart", "logger=none", "trainer.accelerator=cpu",
+                   "threads=1", "trainer.enable_progress_bar=false", f"datamodule.path={tmp_path}",
+                   "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
+                   "backbone.preset=tiny", "sampling.num=2", "sampling.steps=2", "trainer.limit_val_batches=1",
+                   "trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_steps=2",
+                   "cond=text", "cond.dim=16", "cond.heads=2", "cond.layers=1", "cond.max_length=16",
+                   f"latent.autoencoder={runs['ae']}", f"paths.output_dir={out}"]))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["backbone"]["name"] == "unet1d"
+    assert state["hyper_parameters"]["cond"]["kind"] == "text"
+    assert "backbone.net.mid_cross.attn.out_proj.weight" in state["state_dict"]
+    assert (out / "samples" / "prompts.txt").read_text().splitlines()[0] in ("a low tone", "a high tone")
+    main([f"ckpt={ckpt}", "prompt=a low tone", "guidance=2", "num_samples=2", "steps=2", "seed=0",
+          f"out={tmp_path / 's'}", "progress=off"])
+    assert (tmp_path / "s" / "prompts.txt").read_text() == "a low tone\n"
+    for k in range(2):
+        data, rate = sf.read(tmp_path / "s" / f"sample_p000_{k:05d}.wav")
+        assert rate == 16000 and data.shape == (1024,) and np.isfinite(data).all()
 
 
 def test_clips_shorter_than_the_hop_stop_stage_1(tmp_path):
