@@ -88,6 +88,25 @@ def autoencode(ckpt: Path, waves: np.ndarray, batch: int = 16) -> np.ndarray:
     return torch.cat([net.reconstruct(x[i:i + batch]) for i in range(0, len(x), batch)])[:, 0].clamp(-1, 1).numpy()
 
 
+def mel_griffin_lim(waves: np.ndarray, n_mels: int, hop: int, sample_rate: int = 16000, iters: int = 32) -> np.ndarray:
+    """Each clip through a log-mel spectrogram and back by Griffin-Lim: the ceiling of a mel representation
+    without a trained vocoder (what diffusing mel spectrograms could reach at best with this inversion)."""
+    import torch
+    import torchaudio
+
+    n_fft = 4 * hop
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels, power=1.0)
+    inv = torchaudio.transforms.InverseMelScale(n_fft // 2 + 1, n_mels, sample_rate)
+    gl = torchaudio.transforms.GriffinLim(n_fft=n_fft, hop_length=hop, power=1.0, n_iter=iters)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        x = torch.from_numpy(waves)
+        out = gl(inv(mel(x)))
+    out = out[..., : waves.shape[-1]]
+    out = torch.nn.functional.pad(out, (0, waves.shape[-1] - out.shape[-1]))
+    return out.numpy().astype(np.float32)
+
+
 def score_set(scorer: Scorer, waves: np.ndarray, labels: np.ndarray | None, ref_feats: np.ndarray) -> dict:
     probs, feats = scorer.predict(waves)
     out = {"n": len(waves), "mean_max_prob": float(probs.max(1).mean()),
@@ -168,6 +187,10 @@ def main() -> None:
                "latent_unconditional": score_set(scorer, uncond_waves, None, ref),
                "autoencoder_reconstruction": score_set(
                    scorer, autoencode(ae / "checkpoints" / "last.ckpt", waves[held_idx]), labels[held_idx], ref),
+               "mel64_hop128_griffin_lim": score_set(
+                   scorer, mel_griffin_lim(waves[held_idx], 64, 128), labels[held_idx], ref),
+               "mel80_hop256_griffin_lim": score_set(
+                   scorer, mel_griffin_lim(waves[held_idx], 80, 256), labels[held_idx], ref),
                "white_noise": score_set(scorer, noise, rng.integers(0, len(classes), len(noise)), ref)}
     cpu["scorer"] = time.process_time() - t0
     speed = sampling_speed(ckpt, num=16, steps=32)
