@@ -97,6 +97,8 @@ RANGES: dict[str, object] = {
     "cond.drop_prob": FRACTION,
     "latent.scale_factor": Number(0.0, low_open=True, none_ok=True),
     "latent.scale_batches": COUNT,
+    "latent.mel.n_mels": COUNT,
+    "latent.mel.hop": COUNT,
     "loss.l1_weight": NONNEGATIVE,
     "loss.kl_weight": NONNEGATIVE,
     "loss.adversarial_weight": NONNEGATIVE,

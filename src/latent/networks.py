@@ -15,6 +15,7 @@ from torch import nn
 
 from src.errors import ConfigError
 
+from .mel import MelCodec
 from .waveform import WaveformAutoencoder, hop_of, waveform_kwargs
 
 # channels per level (factor 4 each: three levels), residual blocks per level, group-norm groups
@@ -66,14 +67,18 @@ def autoencoder_kwargs(cfg: dict) -> dict:
     return kw
 
 
-def build_autoencoder(kwargs: dict) -> AutoencoderKL | WaveformAutoencoder:
+def build_autoencoder(kwargs: dict) -> AutoencoderKL | WaveformAutoencoder | MelCodec:
     kw = dict(kwargs)
+    if kw.get("kind") == "mel":  # latent.autoencoder=mel: fixed log-mel spectrograms, no trained weights
+        return MelCodec(**{k: v for k, v in kw.items() if k != "kind"})
     if kw.get("kind") == "waveform":
         return WaveformAutoencoder(**kw)
     return AutoencoderKL(**{**kw, "channels": tuple(kw["channels"]), "attention_levels": tuple(kw["attention_levels"])})
 
 
 def downsampling(kwargs: dict) -> int:
+    if kwargs.get("kind") == "mel":
+        return int(kwargs.get("hop", 128))
     if kwargs.get("kind") == "waveform":
         return hop_of(kwargs)
     return 2 ** (len(kwargs["channels"]) - 1)
@@ -83,6 +88,13 @@ def latent_shape(kwargs: dict, data_shape: list[int]) -> list[int]:
     """``(C, *spatial)`` of the data -> ``(latent_channels, *spatial / factor)``, or a ConfigError."""
     f = downsampling(kwargs)
     spatial = list(data_shape[1:])
+    if kwargs.get("kind") == "mel":  # (channels * n_mels, frames) with centred STFT frames
+        n = int(spatial[-1]) if len(spatial) == 1 else 0
+        if len(spatial) != 1 or n <= 2 * f:
+            raise ConfigError(f"The clips hold {n} samples (datamodule.clip_seconds x datamodule.sample_rate), too "
+                              f"short for mel frames of {4 * f} samples (4 x latent.mel.hop={f}); set a longer "
+                              "datamodule.clip_seconds or a smaller latent.mel.hop.")
+        return [int(data_shape[0]) * int(kwargs.get("n_mels", 64)), n // f + 1]
     if kwargs.get("kind") == "waveform":
         n = int(spatial[-1]) if len(spatial) == 1 else 0
         if len(spatial) != 1 or n < f:

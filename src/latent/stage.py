@@ -1,9 +1,12 @@
 """Which LightningModule a run trains: ``stage=autoencoder`` (stage 1), ``latent.autoencoder=PATH`` (stage 2,
-diffusion in that autoencoder's latent space) or plain pixel-space diffusion; and which module class a
-checkpoint rebuilds."""
+diffusion in that autoencoder's latent space), ``latent.autoencoder=mel`` (audio: diffusion of fixed log-mel
+spectrograms, src/latent/mel.py) or plain pixel-space diffusion; and which module class a checkpoint
+rebuilds."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from .diffusion import LatentDiffusionModule
 from .space import read_autoencoder
 
 log = logging.getLogger(__name__)
+
+MEL = "mel"  # the reserved value of latent.autoencoder: log-mel spectrograms instead of a trained autoencoder
 
 
 def stage_name(cfg) -> str:
@@ -55,17 +60,42 @@ def build_model(cfg: dict, data_shape: list[int], **extra):
                   perf=cfg.get("perf") or {}, **extra)
     if not latent.get("autoencoder"):
         return DiffusionModule(**common)
-    arch, weights, source = read_autoencoder(latent["autoencoder"], use_ema=bool(latent.get("use_ema", True)))
-    check_source(cfg, latent["autoencoder"], source)
+    if latent["autoencoder"] == MEL:
+        arch, weights, source = mel_space(cfg, data_shape)
+    else:
+        arch, weights, source = read_autoencoder(latent["autoencoder"], use_ema=bool(latent.get("use_ema", True)))
+        check_source(cfg, latent["autoencoder"], source)
     if latent.get("backbone"):  # a backbone suited to the latents (audio: a 1D U-Net in place of DiffWave)
         common["backbone"] = dict(latent["backbone"])
     model = LatentDiffusionModule(**common, latent={"arch": arch, "source": source,
                                                     "scale_factor": latent.get("scale_factor"),
                                                     "scale_batches": latent.get("scale_batches")})
-    model.latent.autoencoder.load_state_dict(weights)
-    log.info("Diffusing in the latent space %s of autoencoder %s (step %d).", model.data_shape, source["file"],
-             source["step"])
+    if weights is not None:
+        model.latent.autoencoder.load_state_dict(weights)
+        log.info("Diffusing in the latent space %s of autoencoder %s (step %d).", model.data_shape, source["file"],
+                 source["step"])
+    else:
+        log.info("Diffusing normalised log-mel spectrograms %s (%d bands, hop %d), decoded by Griffin-Lim.",
+                 model.data_shape, arch["n_mels"], arch["hop"])
     return model
+
+
+def mel_space(cfg: dict, data_shape: list[int]) -> tuple[dict, None, dict]:
+    """``(arch, None, source)`` of ``latent.autoencoder=mel``: the MelCodec's config from the run's datamodule
+    (sample rate, channels, clip length) and ``latent.mel`` (n_mels, hop); ``source`` names a hash of the
+    arch, so a run resumes only with the same mel settings."""
+    domain = (cfg.get("domain") or {}).get("name")
+    if domain != "audio":
+        raise ConfigError(f"latent.autoencoder=mel diffuses mel spectrograms of audio clips and this run is "
+                          f"domain={domain}; use domain=audio, or pass the last.ckpt of a stage=autoencoder run.")
+    mel = dict((cfg.get("latent") or {}).get("mel") or {})
+    rate = int(cfg["datamodule"]["sample_rate"])
+    arch = {"kind": "mel", "n_mels": int(mel.get("n_mels") or 64), "hop": int(mel.get("hop") or 128),
+            "sample_rate": rate, "in_channels": int(data_shape[0]), "length": int(data_shape[-1])}
+    digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()
+    source = {"sha256": digest, "step": 0, "file": "mel", "use_ema": False, "data_shape": list(data_shape),
+              "domain": domain, "sample_rate": rate}
+    return arch, None, source
 
 
 def check_source(cfg, path, source: dict) -> None:

@@ -1,0 +1,109 @@
+"""Latent audio on fixed log-mel spectrograms (``latent.autoencoder=mel``): the MelCodec keeps a tone's spectrum
+and decodes deterministically; stage 2 with cond=class on two folders of tones, sampled to WAVs from the
+checkpoint alone; the refusal outside domain=audio."""
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from src.errors import ConfigError
+from src.latent.mel import MelCodec
+from src.latent.networks import build_autoencoder, latent_shape
+from src.latent.stage import module_from_checkpoint
+from src.train import train
+from tests.conftest import compose
+
+RATE, LENGTH = 16000, 4096
+
+
+def tone(freq: float, length: int = LENGTH, amp: float = 0.5) -> torch.Tensor:
+    t = torch.arange(length, dtype=torch.float32) / RATE
+    return (amp * torch.sin(2 * math.pi * freq * t)).reshape(1, 1, -1)
+
+
+def test_mel_codec_keeps_a_tone_and_decodes_deterministically():
+    arch = {"kind": "mel", "n_mels": 64, "hop": 128, "sample_rate": RATE, "length": LENGTH}
+    codec = build_autoencoder(arch)
+    assert isinstance(codec, MelCodec) and not list(codec.parameters())
+    assert latent_shape(arch, [1, LENGTH]) == [64, LENGTH // 128 + 1]
+    x = torch.cat([tone(440.0), tone(1000.0, amp=0.2)])
+    z, sigma = codec.encode(x)
+    assert z.shape == (2, 64, 33) and torch.equal(sigma, torch.zeros_like(z))
+    assert -1.7 < float(z.min()) and float(z.max()) < 2.5  # the fixed affine: roughly [-1, 1]
+    y = codec.decode(z)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert torch.equal(codec.decode(z), y)  # the Griffin-Lim phases come from a fixed seed
+    for clip, freq in zip(y[:, 0], (440.0, 1000.0)):
+        peak = float(torch.fft.rfft(clip).abs().argmax()) * RATE / LENGTH
+        assert abs(peak - freq) <= 3 * RATE / LENGTH  # within 12 Hz; the mel bands near 440 Hz are ~50 Hz wide
+    # the decoded clip's mel spectrogram is close to the input's (Griffin-Lim keeps magnitudes, not phases): the
+    # loud bands (within 4 nats of the peak) closely, the whole spectrogram by relative error of the magnitudes
+    again, _ = codec.encode(y)
+    loud = z > z.amax(dim=(1, 2), keepdim=True) - 1
+    assert float((again - z)[loud].abs().mean()) < 0.1
+
+    def rel(a, b):
+        return float((a.mul(4).exp() - b.mul(4).exp()).norm() / b.mul(4).exp().norm())
+
+    assert rel(again[0], z[0]) < 0.25 and rel(again[1], z[1]) < 0.25
+    assert rel(again[0], z[1]) > 1 and rel(again[1], z[0]) > 1  # and far from the other tone's
+
+
+def test_short_clips_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="too short for mel frames of 512 samples"):
+        latent_shape({"kind": "mel", "n_mels": 64, "hop": 128}, [1, 256])
+    latent_shape({"kind": "mel", "n_mels": 64, "hop": 128}, [1, 257])  # two hops and one sample: enough
+    with pytest.raises(ConfigError, match=r"The clips hold 160 samples \(datamodule.clip_seconds"):
+        train(compose(["domain=audio", "experiment=smoke", "logger=none", "trainer.accelerator=cpu", "threads=1",
+                       "datamodule.clip_seconds=0.01", "datamodule.builtin_size=8", "latent.autoencoder=mel",
+                       f"paths.output_dir={tmp_path / 'a'}"]))
+
+
+def two_tone_classes(root):
+    t = np.arange(1024) / RATE
+    for name, freq in (("high", 1760.0), ("low", 220.0)):
+        (root / name).mkdir(parents=True)
+        for k in range(4):
+            clip = 0.5 * np.sin(2 * np.pi * freq * t + k)
+            sf.write(root / name / f"{k}.wav", clip.astype(np.float32), RATE)
+
+
+def test_stage2_on_mel_spectrograms_with_classes_samples_wavs(tmp_path):
+    from src.sample import main
+
+    two_tone_classes(tmp_path / "data")
+    out = tmp_path / "ldm"
+    train(compose(["domain=audio", "experiment=audio_quickstart", "logger=none", "trainer.accelerator=cpu",
+                   "threads=1", "trainer.enable_progress_bar=false", f"datamodule.path={tmp_path / 'data'}",
+                   "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
+                   "backbone.preset=tiny", "sampling.num=0", "trainer.limit_val_batches=1", "trainer.max_steps=2",
+                   "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "cond=class",
+                   "latent.autoencoder=mel", "latent.mel.n_mels=32", "latent.mel.hop=64",
+                   f"paths.output_dir={out}"]))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hp["latent"]["arch"] == {"kind": "mel", "n_mels": 32, "hop": 64, "sample_rate": RATE, "in_channels": 1,
+                                    "length": 1024}
+    assert hp["backbone"]["name"] == "unet1d" and hp["backbone"]["in_channels"] == 32
+    module, _ = module_from_checkpoint(ckpt)
+    assert module.data_shape == [32, 1024 // 64 + 1] and float(module.latent.scale_factor) > 0
+    # the label reaches the mel-space backbone: same seed, other class, other waveform
+    a, b = (module.sample(1, steps=2, seed=0, label=torch.tensor([c]), guidance=2.0) for c in (0, 1))
+    assert a.shape == (1, 1, 1024) and not torch.allclose(a, b)
+    main([f"ckpt={ckpt}", "label=1", "guidance=2", "num_samples=2", "steps=2", "seed=0", f"out={tmp_path / 's'}",
+          "progress=off"])
+    wavs = sorted((tmp_path / "s").glob("*.wav"))
+    assert len(wavs) == 2
+    for wav in wavs:
+        data, rate = sf.read(wav)
+        assert rate == RATE and data.shape == (1024,) and np.isfinite(data).all() and np.abs(data).max() > 0
+
+
+def test_mel_is_refused_outside_audio(tmp_path):
+    with pytest.raises(ConfigError, match="mel spectrograms of audio clips and this run is domain=image"):
+        train(compose(["domain=image", "experiment=smoke", "logger=none", "trainer.accelerator=cpu", "threads=1",
+                       "datamodule.resolution=16", "datamodule.builtin_size=16", "latent.autoencoder=mel",
+                       f"paths.output_dir={tmp_path / 'b'}"]))
