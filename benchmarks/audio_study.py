@@ -127,6 +127,9 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here (optional)")
     p.add_argument("--per-class", type=int, default=14, help="conditional samples per class")
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance of the conditional draws")
+    p.add_argument("--representation", choices=["autoencoder", "mel"], default="autoencoder",
+                   help="what stage 2 diffuses: the preset's waveform autoencoder (trained first) or "
+                        "latent.autoencoder=mel (log-mel spectrograms, Griffin-Lim; no stage 1)")
     p.add_argument("--ae-steps", type=int, default=None, help="override the preset's stage-1 steps")
     p.add_argument("--steps", type=int, default=None, help="override the preset's stage-2 steps")
     p.add_argument("--skip-train", action="store_true", help="reuse both runs under --work")
@@ -153,12 +156,14 @@ def main() -> None:
         cpu["stage1"] = args.stage1_cpu
     if args.stage2_cpu is not None:
         cpu["stage2"] = args.stage2_cpu
-    if not args.skip_train and not args.skip_stage1:
+    mel = args.representation == "mel"
+    if not args.skip_train and not args.skip_stage1 and not mel:
         cpu["stage1"] = run(["-m", "src.train", "stage=autoencoder", *common, f"paths.output_dir={ae}",
                              *([f"trainer.max_steps={args.ae_steps}"] if args.ae_steps else [])], work / "stage1.log")
         print(f"stage 1: {cpu['stage1'] / 60:.1f} CPU-min", flush=True)
+    space = "latent.autoencoder=mel" if mel else f"latent.autoencoder={ae}/checkpoints/last.ckpt"
     if not args.skip_train:
-        cpu["stage2"] = run(["-m", "src.train", *common, "cond=class", f"latent.autoencoder={ae}/checkpoints/last.ckpt",
+        cpu["stage2"] = run(["-m", "src.train", *common, "cond=class", space,
                              f"paths.output_dir={ldm}", *([f"trainer.max_steps={args.steps}"] if args.steps else [])],
                             work / "stage2.log")
         print(f"stage 2: {cpu['stage2'] / 60:.1f} CPU-min", flush=True)
@@ -185,8 +190,8 @@ def main() -> None:
     results = {"real_heldout": score_set(scorer, waves[held_idx], labels[held_idx], ref),
                "latent_conditional": score_set(scorer, cond_waves, cond_labels, ref),
                "latent_unconditional": score_set(scorer, uncond_waves, None, ref),
-               "autoencoder_reconstruction": score_set(
-                   scorer, autoencode(ae / "checkpoints" / "last.ckpt", waves[held_idx]), labels[held_idx], ref),
+               **({} if mel else {"autoencoder_reconstruction": score_set(
+                   scorer, autoencode(ae / "checkpoints" / "last.ckpt", waves[held_idx]), labels[held_idx], ref)}),
                "mel64_hop128_griffin_lim": score_set(
                    scorer, mel_griffin_lim(waves[held_idx], 64, 128), labels[held_idx], ref),
                "mel80_hop256_griffin_lim": score_set(
@@ -199,7 +204,8 @@ def main() -> None:
                "frechet_conditional_vs_real": results["latent_conditional"]["frechet"]
                / max(results["real_heldout"]["frechet"], 1e-9),
                "training_cpu_minutes": (cpu.get("stage1", 0) + cpu.get("stage2", 0)) / 60}
-    report = {"machine": {**info, "load_end": os.getloadavg()}, "classes": classes, "cpu_seconds": cpu,
+    report = {"representation": args.representation,
+              "machine": {**info, "load_end": os.getloadavg()}, "classes": classes, "cpu_seconds": cpu,
               "scores": results, "summary": summary, "sampling_speed": speed, "guidance": args.guidance,
               "clips": {"real": len(waves), "scorer_train": len(train_idx), "heldout": len(held_idx)}}
     print(f"{'set':24s} {'acc':>6s} {'maxp':>6s} {'H/clip':>7s} {'H(marg)':>8s} {'Frechet':>9s}")
