@@ -1,5 +1,7 @@
 """benchmarks/gpu_check.sh: the one-table GPU check, run here in its --tiny CPU form, and how it reports gaps."""
 
+import contextlib
+import importlib
 import importlib.util
 import json
 import math
@@ -28,24 +30,73 @@ def table_rows(text: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split(" | ")] for line in body.strip().splitlines()[1:]]
 
 
-@pytest.mark.slow
-def test_tiny_run_writes_every_row_with_numbers(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--tiny"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200)  # a guard against a hang, not a speed target
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = (tmp_path / "gpu_check.md").read_text()
-    header = text.splitlines()[2]
-    assert "device: CPU" in header and f"torch: {torch.__version__}" in header
-    assert re.search(r"date: \d{4}-\d{2}-\d{2}", header)
+def in_process_steps(monkeypatch):
+    """A ``run_step`` that runs the step's module's ``main()`` in this process (same arguments, same JSON file):
+    the code of each step without the start-up of an interpreter (``run_step`` itself: the shell run below)."""
 
-    rows = table_rows(text)
+    def run(step: Step, timeout: float, work: Path, env: dict) -> tuple[str | None, float]:
+        module = importlib.import_module(step.module)
+        threads, t0 = torch.get_num_threads(), time.monotonic()
+        with (work / f"{step.name}.log").open("w") as log, contextlib.redirect_stdout(log), \
+                monkeypatch.context() as m:
+            m.setattr(sys, "argv", [step.module, *step.args, "--json", str(work / f"{step.name}.json")])
+            m.setattr(torch.nn.Module, "compile", torch.nn.Module.compile)  # --compile-backend replaces it
+            module.main()
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()
+        return None, time.monotonic() - t0
+
+    monkeypatch.setattr(gpu_check, "run_step", run)
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_every_row_with_numbers(tmp_path, monkeypatch):
+    """The whole plan on the CPU: ``benchmarks/gpu_check.sh --tiny`` runs the steps whose numbers need a process
+    of their own (peak memory of DDP and FSDP2) as the GPU check does, each in its own process; at the same time
+    ``gpu_check.main`` runs every other step in this process. Each row is a number in exactly one of the two
+    tables and says "not run (--only)" in the other."""
+    own = ["memory_ddp", "memory_fsdp"]
+    steps, _ = plan(tiny=True, peak=1.0)
+    (tmp_path / "shell").mkdir()
+    env = {**os.environ, "OUT": str(tmp_path / "shell"), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    shell = subprocess.Popen(["bash", "benchmarks/gpu_check.sh", "--tiny", "--only", ",".join(own)], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        in_process_steps(monkeypatch)
+        others = [s.name for s in steps if s.name not in own]
+        gpu_check.main(["--tiny", "--only", ",".join(others), "--out", str(tmp_path / "here" / "gpu_check.md")])
+        # a guard against a hang, not a speed target
+        output, _ = shell.communicate(timeout=1200)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+    assert shell.returncode == 0, output[-3000:]
+
     expected = [(m, s) for m, s, _, _ in plan(tiny=True, peak=1.0)[1]]
-    assert [(m, s) for m, s, _, _ in rows] == expected
     assert {m for m, _ in expected} == MEASUREMENTS
     assert sum(m == "training throughput" for m, _ in expected) == 7  # image x3, audio x2, mri x2
+    tables = {}
+    for where in ("shell", "here"):
+        text = (tmp_path / where / "gpu_check.md").read_text()
+        header = text.splitlines()[2]
+        assert "device: CPU" in header and f"torch: {torch.__version__}" in header
+        assert re.search(r"date: \d{4}-\d{2}-\d{2}", header)
+        rows = table_rows(text)
+        assert [(m, s) for m, s, _, _ in rows] == expected
+        tables[where] = rows
+        ran = own if where == "shell" else others
+        step_rows = text.split("| step | status | seconds |")[1]
+        assert step_rows.count("| ok |") == len(ran)
+        assert step_rows.count("| not run (--only) |") == len(steps) - len(ran)
+    assert "nominal" in next(r[3] for r in tables["here"] if r[0] == "MFU")
+
     has_diffusers = importlib.util.find_spec("diffusers") is not None
-    for measurement, setting, value, _unit in rows:
+    for shell_row, here_row in zip(tables["shell"], tables["here"]):
+        measurement, setting = shell_row[:2]
+        memory = measurement in ("peak memory per GPU", "FSDP2 / DDP peak memory")
+        value, other = (shell_row[2], here_row[2]) if memory else (here_row[2], shell_row[2])
+        assert other == "not run (--only)", (measurement, setting, other)
         if not has_diffusers and "diffusers" in setting:
             assert value.startswith("not installed"), (setting, value)
             continue
@@ -53,14 +104,12 @@ def test_tiny_run_writes_every_row_with_numbers(tmp_path):
         assert math.isfinite(number), (measurement, setting, value)
         if measurement in ("training throughput", "peak memory per GPU", "reconstruction time", "MFU"):
             assert number > 0, (measurement, setting, value)
-    assert "nominal" in next(r[3] for r in rows if r[0] == "MFU")
 
-    steps = text.split("| step | status | seconds |")[1]
-    assert steps.count("| ok |") == len(plan(tiny=True, peak=1.0)[0])
-    raw = json.loads((tmp_path / "gpu_check.json").read_text())
+    raw = json.loads((tmp_path / "shell" / "gpu_check.json").read_text())
     assert raw["results"]["memory_fsdp"]["rows"][0]["strategy"] == "FSDP2Strategy"
     assert raw["results"]["memory_ddp"]["rows"][0]["strategy"] == "DDPStrategy"
-    assert "benchmarks.recon_speed" in (tmp_path / "gpu_check.log").read_text()
+    log = (tmp_path / "shell" / "gpu_check.log").read_text()  # every step's command and output
+    assert log.count("-m benchmarks.train_throughput") == 2 and "trainer=ddp" in log and "trainer=fsdp" in log
 
 
 def test_missing_steps_and_packages_still_have_their_rows():

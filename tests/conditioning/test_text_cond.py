@@ -21,8 +21,11 @@ from datamodules.captions import CaptionError, sidecar_path
 from datamodules.shards import write_shards
 from src.domains.audio.data import AudioDataModule
 from src.domains.image.data import ImageDataModule
-from tests.conftest import ROOT
-from tests.data.test_labels_data import TINY, run
+from src.errors import ConfigError
+from src.sample import main as sample_main
+from src.train import train
+from tests.conftest import ROOT, compose
+from tests.data.test_labels_data import TINY
 from tests.helpers.text import DIGIT_WORDS, captioned_digits, tiny_clip, tiny_t5
 
 TEXT_TINY = [*TINY, "cond=text", "cond.dim=16", "cond.heads=2", "cond.layers=1", "cond.max_length=24",
@@ -129,25 +132,34 @@ def test_mri_captions_from_a_datalist_key(tmp_path):
         MRIDataModule(path=str(tmp_path / "dataset.json"), max_bad_fraction=0.1, **kw).setup()
 
 
-# ---- end to end through `python -m src.train` and `python -m src.sample` -------------------------------------
+# ---- end to end: training through the Hydra config and src.train.train, sampling through src.sample's main ----
+# (in this process; the command line of src.train with cond=text: test_bad_text_inputs_stop_with_one_sentence)
+def train_run(overrides: list[str]) -> dict:
+    res = train(compose(overrides))
+    assert res["global_step"] > 0 and res["nonfinite"] is None, res
+    return res
+
+
 @pytest.mark.slow
-def test_image_text_training_and_sampling_with_prompts(tmp_path):
+def test_image_text_training_and_sampling_with_prompts(tmp_path, capsys):
     captioned_digits(tmp_path / "d")
     out = tmp_path / "run"
-    run(["src.train", "domain=image", f"datamodule.path={tmp_path / 'd'}", f"paths.output_dir={out}", *TEXT_TINY])
+    train_run(["domain=image", f"datamodule.path={tmp_path / 'd'}", f"paths.output_dir={out}", *TEXT_TINY])
     ckpt = out / "checkpoints" / "last.ckpt"
     hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hp["cond"]["kind"] == "text" and hp["cond"]["encoder"] == "builtin"
     assert (out / "samples" / "prompts.txt").read_text().splitlines()[0].startswith("the digit ")
     assert len(list((out / "samples").glob("step*.png"))) == 4  # two prompts, two samples each
-    proc = run(["src.sample", f"ckpt={ckpt}", 'prompt=the digit one', "guidance=3", "num_samples=2", "steps=2",
-                "device=cpu", f"out={tmp_path / 'one'}"])
+    capsys.readouterr()
+    sample_main([f"ckpt={ckpt}", "prompt=the digit one", "guidance=3", "num_samples=2", "steps=2", "device=cpu",
+                 f"out={tmp_path / 'one'}"])
     assert sorted(p.name for p in (tmp_path / "one").glob("*.png")) == ["sample_p000_00000.png",
                                                                       "sample_p000_00001.png"]
-    assert (tmp_path / "one" / "prompts.txt").read_text() == "the digit one\n" and "prompts: 1" in proc.stdout
+    assert (tmp_path / "one" / "prompts.txt").read_text() == "the digit one\n"
+    assert "prompts: 1" in capsys.readouterr().out
     (tmp_path / "prompts.txt").write_text("the digit zero\n\nthe digit one\n")
-    run(["src.sample", f"ckpt={ckpt}", f"prompts={tmp_path / 'prompts.txt'}", "guidance=2", "num_samples=2",
-         "steps=2", "device=cpu", f"out={tmp_path / 'many'}"])
+    sample_main([f"ckpt={ckpt}", f"prompts={tmp_path / 'prompts.txt'}", "guidance=2", "num_samples=2", "steps=2",
+                 "device=cpu", f"out={tmp_path / 'many'}"])
     names = sorted(p.name for p in (tmp_path / "many").glob("sample_p*.png"))
     assert names == [f"sample_p{k:03d}_{i:05d}.png" for k in range(2) for i in range(2)]
     assert (tmp_path / "many" / "prompts.txt").read_text().splitlines() == ["the digit zero", "the digit one"]
@@ -159,14 +171,15 @@ def test_image_with_a_clip_encoder_and_csv_captions(tmp_path):
     captioned_digits(tmp_path / "d", csv=True)
     enc = tiny_clip(tmp_path / "clip")
     out = tmp_path / "run"
-    run(["src.train", "domain=image", f"datamodule.path={tmp_path / 'd'}", f"paths.output_dir={out}", *TEXT_TINY,
-         f"datamodule.captions_csv={tmp_path / 'd' / 'captions.csv'}", "cond.encoder=clip",
-         f"cond.encoder_path={enc}"])
+    train_run(["domain=image", f"datamodule.path={tmp_path / 'd'}", f"paths.output_dir={out}", *TEXT_TINY,
+               f"datamodule.captions_csv={tmp_path / 'd' / 'captions.csv'}", "cond.encoder=clip",
+               f"cond.encoder_path={enc}"])
     ckpt = out / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["hyper_parameters"]["cond"]["encoder"] == "clip"
     assert not any("text_model" in k for k in state["state_dict"])  # the frozen encoder stays out of checkpoints
-    run(["src.sample", f"ckpt={ckpt}", "prompt=the digit zero", "guidance=3", "num_samples=2", "steps=2",
-         "device=cpu", f"out={tmp_path / 's'}"])
+    sample_main([f"ckpt={ckpt}", "prompt=the digit zero", "guidance=3", "num_samples=2", "steps=2", "device=cpu",
+                 f"out={tmp_path / 's'}"])
     assert len(list((tmp_path / "s").glob("sample_p000_*.png"))) == 2
 
 
@@ -178,31 +191,37 @@ def test_audio_with_a_t5_encoder(tmp_path):
         (tmp_path / f"t{k}.txt").write_text(f"a {word} tone")
     enc = tiny_t5(tmp_path / "t5")
     out = tmp_path / "run"
-    run(["src.train", "domain=audio", f"datamodule.path={tmp_path}", "datamodule.sample_rate=8000",
-         "datamodule.clip_seconds=0.128", f"paths.output_dir={out}", *TINY, "cond=text", "cond.encoder=t5",
-         f"cond.encoder_path={enc}", "cond.max_length=16", "sampling.num=2"])
-    run(["src.sample", f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "prompt=a low tone", "guidance=2",
-         "num_samples=1", "steps=2", "device=cpu", f"out={tmp_path / 's'}"])
+    train_run(["domain=audio", f"datamodule.path={tmp_path}", "datamodule.sample_rate=8000",
+               "datamodule.clip_seconds=0.128", f"paths.output_dir={out}", *TINY, "cond=text", "cond.encoder=t5",
+               f"cond.encoder_path={enc}", "cond.max_length=16", "sampling.num=2"])
+    sample_main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "prompt=a low tone", "guidance=2", "num_samples=1",
+                 "steps=2", "device=cpu", f"out={tmp_path / 's'}"])
     data, rate = sf.read(tmp_path / "s" / "sample_p000_00000.wav")
     assert rate == 8000 and data.shape[0] == 1024 and np.isfinite(data).all()
 
 
 @pytest.mark.slow
 def test_mri_slices_with_sidecar_captions(tmp_path):
+    import nibabel as nib
+
     from tests.helpers.mri import phantom, write_nifti
 
     for i in range(3):
-        write_nifti(tmp_path / "scans" / f"case{i}.nii.gz", phantom((24, 24, 24), seed=i))
+        write_nifti(tmp_path / "scans" / f"case{i}.nii.gz", phantom((16, 16, 16), seed=i))
         (tmp_path / "scans" / f"case{i}.txt").write_text(f"T1 axial, lesion {'left' if i % 2 else 'right'}")
     out = tmp_path / "run"
-    run(["src.train", "domain=mri", "experiment=smoke", "datamodule.mode=slice", "datamodule.shape=[32,32]",
-         f"datamodule.path={tmp_path / 'scans'}", f"paths.output_dir={out}", "trainer.max_steps=2",
-         "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "sampling.every_n_steps=2",
-         "sampling.steps=2", "optim.warmup_steps=1", "trainer.enable_progress_bar=false", "cond=text",
-         "cond.dim=16", "cond.heads=2", "cond.layers=1", "logger=none"])
-    run(["src.sample", f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "prompt=T1 axial, lesion left",
-         "num_samples=1", "steps=2", "device=cpu", f"out={tmp_path / 's'}"])
-    assert (tmp_path / "s" / "sample_p000_00000.nii.gz").is_file()
+    train_run(["domain=mri", "experiment=smoke", "datamodule.mode=slice", "datamodule.shape=[16,16]",
+               "datamodule.batch_size=4", "metrics.num_samples=2", f"datamodule.path={tmp_path / 'scans'}",
+               f"paths.output_dir={out}", "trainer.max_steps=2",
+               "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "checkpoint.every_n_steps=2",
+               "sampling.every_n_steps=2", "sampling.num=2", "sampling.steps=2", "optim.warmup_steps=1",
+               "trainer.enable_progress_bar=false", "cond=text", "cond.dim=16", "cond.heads=2", "cond.layers=1",
+               "logger=none"])
+    hp = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hp["cond"]["kind"] == "text"
+    sample_main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "prompt=T1 axial, lesion left", "num_samples=1",
+                 "steps=2", "device=cpu", f"out={tmp_path / 's'}"])
+    assert nib.load(tmp_path / "s" / "sample_p000_00000.nii.gz").shape[:2] == (16, 16)
 
 
 def run_fails(args):
@@ -212,38 +231,53 @@ def run_fails(args):
 
 
 @pytest.mark.slow
-def test_bad_text_inputs_stop_with_one_sentence(tmp_path):
+def test_bad_text_inputs_stop_with_one_sentence(tmp_path, capsys):
     captioned_digits(tmp_path / "d")
     for f in list((tmp_path / "d").glob("d0_*.txt")):
         f.unlink()
+    # the command line: exit status 2, the sentence on stderr, no run folder left behind
     proc = run_fails(["src.train", "domain=image", f"datamodule.path={tmp_path / 'd'}",
                       f"paths.output_dir={tmp_path / 'bad'}", *TEXT_TINY])
     assert proc.returncode == 2 and "6 of 12 items have no caption" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "bad").exists()  # nothing written
-    proc = run_fails(["src.train", "domain=image", f"paths.output_dir={tmp_path / 'enc'}", *TEXT_TINY,
-                      "cond.encoder=t5", f"cond.encoder_path={tmp_path / 'nowhere'}"])
-    assert proc.returncode == 2 and f"cond.encoder_path={tmp_path / 'nowhere'} is not a folder" in proc.stderr
+    with pytest.raises(ConfigError, match=f"cond.encoder_path={tmp_path / 'nowhere'} is not a folder"):
+        train(compose(["domain=image", f"paths.output_dir={tmp_path / 'enc'}", *TEXT_TINY, "cond.encoder=t5",
+                       f"cond.encoder_path={tmp_path / 'nowhere'}"]))
     # a model trained without text takes no prompt
     out = tmp_path / "plain"
-    run(["src.train", "domain=image", f"datamodule.path={tmp_path / 'd'}", f"paths.output_dir={out}", *TINY,
-         "datamodule.resolution=16", "datamodule.channels=1"])
-    proc = run_fails(["src.sample", f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "prompt=the digit one",
-                      "num_samples=1", "steps=2", f"out={tmp_path / 's'}"])
-    assert proc.returncode != 0 and "prompt= needs a text-conditional checkpoint (trained with cond=text)" \
-        in proc.stderr and "Traceback" not in proc.stderr
+    train_run(["domain=image", f"datamodule.path={tmp_path / 'd'}", f"paths.output_dir={out}", *TINY,
+               "datamodule.resolution=16", "datamodule.channels=1", "trainer.max_steps=1", "sampling.num=0"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        sample_main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "prompt=the digit one", "num_samples=1", "steps=2",
+                     f"out={tmp_path / 's'}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "prompt= needs a text-conditional checkpoint (trained with cond=text)" in err
+    assert err.count("\n") == 1  # one sentence, no traceback
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("private", [True, False])
 def test_captions_leave_the_machine_only_without_patient_data(tmp_path, private):
+    import wandb
+
     from src.report.__main__ import main as report_main
 
     captioned_digits(tmp_path / "d", digits=(3, 7))
     out = tmp_path / "run"
-    run(["src.train", "domain=image", f"datamodule.path={tmp_path / 'd'}", f"paths.output_dir={out}",
-         *TEXT_TINY, "logger=wandb", f"privacy.patient_data={str(private).lower()}"])
+    try:
+        train_run(["domain=image", f"datamodule.path={tmp_path / 'd'}", f"paths.output_dir={out}", *TEXT_TINY,
+                   "trainer.max_steps=2", "sampling.every_n_steps=2", "checkpoint.every_n_steps=2", "logger=wandb",
+                   f"privacy.patient_data={str(private).lower()}"])
+        assert (wandb.run is None) == private  # a patient-data run closes its W&B run itself
+    finally:  # what the end of `python -m src.train` does: the run finished and its files written and closed
+        wandb.finish()
+        wandb.teardown()
     words = [f"the digit {DIGIT_WORDS[d]}" for d in (3, 7)]
-    blobs = b"".join(p.read_bytes() for p in (out / "wandb").rglob("*") if p.is_file())
+    files = [p for p in (out / "wandb").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files), "no W&B offline run was written"
+    blobs = b"".join(p.read_bytes() for p in files)
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     stored = json.dumps({"rc": state["run_config"], "hp": state["hyper_parameters"]}, default=str)
     assert report_main([str(out), "--out", str(tmp_path / "report.html")]) == 0
