@@ -59,7 +59,7 @@ def test_bad_overrides_fail_with_a_sentence(compose_cfg, capsys, tmp_path, overr
 
 def test_sample_cli_rejects_unknown_options_and_missing_checkpoint(tmp_path, capsys):
     """In this process (`python -m src.sample` runs the same main): the exit status each would end with and what
-    it says; the command itself is run above."""
+    it says; the command itself, on a missing checkpoint, is run by the module fixture below."""
     from src.sample import main as sample_main
 
     with pytest.raises(SystemExit) as stop:

@@ -115,19 +115,18 @@ class Elements(html.parser.HTMLParser):
 
 
 def chromium(page: Path, screenshot: Path) -> str:
-    """The DOM of ``page`` after Chromium loaded it from the file (and a screenshot of it)."""
+    """The DOM of ``page`` after Chromium loaded it from the file (and a screenshot of it), from one launch."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    shot = subprocess.run([exe, *flags, "--window-size=1200,4000", f"--screenshot={screenshot}",
-                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    assert screenshot.is_file() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
-    dom = subprocess.run([exe, *flags, "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True,
-                         timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    return dom.stdout
+    screenshot.unlink(missing_ok=True)
+    run = subprocess.run([exe, *flags, "--window-size=1200,4000", f"--screenshot={screenshot}", "--dump-dom",
+                          page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000, run.stderr[-2000:]
+    return run.stdout
 
 
 def with_image_check(page: Path, out: Path) -> Path:
