@@ -4,7 +4,6 @@ no Hydra files, and only the project's own errors become one-line messages."""
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -17,6 +16,7 @@ from src.errors import ConfigError
 from src.preemption import LastCheckpoint
 from src.runfolder import is_fresh, remove_failed_run
 from tests.conftest import ROOT
+from tests.helpers.background import Background, selected
 
 REAL_CGROUP_CPUS = threads.cgroup_cpus
 THREAD_ENV = ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK", "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE")
@@ -119,36 +119,6 @@ def _train_cmd(out, *extra):
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.slow
-def test_sigterm_saves_last_ckpt_and_says_how_to_resume(tmp_path):
-    out = tmp_path / "run"
-    # the signal goes to the whole process group (as from a terminal or a scheduler), DataLoader workers too
-    proc = subprocess.Popen(_train_cmd(out, "trainer.max_steps=100000", "datamodule.num_workers=2",
-                                       "sampling.every_n_steps=0", "trainer.val_check_interval=100000"),
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while "step 5/100000" not in ((out / "train.log").read_text() if (out / "train.log").exists() else ""):
-            assert proc.poll() is None and time.time() < deadline, "training did not reach step 5"
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGTERM)
-        text, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 128 + signal.SIGTERM, text[-2000:]
-    assert "Traceback" not in text and "killed by signal" not in text
-    last = out / "checkpoints" / "last.ckpt"
-    assert last.is_file()
-    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert step >= 5
-    assert f"ckpt_path={last}" in text and f"at step {step}" in text
-    log = (out / "train.log").read_text()
-    assert "Training 100000 steps" in log and "ETA" in log
-    assert f"Stopped by SIGTERM at step {step}" in log and "final training loss" in log
-
-
 def test_train_log_has_losses_and_a_final_summary(compose_cfg, tmp_path, caplog):
     from src.train import train
 
@@ -166,11 +136,35 @@ def test_train_log_has_losses_and_a_final_summary(compose_cfg, tmp_path, caplog)
     assert result["summary"].startswith("Finished at step 8") and result["stop_signal"] is None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def commands(request, tmp_path_factory):
+    """The train command as real processes, started when the module begins so the in-process tests run meanwhile:
+    twice on a data folder that does not exist, as rank 0 and as a rank > 0 (``LOCAL_RANK=1``, as Lightning starts
+    the other ranks), and once for a run that the SIGTERM test stops. The processes and their run folders."""
+    wanted = {"rank0": "test_failed_data_check_leaves_no_run_folder",
+              "rank1": "test_a_nonzero_rank_leaves_no_hydra_files_or_train_log",
+              "sigterm": "test_sigterm_saves_last_ckpt_and_says_how_to_resume"}
+    base = tmp_path_factory.mktemp("started")
+    folders = {"rank0": base / "outputs" / "image" / "run", "rank1": base / "rank1" / "run",
+               "sigterm": base / "sigterm" / "run"}
+    commands = {
+        "rank0": (_train_cmd(folders["rank0"], f"datamodule.path={base / 'no_such_folder'}", "logger=wandb"), ENV),
+        "rank1": (_train_cmd(folders["rank1"], f"datamodule.path={base / 'missing'}"), {**ENV, "LOCAL_RANK": "1"}),
+        # endless until the test sends SIGTERM; DataLoader workers too, to see they take the signal quietly
+        "sigterm": (_train_cmd(folders["sigterm"], "trainer.max_steps=100000", "datamodule.num_workers=2",
+                               "sampling.every_n_steps=0", "trainer.val_check_interval=100000"), ENV),
+    }
+    with Background(timeout=420) as started:
+        for name, (cmd, env) in commands.items():
+            if selected(request, wanted[name]):
+                started.start(name, cmd, env, ROOT)
+        yield started, folders
+
+
 @pytest.mark.slow
-def test_failed_data_check_leaves_no_run_folder(tmp_path):
-    out = tmp_path / "outputs" / "image" / "run"
-    res = subprocess.run(_train_cmd(out, f"datamodule.path={tmp_path / 'no_such_folder'}", "logger=wandb"),
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+def test_failed_data_check_leaves_no_run_folder(commands):
+    started, folders = commands
+    res, out = started.result("rank0"), folders["rank0"]
     assert res.returncode == 2, res.stderr[-2000:]
     assert "no_such_folder" in res.stderr and "Traceback" not in res.stderr
     assert not out.exists() and (out.parent).exists()
@@ -253,9 +247,33 @@ def test_only_rank_zero_writes_hydra_files(compose_cfg, monkeypatch, env, rank):
 
 
 @pytest.mark.slow
-def test_a_nonzero_rank_leaves_no_hydra_files_or_train_log(tmp_path):
-    out = tmp_path / "run"
-    res = subprocess.run(_train_cmd(out, f"datamodule.path={tmp_path / 'missing'}"), cwd=ROOT,
-                         env={**ENV, "LOCAL_RANK": "1"}, capture_output=True, text=True, timeout=300)
+def test_a_nonzero_rank_leaves_no_hydra_files_or_train_log(commands):
+    started, folders = commands
+    res, out = started.result("rank1"), folders["rank1"]
     assert res.returncode == 2, res.stderr[-2000:]
+    assert "missing" in res.stderr and "Traceback" not in res.stderr
     assert not (out / ".hydra").exists() and not (out / "train.log").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_ckpt_and_says_how_to_resume(commands):
+    started, folders = commands
+    proc, out = started.process("sigterm"), folders["sigterm"]
+    # the signal goes to the whole process group (as from a terminal or a scheduler), DataLoader workers too
+    deadline = time.time() + 300
+    while "step 5/100000" not in ((out / "train.log").read_text() if (out / "train.log").exists() else ""):
+        assert proc.poll() is None and time.time() < deadline, "training did not reach step 5"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    res = started.result("sigterm")
+    text = res.stdout + res.stderr
+    assert res.returncode == 128 + signal.SIGTERM, text[-2000:]
+    assert "Traceback" not in text and "killed by signal" not in text
+    last = out / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert step >= 5
+    assert f"ckpt_path={last}" in text and f"at step {step}" in text
+    log = (out / "train.log").read_text()
+    assert "Training 100000 steps" in log and "ETA" in log
+    assert f"Stopped by SIGTERM at step {step}" in log and "final training loss" in log

@@ -2,9 +2,6 @@
 `cond=class` end to end (train on a labelled folder, then `src.sample label=all`) for images and audio."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,6 @@ from src.domains.audio.data import AudioDataModule
 from src.domains.image.data import ImageDataModule
 from src.errors import ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[2]
 DIGITS = (0, 3, 7)
 
 
@@ -214,31 +210,37 @@ def test_shard_writer_cli_packs_labels_from_a_csv(tmp_path):
                  "--labels", "folders"]) == 2  # loose files: no class subfolder
 
 
-def run(args, timeout=600):
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 TINY = ["experiment=smoke", "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=2",
         "sampling.every_n_steps=4", "sampling.steps=2", "checkpoint.every_n_steps=4",
         "trainer.enable_progress_bar=false", "datamodule.batch_size=4", "optim.warmup_steps=1"]
 
 
+def train_then_sample(compose_cfg, capsys, train_overrides: list[str], sample_args: list[str]) -> str:
+    """``src.train`` then ``src.sample`` in this process (the commands call the same functions; their command
+    lines are tested in tests/cli): what the sampler printed."""
+    from src.sample import main as sample_main
+    from src.train import train
+
+    train(compose_cfg([*train_overrides, *TINY]))
+    capsys.readouterr()
+    sample_main(sample_args)
+    return capsys.readouterr().out
+
+
 @pytest.mark.slow
-def test_image_cond_class_end_to_end_writes_a_per_class_grid(tmp_path):
+def test_image_cond_class_end_to_end_writes_a_per_class_grid(compose_cfg, capsys, tmp_path):
     digit_folder(tmp_path / "digits")
     out = tmp_path / "run"
-    run(["src.train", "domain=image", f"datamodule.path={tmp_path / 'digits'}", "cond=class",
-         "datamodule.resolution=16", "datamodule.channels=1", f"paths.output_dir={out}", *TINY])
     ckpt = out / "checkpoints" / "last.ckpt"
+    printed = train_then_sample(
+        compose_cfg, capsys,
+        ["domain=image", f"datamodule.path={tmp_path / 'digits'}", "cond=class", "datamodule.resolution=16",
+         "datamodule.channels=1", f"paths.output_dir={out}"],
+        [f"ckpt={ckpt}", "label=all", "guidance=2", "num_samples=2", "steps=2", "device=cpu",
+         f"out={tmp_path / 'drawn'}"])
     hp = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
     assert hp["cond"]["classes"] == ["0", "3", "7"] and hp["cond"]["num_classes"] == 3  # label map round trip
-    proc = run(["src.sample", f"ckpt={ckpt}", "label=all", "guidance=2", "num_samples=2", "steps=2",
-                "device=cpu", f"out={tmp_path / 'drawn'}"])
-    assert "0=0" in proc.stdout and "2=7" in proc.stdout
+    assert "0=0" in printed and "2=7" in printed
     names = sorted(p.name for p in (tmp_path / "drawn").glob("sample_c*.png"))
     assert names == [f"sample_c{c:03d}_{k:05d}.png" for c in range(3) for k in range(2)]
     grid = Image.open(tmp_path / "drawn" / "sample_grid.png")
@@ -246,16 +248,18 @@ def test_image_cond_class_end_to_end_writes_a_per_class_grid(tmp_path):
 
 
 @pytest.mark.slow
-def test_audio_cond_class_end_to_end_writes_clips_per_class(tmp_path):
+def test_audio_cond_class_end_to_end_writes_clips_per_class(compose_cfg, capsys, tmp_path):
     tone_folder(tmp_path / "clips")
     out = tmp_path / "run"
-    run(["src.train", "domain=audio", f"datamodule.path={tmp_path / 'clips'}", "cond=class",
-         "datamodule.sample_rate=8000", "datamodule.clip_seconds=0.128", f"paths.output_dir={out}", *TINY])
     ckpt = out / "checkpoints" / "last.ckpt"
+    train_then_sample(
+        compose_cfg, capsys,
+        ["domain=audio", f"datamodule.path={tmp_path / 'clips'}", "cond=class", "datamodule.sample_rate=8000",
+         "datamodule.clip_seconds=0.128", f"paths.output_dir={out}"],
+        [f"ckpt={ckpt}", "label=all", "guidance=2", "num_samples=2", "steps=2", "device=cpu",
+         f"out={tmp_path / 'drawn'}"])
     hp = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
     assert hp["cond"]["classes"] == ["high", "low"]
-    run(["src.sample", f"ckpt={ckpt}", "label=all", "guidance=2", "num_samples=2", "steps=2", "device=cpu",
-         f"out={tmp_path / 'drawn'}"])
     clips = sorted((tmp_path / "drawn").glob("sample_c*.wav"))
     assert [p.name for p in clips] == [f"sample_c{c:03d}_{k:05d}.wav" for c in range(2) for k in range(2)]
     for p in clips:
@@ -323,16 +327,22 @@ def test_a_single_class_folder_is_warned_about(tmp_path, caplog):
     assert "one class '5'" in caplog.text
 
 
-def test_train_cond_class_on_a_folder_without_subfolders_stops_with_one_sentence(tmp_path):
+def test_train_cond_class_on_a_folder_without_subfolders_stops_with_one_sentence(compose_cfg, capsys, tmp_path):
+    """What ``python -m src.train`` runs under Hydra (``main``), in this process: exit status 2 and one line;
+    tests/cli/test_run_ux.py runs the command itself for a missing data folder."""
+    from src.options import EXIT_BAD_INPUT
+    from src.train import main
+
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in range(4):
         Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(flat / f"x{i}.png")
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "src.train", "domain=image", f"datamodule.path={flat}",
-                           "cond=class", "logger=none", f"paths.output_dir={tmp_path / 'run'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    cfg = compose_cfg(["domain=image", f"datamodule.path={flat}", "cond=class", "logger=none",
+                       f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as stop:  # a project error, not a traceback
+        main.__wrapped__(cfg)
+    assert stop.value.code == EXIT_BAD_INPUT == 2
+    stderr = capsys.readouterr().err
+    error = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "lies directly in datamodule.path" in error[0] and "class subfolder" in error[0]
-    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # the folder the failed run made is removed

@@ -2,7 +2,6 @@
 two-process DDP run over an uneven number of shards finishes."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from PIL import Image
 
 from datamodules.shards import write_shards
 from src.train import train
+from tests.helpers.background import Background, selected
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["experiment=smoke", "logger.mode=disabled", "trainer.enable_progress_bar=false",
@@ -40,6 +40,24 @@ def data(tmp_path_factory):
     write_shards("image", src, out, max_count=10, val_fraction=0.1)  # 27 training samples: 3 shards
     assert len(list(out.glob("shard-*.tar"))) == 3
     return src, out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ddp_run(request, data, tmp_path_factory):
+    """A two-process DDP run over the 3 shards split by rank (uneven), started when the module begins so the
+    in-process tests run meanwhile."""
+    if not selected(request, "test_ddp_two_ranks_over_uneven_shards_finishes"):
+        yield None
+        return
+    _, shards = data
+    out = tmp_path_factory.mktemp("ddp")
+    cmd = [sys.executable, "-m", "src.train", *SMALL, f"datamodule.path={shards}", f"paths.output_dir={out}",
+           "datamodule.shards.resample=false", "datamodule.num_workers=1", "trainer.accelerator=cpu",
+           "trainer.devices=2", "trainer.strategy=ddp"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    with Background(timeout=420) as started:
+        started.start("ddp", cmd, env, ROOT)
+        yield started, out
 
 
 def run(overrides: list[str]) -> dict:
@@ -79,13 +97,9 @@ def test_resume_from_shards_matches_the_uninterrupted_run(data, tmp_path):
         assert torch.equal(full[k], resumed[k]), k
 
 
-def test_ddp_two_ranks_over_uneven_shards_finishes(data, tmp_path):
-    _, out = data
-    cmd = [sys.executable, "-m", "src.train", *SMALL, f"datamodule.path={out}",
-           f"paths.output_dir={tmp_path}", "datamodule.shards.resample=false", "datamodule.num_workers=1",
-           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+def test_ddp_two_ranks_over_uneven_shards_finishes(ddp_run):
+    started, out = ddp_run
+    proc = started.result("ddp")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6 and ckpt["ImageDataModule"]["stream"]["world_size"] == 2

@@ -1,15 +1,11 @@
-"""End to end: the audio smoke run through `python -m src.train`, then `src.sample` on its checkpoint."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""End to end: the audio smoke run (`src.train domain=audio experiment=smoke`, in this process: the CLI's own
+contract is tested in tests/cli), its W&B media, then `src.sample` on its checkpoint."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[2]
+RATE, CLIP_SECONDS, LENGTH = 16000, 0.128, 2048  # a short clip of the smoke run's sample rate
 
 
 def check_wavs(paths, rate, length):
@@ -21,20 +17,29 @@ def check_wavs(paths, rate, length):
 
 
 @pytest.mark.slow
-def test_audio_smoke_training_and_sampling(tmp_path):
+def test_audio_smoke_training_and_sampling(compose_cfg, tmp_path):
+    import wandb
+
+    from src.train import train
+
     out = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "src.train", "domain=audio", "experiment=smoke",
-                           f"paths.output_dir={out}", "trainer.enable_progress_bar=false"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        train(compose_cfg(["domain=audio", "experiment=smoke", f"paths.output_dir={out}",
+                           "trainer.enable_progress_bar=false", f"datamodule.clip_seconds={CLIP_SECONDS}",
+                           "datamodule.builtin_size=64", "trainer.max_steps=4", "trainer.val_check_interval=4",
+                           "trainer.limit_val_batches=1", "sampling.every_n_steps=4", "sampling.num=2",
+                           "sampling.steps=4", "checkpoint.every_n_steps=4", "optim.warmup_steps=1"]))
+    finally:
+        wandb.finish()
     assert (out / "checkpoints" / "last.ckpt").exists() and (out / "config.yaml").exists()
-    check_wavs(sorted((out / "samples").glob("*.wav")), 16000, 8000)
+    written = sorted((out / "samples").glob("*.wav"))
+    assert len(written) == 2  # sampling.num at the last step
+    check_wavs(written, RATE, LENGTH)
 
     run = next((out / "wandb").glob("offline-run-*"))
     media = run / "files" / "media"
-    check_wavs(sorted(media.rglob("*.wav")), 16000, 8000)
-    assert len(list(media.rglob("spectrogram*.png"))) == len(list((out / "samples").glob("*.wav")))
+    check_wavs(sorted(media.rglob("*.wav")), RATE, LENGTH)
+    assert len(list(media.rglob("spectrogram*.png"))) == len(written)
     logged = next(run.glob("*.wandb")).read_bytes()
     for key in (b"val/mrstft", b"val/frechet_mel", b"samples/ema/audio"):
         assert key in logged, key
@@ -43,5 +48,5 @@ def test_audio_smoke_training_and_sampling(tmp_path):
 
     sample_main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "num_samples=3", "steps=4", "device=cpu",
                  f"out={tmp_path / 'drawn'}"])
-    check_wavs(sorted((tmp_path / "drawn").glob("*.wav")), 16000, 8000)
+    check_wavs(sorted((tmp_path / "drawn").glob("*.wav")), RATE, LENGTH)
     assert len(list((tmp_path / "drawn").glob("*.wav"))) == 3

@@ -1,8 +1,8 @@
-"""End to end: `src.train domain=mri experiment=smoke` in both modes, `src.sample`, and patient privacy."""
+"""End to end: `src.train domain=mri experiment=smoke` in both modes, `src.sample`, and patient privacy (the
+privacy run as a real `python -m src.train` process: its command line names the patient's files)."""
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,47 +11,43 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.background import Background, selected
 from tests.helpers.mri import FAKE_DATE, FAKE_PATIENT_ID, phantom, write_dicom_series, write_nifti
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,shape", [("volume", (32, 32, 32)), ("slice", (64, 64))])
-def test_smoke_trains_and_samples_nifti(tmp_path, mode, shape):
+def test_smoke_trains_and_samples_nifti(compose_cfg, tmp_path, mode, shape):
+    # training in this process (`python -m src.train` calls the same train(); the CLI's own contract is tested in
+    # tests/cli): the smoke experiment's sizes (the mode's default shape), fewer built-in phantoms, steps and
+    # samples: the checks below need a trained checkpoint, a validation and end-of-training samples
+    from src.train import train
+
     out = tmp_path / "run"
-    run(
-        "src.train",
+    train(compose_cfg([
         "domain=mri",
         "experiment=smoke",
+        "logger=none",
         f"datamodule.mode={mode}",
         f"paths.output_dir={out}",
         "trainer.enable_progress_bar=false",
-        # the smoke experiment's sizes (the mode's default shape, its batch and sampling), fewer steps: the
-        # checks below need a trained checkpoint, a validation and end-of-training samples, not 30 steps
+        "datamodule.builtin_size=8",
+        "datamodule.batch_size=2",
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
         "checkpoint.every_n_steps=2",
         "sampling.every_n_steps=2",
+        "sampling.num=2",
+        "sampling.steps=2",
+        "metrics.num_samples=2",
         "optim.warmup_steps=1",
-    )
+    ]))
     assert (out / "checkpoints" / "last.ckpt").exists()
     written = sorted((out / "samples").glob("*.nii.gz"))
-    assert len(written) == 4
+    assert len(written) == 2  # sampling.num at the last step
     assert nib.load(written[0]).shape == shape
 
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
@@ -75,12 +71,15 @@ def test_smoke_trains_and_samples_nifti(tmp_path, mode, shape):
     assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
 
 
-PATIENT_STRINGS = ["Doe^Janet", "Janet", "janet_doe", FAKE_PATIENT_ID, FAKE_DATE, "private_cohort"]
-
-
-@pytest.mark.slow
-def test_nothing_from_the_patient_reaches_wandb(tmp_path):
-    data = tmp_path / "private_cohort"
+@pytest.fixture(scope="module", autouse=True)
+def patient_run(request, tmp_path_factory):
+    """A real ``python -m src.train`` run on patient files (its command line names them, as a user's would),
+    started when the module begins so the in-process tests run meanwhile; its folder is named after the patient."""
+    if not selected(request, "test_nothing_from_the_patient_reaches_wandb"):
+        yield None
+        return
+    base = tmp_path_factory.mktemp("patient")
+    data = base / "private_cohort"
     for i in range(2):
         write_dicom_series(data / f"dicom{i}", phantom((24, 24, 12), seed=i), spacing=(4.0, 4.0, 4.0))
     for i in range(2):
@@ -90,24 +89,61 @@ def test_nothing_from_the_patient_reaches_wandb(tmp_path):
             spacing=(4.0, 4.0, 4.0),
         )
     (data / "janet_doe_broken.nii.gz").write_bytes(b"broken")  # its warning names the file
-    out = tmp_path / "run_janet_doe"  # a folder named after the patient
-    run(
-        "src.train",
-        "domain=mri",
-        "experiment=smoke",
-        f"datamodule.path={data}",
-        "datamodule.shards.val_path=/archive/private_cohort/val-000000.tar",
-        f"datamodule.cache_dir={tmp_path / 'cache_janet_doe'}",
-        "datamodule.shape=[16,16,16]",
-        "datamodule.max_bad_fraction=0.5",
-        "trainer.max_steps=4",
-        "trainer.val_check_interval=2",
-        "sampling.every_n_steps=4",
-        "checkpoint.every_n_steps=4",
-        "metrics.num_samples=2",
-        "trainer.enable_progress_bar=false",
-        f"paths.output_dir={out}",
-    )
+    out = base / "run_janet_doe"  # a folder named after the patient
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with Background(timeout=600) as started:
+        started.start("train", [
+            sys.executable, "-m", "src.train",
+            "domain=mri",
+            "experiment=smoke",
+            f"datamodule.path={data}",
+            "datamodule.shards.val_path=/archive/private_cohort/val-000000.tar",
+            f"datamodule.cache_dir={base / 'cache_janet_doe'}",
+            "datamodule.shape=[16,16,16]",
+            "datamodule.max_bad_fraction=0.5",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "trainer.limit_val_batches=1",
+            "sampling.every_n_steps=2",
+            "sampling.num=2",
+            "sampling.steps=2",
+            "checkpoint.every_n_steps=2",
+            "metrics.num_samples=2",
+            "trainer.enable_progress_bar=false",
+            f"paths.output_dir={out}",
+        ], env, ROOT)
+        yield started, out
+
+
+PATIENT_STRINGS = ["Doe^Janet", "Janet", "janet_doe", FAKE_PATIENT_ID, FAKE_DATE, "private_cohort"]
+
+
+def test_reconstruction_outputs_carry_no_input_path_or_header_text(tmp_path):
+    # the reconstruction CLI in this process (`python -m src.reconstruct` runs the same main; nothing it writes
+    # depends on the process's own command line)
+    from src.reconstruct import main as reconstruct_main
+
+    src = tmp_path / "private_cohort" / "janet_doe_t1.nii.gz"
+    img = nib.Nifti1Image(phantom((32, 32, 4)).astype(np.float32), np.diag([1.0, 1.0, 3.0, 1.0]))
+    img.header["descrip"] = b"Doe^Janet scanned 1957"
+    src.parent.mkdir()
+    nib.save(img, src)
+    out = tmp_path / "recon.nii.gz"
+    reconstruct_main(["--input", str(src), "--simulate", "--method", "zero-filled", "--output", str(out),
+                      "--reference", str(src), "--quiet"])
+    written = [out, tmp_path / "recon.metrics.json"]
+    assert all(p.exists() for p in written)
+    for p in written:
+        blob = nib.load(p).header.structarr.tobytes() if p.suffix == ".gz" else p.read_bytes()
+        for s in [*PATIENT_STRINGS, "1957"]:
+            assert s.encode() not in blob, f"{s!r} found in {p}"
+
+
+@pytest.mark.slow
+def test_nothing_from_the_patient_reaches_wandb(patient_run):
+    started, out = patient_run
+    proc = started.result("train")
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
     # the local log does name the bad file (so the check below is not vacuous) ...
     assert "janet_doe_broken" in (out / "train.log").read_text()
@@ -120,7 +156,9 @@ def test_nothing_from_the_patient_reaches_wandb(tmp_path):
         blob = p.read_bytes()
         for s in PATIENT_STRINGS:
             assert s.encode() not in blob, f"{s!r} found in {p}"
-    for p in (out / "samples").iterdir():
+    samples = list((out / "samples").iterdir())
+    assert samples  # the sample files exist, so the name check below is not vacuous
+    for p in samples:
         assert not any(s.lower() in p.name.lower() for s in PATIENT_STRINGS)
     run_config = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["run_config"]
     assert "private_cohort" not in repr(run_config)
@@ -135,21 +173,4 @@ def test_nothing_from_the_patient_reaches_wandb(tmp_path):
         blob = p.read_bytes()
         host = socket.gethostname()  # a short name ("vm") matches random bytes: only a distinctive one counts
         for s in [*PATIENT_STRINGS, *([host] if len(host) >= 6 else [])]:
-            assert s.encode() not in blob, f"{s!r} found in {p}"
-
-
-def test_reconstruction_outputs_carry_no_input_path_or_header_text(tmp_path):
-    src = tmp_path / "private_cohort" / "janet_doe_t1.nii.gz"
-    img = nib.Nifti1Image(phantom((32, 32, 4)).astype(np.float32), np.diag([1.0, 1.0, 3.0, 1.0]))
-    img.header["descrip"] = b"Doe^Janet scanned 1957"
-    src.parent.mkdir()
-    nib.save(img, src)
-    out = tmp_path / "recon.nii.gz"
-    run("src.reconstruct", "--input", str(src), "--simulate", "--method", "zero-filled", "--output", str(out),
-        "--reference", str(src))
-    written = [out, tmp_path / "recon.metrics.json"]
-    assert all(p.exists() for p in written)
-    for p in written:
-        blob = nib.load(p).header.structarr.tobytes() if p.suffix == ".gz" else p.read_bytes()
-        for s in [*PATIENT_STRINGS, "1957"]:
             assert s.encode() not in blob, f"{s!r} found in {p}"

@@ -99,7 +99,7 @@ def test_auto_bf16_precision_follows_the_cpus_native_bf16(monkeypatch):
     import src.train as train_mod
 
     for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
-        monkeypatch.setattr(train_mod, "native_cpu_bf16", lambda: native)
+        monkeypatch.setattr(train_mod, "native_cpu_bf16", lambda native=native: native)
         assert train_mod.resolve_precision({"precision": "auto-bf16", "accelerator": "cpu"}) == expected
         assert train_mod.resolve_precision({"precision": "auto", "accelerator": "cpu"}) == "32-true"
     assert train_mod.resolve_precision({"precision": "16-mixed"}) == "16-mixed"

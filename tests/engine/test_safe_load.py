@@ -15,6 +15,7 @@ import torch
 from src.checkpoint import AtomicCheckpointIO, CheckpointError, check_resumable, load_checkpoint
 from src.config import to_plain
 from src.safe_load import RefusedPickle, WeightsOnlyIgnored, read_metadata, safe_torch_load
+from tests.helpers.background import Background, selected
 
 FORCE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 COMMON = ["experiment=smoke", "logger=none", "datamodule.num_workers=0", "sampling.num=0",
@@ -345,22 +346,27 @@ def test_resume_check_passes_the_runs_own_checkpoints(compose_cfg, tmp_path, sma
         check_resumable(folder, model)
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
-def test_two_rank_fsdp_resume_refuses_a_crafted_folder(compose_cfg, tmp_path):
-    """The whole path: ``src.train trainer=fsdp`` on two ranks, a folder whose shapes fit but whose optimizer
-    param_groups entry carries a payload; both ranks stop with the sentence, none runs it."""
-    import subprocess
+@pytest.fixture(scope="module", autouse=True)
+def two_rank_resume(request, tmp_path_factory):
+    """``src.train trainer=fsdp`` on two ranks resuming a crafted folder, started when the module begins (the
+    in-process tests run meanwhile): a folder whose shapes fit but whose optimizer param_groups entry carries a
+    payload."""
+    if not selected(request, "test_two_rank_fsdp_resume_refuses_a_crafted_folder"):
+        yield None
+        return
     import sys
+    import warnings
 
     import torch.distributed.checkpoint as dcp
 
+    from tests.conftest import compose
     from tests.helpers.dist import REPO, clean_env
     from tests.helpers.dist import TINY as DIST_TINY
 
+    base = tmp_path_factory.mktemp("two_rank_resume")
     overrides = DIST_TINY + ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
                              "trainer.max_steps=4", "optim.total_steps=4"]
-    cfg = compose_cfg(overrides + [f"paths.output_dir={tmp_path / 'unused'}"])
+    cfg = compose(overrides + [f"paths.output_dir={base / 'unused'}"])
     module = _module(cfg)
     optimizer = module.configure_optimizers()["optimizer"]
     for p in module.backbone.parameters():
@@ -368,17 +374,28 @@ def test_two_rank_fsdp_resume_refuses_a_crafted_folder(compose_cfg, tmp_path):
     optimizer.step()
     names = {p: n for n, p in module.named_parameters()}
     group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-    marker = tmp_path / "pwned"
+    marker = base / "pwned"
     group["lr"] = System(marker)
     optim_state = {"state": {names[p]: s for p, s in optimizer.state.items()},  # keyed by name, as FSDP2 saves
                    "param_groups": [{**group, "params": [names[p] for p in optimizer.param_groups[0]["params"]]}]}
-    folder = tmp_path / "crafted.ckpt"
-    dcp.save({"state_dict": module.state_dict(), "optimizer_0": optim_state}, checkpoint_id=str(folder),
-             no_dist=True)
+    folder = base / "crafted.ckpt"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        dcp.save({"state_dict": module.state_dict(), "optimizer_0": optim_state}, checkpoint_id=str(folder),
+                 no_dist=True)
     torch.save(_checkpoint(module, cfg), folder / "meta.pt")
-    proc = subprocess.run([sys.executable, "-m", "src.train", *overrides, f"paths.output_dir={tmp_path / 'run'}",
-                           f"ckpt_path={folder}"], cwd=REPO, env=clean_env(**{FORCE: "1"}), capture_output=True,
-                          text=True, timeout=300)
+    with Background(timeout=600) as started:
+        started.start("train", [sys.executable, "-m", "src.train", *overrides, f"paths.output_dir={base / 'run'}",
+                                f"ckpt_path={folder}"], clean_env(**{FORCE: "1"}), REPO)
+        yield started, folder, marker
+
+
+@pytest.mark.slow
+def test_two_rank_fsdp_resume_refuses_a_crafted_folder(two_rank_resume):
+    """The whole path: ``src.train trainer=fsdp`` on two ranks, a folder whose shapes fit but whose optimizer
+    param_groups entry carries a payload; both ranks stop with the sentence, none runs it."""
+    started, folder, marker = two_rank_resume
+    proc = started.result("train")
     assert proc.returncode != 0
     refused = [ln for ln in proc.stderr.splitlines()
                if ln.startswith(f"error: Checkpoint {folder} cannot be loaded safely")]

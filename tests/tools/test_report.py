@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from src.report.media import mri_slices
 from src.report.metrics_jsonl import read_metrics
 from src.report.page import build_html, write_html
 from src.report.run import config_differences, load_run
-from tests.conftest import ROOT, run_module, run_modules_together
+from tests.conftest import ROOT, compose
 from tests.helpers.mri import phantom, write_nifti
 
 ARTIFACTS = Path(os.environ.get("REPORT_TEST_ARTIFACTS", ROOT / "tests" / "artifacts" / "report"))
@@ -33,10 +33,22 @@ TINY = ["experiment=smoke", "trainer.accelerator=cpu", "trainer.max_steps=10", "
 PAGE_LIMIT = 2 * 2**20  # bytes: a report of a run with 50 logged sample grids stays under 2 MiB
 
 
-def _train(out: Path, *extra: str):
-    res = run_module(["src.train", *TINY, f"paths.output_dir={out}", *extra], timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
+def _train(out: Path, *extra: str) -> tuple[dict, dict]:
+    """A smoke run in this process (``python -m src.train`` calls the same ``train``; the CLI's own contract is
+    tested in tests/cli): its result and the W&B run's summary, read before the run is closed."""
+    import wandb
+
+    from src.train import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("SLURM_")]:
+            mp.delenv(name)  # a preempted run outside SLURM must not requeue the job the tests run in
+        try:
+            result = train(compose([*TINY, f"paths.output_dir={out}", *extra]))
+            summary = {k: wandb.run.summary[k] for k in wandb.run.summary.keys()} if wandb.run else {}
+        finally:
+            wandb.finish()
+    return result, summary
 
 
 @pytest.fixture(scope="module")
@@ -46,38 +58,43 @@ def runs(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("runs")
     image, audio = base / "image-run", base / "audio-run"
-    # the two runs are independent: started together
-    for res in run_modules_together([["src.train", *TINY, f"paths.output_dir={image}", "domain=image"],
-                                     ["src.train", *TINY, f"paths.output_dir={audio}", "domain=audio",
-                                      "sampling.num=2"]], timeout=900):
-        assert res.returncode == 0, res.stderr[-3000:]
+    image_result, image_summary = _train(image, "domain=image", "datamodule.resolution=16",
+                                         "datamodule.builtin_size=128")
+    _train(audio, "domain=audio", "sampling.num=2", "datamodule.clip_seconds=0.128",
+           "datamodule.builtin_size=128")
     vol = write_nifti(base / "phantom.nii.gz", phantom((16, 16, 4)).astype(np.float32))
     # the reconstruction CLI in this process (`python -m src.reconstruct` runs the same main)
     reconstruct_main(["--method", "cs", "--simulate", "--input", str(vol), "--output",
                       str(image / "recon" / "phantom_cs.nii.gz"), "--cs-iters", "10", "--quiet"])
-    return image, audio
+    return {"image": image, "audio": audio, "image_result": image_result, "image_summary": image_summary}
 
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory):
-    """A run preempted with SIGUSR1 (as SLURM does before its time limit), then resumed by the same command."""
+    """A run preempted with SIGUSR1 (as SLURM sends it before its time limit) once its step-5 checkpoint exists,
+    then resumed by the same config; both in this process, the signal sent by a watcher thread."""
     out = tmp_path_factory.mktemp("resumed") / "run"
-    args = [sys.executable, "-m", "src.train", *TINY, f"paths.output_dir={out}", "trainer.max_steps=400",
-            "optim.total_steps=400"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    sent, finished = threading.Event(), threading.Event()
+
+    def preempt_at_step_5():
+        while not finished.is_set():
+            if (out / "checkpoints" / "step0000005.ckpt").exists():
+                sent.set()
+                os.kill(os.getpid(), signal.SIGUSR1)  # handled in the main thread, where train() runs
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=preempt_at_step_5, daemon=True)
+    watcher.start()
     try:
-        while not (out / "checkpoints" / "step0000005.ckpt").exists():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGUSR1)
-        _, err = proc.communicate(timeout=300)
+        result, _ = _train(out, "trainer.max_steps=400", "optim.total_steps=400")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+        finished.set()
+        watcher.join()
+    assert sent.is_set() and result["preempted"] and result["global_step"] < 400
     stopped = [e for e in read_metrics(out / "metrics.jsonl").events if e["event"] == "preempted"]
-    assert len(stopped) == 1 and stopped[0]["step"] < 400
+    assert len(stopped) == 1 and stopped[0]["step"] == result["global_step"]
     _train(out, f"trainer.max_steps={stopped[0]['step'] + 6}", "optim.total_steps=400")
     return out, stopped[0]["step"]
 
@@ -98,19 +115,18 @@ class Elements(html.parser.HTMLParser):
 
 
 def chromium(page: Path, screenshot: Path) -> str:
-    """The DOM of ``page`` after Chromium loaded it from the file (and a screenshot of it)."""
+    """The DOM of ``page`` after Chromium loaded it from the file (and a screenshot of it), from one launch."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    shot = subprocess.run([exe, *flags, "--window-size=1200,4000", f"--screenshot={screenshot}",
-                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
-    assert screenshot.is_file() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
-    dom = subprocess.run([exe, *flags, "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True,
-                         timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    return dom.stdout
+    screenshot.unlink(missing_ok=True)
+    run = subprocess.run([exe, *flags, "--window-size=1200,4000", f"--screenshot={screenshot}", "--dump-dom",
+                          page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000, run.stderr[-2000:]
+    return run.stdout
 
 
 def with_image_check(page: Path, out: Path) -> Path:
@@ -125,7 +141,7 @@ def with_image_check(page: Path, out: Path) -> Path:
 
 @pytest.mark.slow
 def test_metrics_file_of_a_run(runs):
-    image, audio = runs
+    image, audio = runs["image"], runs["audio"]
     log = read_metrics(image / "metrics.jsonl")
     assert [e["event"] for e in log.events] == ["start", "end"]
     for key in ("train/loss", "val/loss", "val/loss_bucket0", "val/loss_bucket4", "train/grad_norm",
@@ -166,7 +182,7 @@ def test_not_a_run_folder_is_one_sentence(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_report_of_two_domains_in_a_browser(runs, tmp_path):
-    image, audio = runs
+    image, audio = runs["image"], runs["audio"]
     out = tmp_path / "report.html"
     assert report_main([str(image), str(audio), "--out", str(out)]) == 0
     page = out.read_text()
@@ -219,7 +235,7 @@ def test_resumed_run_report_and_wandb_run(resumed_run, tmp_path):
 @pytest.mark.slow
 def test_page_size_with_50_sample_grids(runs, tmp_path):
     """50 logged sample steps of 16 noise images (the worst case for PNG) and 1000 logged steps."""
-    image, _ = runs
+    image = runs["image"]
     run = tmp_path / "long"
     run.mkdir()
     shutil.copy(image / "config.yaml", run / "config.yaml")
@@ -261,7 +277,7 @@ def test_wandb_report_object(runs, resumed_run):
 
     from src.report.wandb_report import build_report, parse_target
 
-    image, audio = runs
+    image, audio = runs["image"], runs["audio"]
     loaded = [load_run(image), load_run(audio), load_run(resumed_run[0])]
     report = build_report(loaded, "my-team/diffusion")
     assert (report.entity, report.project) == ("my-team", "diffusion")
@@ -289,19 +305,10 @@ def test_wandb_report_object(runs, resumed_run):
 
 
 @pytest.mark.slow
-def test_wandb_summary_holds_final_metrics(compose_cfg, tmp_path):
-    import wandb
-
-    from src.train import train
-
-    result = train(compose_cfg([*TINY, "trainer.max_steps=4", "trainer.val_check_interval=2",
-                                "sampling.num=0", f"paths.output_dir={tmp_path / 'run'}"]))
-    try:
-        summary = wandb.run.summary
-        assert summary["trainer/global_step"] == 4 and summary["preempted"] is False
-        assert summary["val/loss"] == pytest.approx(result["metrics"]["val/loss"])
-    finally:
-        wandb.finish()
+def test_wandb_summary_holds_final_metrics(runs):
+    summary = runs["image_summary"]  # the W&B run's summary as train() left it, before the run was closed
+    assert summary["trainer/global_step"] == 10 and summary["preempted"] is False
+    assert summary["val/loss"] == pytest.approx(runs["image_result"]["metrics"]["val/loss"])
 
 
 def test_wandb_run_id_is_kept_and_followed(tmp_path):
