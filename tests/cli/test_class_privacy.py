@@ -14,7 +14,7 @@ from PIL import Image
 
 from src.config import REDACTED, redact
 from src.report.__main__ import main as report_main
-from tests.data.test_labels_data import run
+from tests.helpers.dist import run_module
 
 NAMES = ["patient_janet_doe", "site_oslo_ward7"]  # natural order: the label map is these, in this order
 TINY = ["experiment=smoke", "logger=wandb", "trainer.max_steps=2", "trainer.val_check_interval=2",
@@ -54,8 +54,8 @@ def _blobs(folder):
 def test_class_names_leave_the_machine_only_without_patient_data(tmp_path, private):
     data = named_class_folder(tmp_path / "cohort")
     out = tmp_path / "run"
-    run(["src.train", "domain=image", f"datamodule.path={data}", f"paths.output_dir={out}", *TINY,
-         f"privacy.patient_data={str(private).lower()}", f"cond.classes=[{','.join(NAMES)}]"])
+    run_module("src.train", "domain=image", f"datamodule.path={data}", f"paths.output_dir={out}", *TINY,
+               f"privacy.patient_data={str(private).lower()}", f"cond.classes=[{','.join(NAMES)}]", OMP_NUM_THREADS="1")
     # the checkpoint keeps the label map either way: src.sample names the classes from it
     hp = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hp["cond"]["classes"] == NAMES

@@ -27,13 +27,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_train(overrides: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "src.train", *overrides], cwd=REPO, env=clean_env(),
+def run_module(module: str, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` from the repository root (``env``: extra variables); an AssertionError (with its
+    output) unless it exits 0."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=clean_env(**env),
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"src.train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+def run_train(overrides: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return run_module("src.train", *overrides, timeout=timeout)
 
 
 def run_train_together(*runs: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess]:

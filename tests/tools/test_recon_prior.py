@@ -16,7 +16,7 @@ from src.domains.mri.geometry import Geometry, GeometryError, Reorientation, mat
 from src.errors import DataError
 from src.reconstruct import Reconstructor, main
 from src.tools.reconstruction.masks import undersampling_mask
-from tests.domains.test_mri_train import run
+from tests.helpers.dist import run_module
 from tests.helpers.mri import phantom, write_dicom_series
 
 H, W, PIXEL = 32, 24, (4.0, 5.0)  # a non-square grid with non-square pixels: a transpose is visible
@@ -57,10 +57,10 @@ def trained(tmp_path_factory):
     for i in range(3):
         write_h5(train / f"file{i}.h5", slices(seed=i))
     out = root / "run"
-    run("src.train", "domain=mri", "experiment=recon_prior", f"datamodule.path={train}", "logger=none",
-        f"paths.output_dir={out}", "trainer.max_steps=3", "trainer.val_check_interval=3",
-        "trainer.enable_progress_bar=false", "datamodule.batch_size=4", "sampling.every_n_steps=3",
-        "sampling.steps=2", "checkpoint.every_n_steps=3")
+    run_module("src.train", "domain=mri", "experiment=recon_prior", f"datamodule.path={train}", "logger=none",
+               f"paths.output_dir={out}", "trainer.max_steps=3", "trainer.val_check_interval=3",
+               "trainer.enable_progress_bar=false", "datamodule.batch_size=4", "sampling.every_n_steps=3",
+               "sampling.steps=2", "checkpoint.every_n_steps=3", OMP_NUM_THREADS="1")
     return root, out / "checkpoints" / "last.ckpt"
 
 
@@ -92,13 +92,14 @@ def test_multicoil_and_image_only_files_and_nifti(tmp_path):
     with h5py.File(tmp_path / "rss_only.h5", "w") as f:
         f["reconstruction_rss"] = np.abs(img).astype(np.float32)
         f["ismrmrd_header"] = ismrmrd_header(H, W, PIXEL)
-    dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(tmp_path), "val_fraction": 0.0, "batch_size": 2,
-                           "num_workers": 0, "min_slice_foreground": 0.0})
+    dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(tmp_path), "val_fraction": 0.0,
+                           "batch_size": 2, "num_workers": 0, "min_slice_foreground": 0.0})
     dm.setup("fit")
     assert {v.kind for v in dm._volumes} == {"kspace", "image"}
     multi = next(v for v in dm._volumes if v.kind == "kspace")
     rss_only = next(v for v in dm._volumes if v.kind == "image")
-    key = (dm._volumes.index(multi), 0, False, None)  # (file, slice, mirrored, warp); one file is held out for validation
+    # (file, slice, mirrored, warp); one file is held out for validation
+    key = (dm._volumes.index(multi), 0, False, None)
     ds = next(d for d in (dm.train_set, dm.val_set) if key in d.index)
     expected = (2 * np.abs(img[0]) / multi.scale - 1).clip(-1, 1)
     np.testing.assert_allclose(ds[ds.index.index(key)]["x"][0].numpy(), expected, atol=1e-4)
@@ -118,7 +119,8 @@ def test_multicoil_and_image_only_files_and_nifti(tmp_path):
 
     # a DICOM series: its own grid from the series geometry (RAS array axes x, y in plane)
     write_dicom_series(tmp_path / "dicom" / "series", np.abs(phantom((32, 24, 6), seed=1)), spacing=(2.0, 2.5, 3.0))
-    dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(tmp_path / "dicom"), "batch_size": 2, "num_workers": 0})
+    dm = build_datamodule({"name": "mri", "grid": "acquisition", "path": str(tmp_path / "dicom"), "batch_size": 2,
+                           "num_workers": 0})
     assert dm.data_shape == [1, 32, 24]
     assert dm.geometry.pixel_mm == pytest.approx((2.0, 2.5)) and dm.geometry.axes == ("R", "A")
 
@@ -162,7 +164,8 @@ def test_prior_from_hdf5_reconstructs_hdf5_and_checks_geometry(trained, tmp_path
                     "--reference", str(test), "--quiet"])
     printed = capsys.readouterr().out
     assert summary["geometry"]["reorientation"] == "as is"
-    # the preset's sampler defaults travel in the checkpoint and reach the CLI (docs/studies/reconstruction.md tuned them)
+    # the preset's sampler defaults travel in the checkpoint and reach the CLI (docs/studies/reconstruction.md
+    # tuned them)
     assert (summary["num_samples"], summary["eta"], summary["refine_tv"]) == (4, 1.0, 0.15)
     assert summary["resample"] == 4 and summary["resample_sigmas"] == [0.05, 5.0]
     # per volume: data-consistency residual and distance from zero-filled, in the JSON and on the console
