@@ -127,9 +127,13 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here (optional)")
     p.add_argument("--per-class", type=int, default=14, help="conditional samples per class")
     p.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance of the conditional draws")
-    p.add_argument("--representation", choices=["autoencoder", "mel"], default="autoencoder",
-                   help="what stage 2 diffuses: the preset's waveform autoencoder (trained first) or "
-                        "latent.autoencoder=mel (log-mel spectrograms, Griffin-Lim; no stage 1)")
+    p.add_argument("--representation", choices=["autoencoder", "mel", "mel-image"], default="autoencoder",
+                   help="what stage 2 diffuses: the preset's waveform autoencoder (trained first), "
+                        "latent.autoencoder=mel (log-mel spectrograms, Griffin-Lim; no stage 1) as a sequence for "
+                        "the 1D U-Net, or mel-image (latent.mel.layout=image, 64 bands, hop 256: a 64x64 image "
+                        "for the 2D U-Net)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more overrides for the stage-2 run (e.g. latent.mel.preset=tiny)")
     p.add_argument("--ae-steps", type=int, default=None, help="override the preset's stage-1 steps")
     p.add_argument("--steps", type=int, default=None, help="override the preset's stage-2 steps")
     p.add_argument("--skip-train", action="store_true", help="reuse both runs under --work")
@@ -156,14 +160,16 @@ def main() -> None:
         cpu["stage1"] = args.stage1_cpu
     if args.stage2_cpu is not None:
         cpu["stage2"] = args.stage2_cpu
-    mel = args.representation == "mel"
+    mel = args.representation.startswith("mel")
     if not args.skip_train and not args.skip_stage1 and not mel:
         cpu["stage1"] = run(["-m", "src.train", "stage=autoencoder", *common, f"paths.output_dir={ae}",
                              *([f"trainer.max_steps={args.ae_steps}"] if args.ae_steps else [])], work / "stage1.log")
         print(f"stage 1: {cpu['stage1'] / 60:.1f} CPU-min", flush=True)
-    space = "latent.autoencoder=mel" if mel else f"latent.autoencoder={ae}/checkpoints/last.ckpt"
+    space = ["latent.autoencoder=mel"] if mel else [f"latent.autoencoder={ae}/checkpoints/last.ckpt"]
+    if args.representation == "mel-image":
+        space += ["latent.mel.layout=image", "latent.mel.hop=256", "latent.mel.n_mels=64"]
     if not args.skip_train:
-        cpu["stage2"] = run(["-m", "src.train", *common, "cond=class", space,
+        cpu["stage2"] = run(["-m", "src.train", *common, "cond=class", *space, *args.set,
                              f"paths.output_dir={ldm}", *([f"trainer.max_steps={args.steps}"] if args.steps else [])],
                             work / "stage2.log")
         print(f"stage 2: {cpu['stage2'] / 60:.1f} CPU-min", flush=True)
@@ -204,7 +210,7 @@ def main() -> None:
                "frechet_conditional_vs_real": results["latent_conditional"]["frechet"]
                / max(results["real_heldout"]["frechet"], 1e-9),
                "training_cpu_minutes": (cpu.get("stage1", 0) + cpu.get("stage2", 0)) / 60}
-    report = {"representation": args.representation,
+    report = {"representation": args.representation, "overrides": args.set,
               "machine": {**info, "load_end": os.getloadavg()}, "classes": classes, "cpu_seconds": cpu,
               "scores": results, "summary": summary, "sampling_speed": speed, "guidance": args.guidance,
               "clips": {"real": len(waves), "scorer_train": len(train_idx), "heldout": len(held_idx)}}

@@ -164,6 +164,10 @@ def check_config(plain: dict) -> None:
     if betas is not _MISSING:
         for i, b in enumerate(betas):
             Number(0.0, 1.0, high_open=True).check(b, f"optim.betas[{i}]")
+    layout = _select(plain, "latent.mel.layout")
+    if layout is not _MISSING and layout not in (None, "sequence", "image"):
+        raise ConfigError(f"latent.mel.layout={layout} is not a layout; choose sequence (n_mels channels for the "
+                          "1D U-Net) or image (a spectrogram image for the 2D U-Net).")
     std = _select(plain, "ema.phema.std")
     if std is not _MISSING and std is not None:
         for i, s in enumerate(std if isinstance(std, list) else [std]):

@@ -1,7 +1,10 @@
 """A fixed log-mel "autoencoder" for latent audio (``latent.autoencoder=mel``): no stage 1, no trained weights.
 
-``encode`` maps waveforms ``(B, C, L)`` in [-1, 1] to normalised log-mel spectrograms ``(B, C * n_mels,
-frames)``, ``frames = L // hop + 1``: the magnitude (power 1) mel spectrogram with ``n_fft = 4 * hop``, then
+``encode`` maps waveforms ``(B, C, L)`` in [-1, 1] to normalised log-mel spectrograms: with ``layout="sequence"``
+``(B, C * n_mels, frames)``, ``frames = L // hop + 1`` (a sequence of mel frames for the 1D U-Net); with
+``layout="image"`` ``(B, C, n_mels, L // hop)`` (the last centred frame dropped, so 1.024 s at 16 kHz and hop 256 is
+a 64 x 64 image for the 2D U-Net: the mel-as-image view of Riffusion / AudioLDM). The magnitude (power 1) mel
+spectrogram with ``n_fft = 4 * hop``, then
 ``(log(max(mel, 1e-5)) + 5) / 4``, which puts clips in [-1, 1] roughly (the floor 1e-5 gives -1.63, a 440 Hz
 sine of peak 0.95 at hop 128 gives 2.44 at most). ``decode`` inverts the affine and the log, maps the mel bands back to
 linear frequencies (least squares, torchaudio's InverseMelScale) and recovers a phase by Griffin-Lim (32
@@ -21,6 +24,7 @@ from torchaudio.transforms import InverseMelScale, MelSpectrogram
 # the fixed affine: latent = (log(max(mel, FLOOR)) + SHIFT) / SPREAD
 FLOOR, SHIFT, SPREAD = 1e-5, 5.0, 4.0
 GRIFFIN_LIM_ITERS, MOMENTUM, PHASE_SEED = 32, 0.99, 0
+LAYOUTS = ("sequence", "image")
 
 
 class MelCodec(nn.Module):
@@ -30,8 +34,11 @@ class MelCodec(nn.Module):
     no trainable parameters."""
 
     def __init__(self, sample_rate: int, n_mels: int = 64, hop: int = 128, in_channels: int = 1,
-                 length: int | None = None, **_):
+                 length: int | None = None, layout: str = "sequence", **_):
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"MelCodec layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
         self.sample_rate, self.n_mels, self.hop = int(sample_rate), int(n_mels), int(hop)
         self.in_channels = int(in_channels)
         self.n_fft = 4 * self.hop
@@ -44,17 +51,23 @@ class MelCodec(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mel = self.mel(x.float())  # (B, C, n_mels, frames)
         z = (mel.clamp(min=FLOOR).log() + SHIFT) / SPREAD
-        z = z.reshape(x.shape[0], -1, z.shape[-1])
+        if self.layout == "image":
+            z = z[..., : x.shape[-1] // self.hop]
+        else:
+            z = z.reshape(x.shape[0], -1, z.shape[-1])
         return z, torch.zeros_like(z)
 
     def magnitudes(self, z: torch.Tensor) -> torch.Tensor:
-        """Linear-frequency magnitudes ``(B * C, n_fft // 2 + 1, frames)`` of latents ``(B, C * n_mels, frames)``."""
+        """Linear-frequency magnitudes ``(B * C, n_fft // 2 + 1, frames)`` of latents of either layout."""
         mel = torch.exp(z.float() * SPREAD - SHIFT).reshape(-1, self.n_mels, z.shape[-1])
         return self.inverse_mel(mel)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         spec = self.magnitudes(z)
-        length = self.length or self.hop * (z.shape[-1] - 1)
+        frames = z.shape[-1]
+        if self.layout == "image":  # the dropped last centred frame: its neighbour's magnitudes stand in
+            spec = torch.cat([spec, spec[..., -1:]], dim=-1)
+        length = self.length or self.hop * (frames if self.layout == "image" else frames - 1)
         wave = self.griffin_lim(spec, length)
         return wave.reshape(z.shape[0], -1, length).to(z.dtype)
 

@@ -88,12 +88,14 @@ def latent_shape(kwargs: dict, data_shape: list[int]) -> list[int]:
     """``(C, *spatial)`` of the data -> ``(latent_channels, *spatial / factor)``, or a ConfigError."""
     f = downsampling(kwargs)
     spatial = list(data_shape[1:])
-    if kwargs.get("kind") == "mel":  # (channels * n_mels, frames) with centred STFT frames
+    if kwargs.get("kind") == "mel":  # (channels * n_mels, frames) with centred STFT frames, or an image
         n = int(spatial[-1]) if len(spatial) == 1 else 0
         if len(spatial) != 1 or n <= 2 * f:
             raise ConfigError(f"The clips hold {n} samples (datamodule.clip_seconds x datamodule.sample_rate), too "
                               f"short for mel frames of {4 * f} samples (4 x latent.mel.hop={f}); set a longer "
                               "datamodule.clip_seconds or a smaller latent.mel.hop.")
+        if kwargs.get("layout") == "image":  # (channels, n_mels, frames) for the 2D U-Net
+            return [int(data_shape[0]), int(kwargs.get("n_mels", 64)), n // f]
         return [int(data_shape[0]) * int(kwargs.get("n_mels", 64)), n // f + 1]
     if kwargs.get("kind") == "waveform":
         n = int(spatial[-1]) if len(spatial) == 1 else 0

@@ -52,6 +52,25 @@ def test_mel_codec_keeps_a_tone_and_decodes_deterministically():
     assert rel(again[0], z[1]) > 1 and rel(again[1], z[0]) > 1  # and far from the other tone's
 
 
+def test_the_image_layout_is_a_spectrogram_image_with_whole_frames():
+    seq = build_autoencoder({"kind": "mel", "n_mels": 64, "hop": 128, "sample_rate": RATE, "length": LENGTH})
+    img = build_autoencoder({"kind": "mel", "n_mels": 64, "hop": 128, "sample_rate": RATE, "length": LENGTH,
+                             "layout": "image"})
+    assert latent_shape({"kind": "mel", "n_mels": 64, "hop": 128, "layout": "image"}, [1, LENGTH]) == [1, 64, 32]
+    x = torch.cat([tone(440.0), tone(1000.0, amp=0.2)])
+    z_seq, _ = seq.encode(x)
+    z_img, _ = img.encode(x)
+    # the same spectrogram: bands become rows, the last centred frame (past the clip's end) is dropped
+    assert z_img.shape == (2, 1, 64, 32) and torch.equal(z_img[:, 0], z_seq[..., :32])
+    y = img.decode(z_img)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    for clip, freq in zip(y[:, 0], (440.0, 1000.0)):
+        peak = float(torch.fft.rfft(clip).abs().argmax()) * RATE / LENGTH
+        assert abs(peak - freq) <= 3 * RATE / LENGTH
+    with pytest.raises(ValueError, match="layout"):
+        MelCodec(RATE, layout="waterfall")
+
+
 def test_short_clips_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="too short for mel frames of 512 samples"):
         latent_shape({"kind": "mel", "n_mels": 64, "hop": 128}, [1, 256])
@@ -100,6 +119,35 @@ def test_stage2_on_mel_spectrograms_with_classes_samples_wavs(tmp_path):
     for wav in wavs:
         data, rate = sf.read(wav)
         assert rate == RATE and data.shape == (1024,) and np.isfinite(data).all() and np.abs(data).max() > 0
+
+
+def test_stage2_on_mel_images_uses_the_2d_unet_and_samples_wavs(tmp_path):
+    two_tone_classes(tmp_path / "data")
+    out = tmp_path / "ldm"
+    train(compose(["domain=audio", "experiment=audio_quickstart", "logger=none", "trainer.accelerator=cpu",
+                   "threads=1", "trainer.enable_progress_bar=false", f"datamodule.path={tmp_path / 'data'}",
+                   "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
+                   "backbone.preset=tiny", "sampling.num=0", "trainer.limit_val_batches=1", "trainer.max_steps=2",
+                   "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "cond=class",
+                   "latent.autoencoder=mel", "latent.mel.n_mels=16", "latent.mel.hop=64", "latent.mel.layout=image",
+                   "latent.mel.preset=tiny",
+                   f"paths.output_dir={out}"]))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hp["latent"]["arch"]["layout"] == "image"
+    assert hp["backbone"]["name"] == "unet" and hp["backbone"]["spatial_dims"] == 2
+    assert hp["backbone"]["in_channels"] == 1 and hp["backbone"]["preset"] == "tiny"
+    module, _ = module_from_checkpoint(ckpt)
+    assert module.data_shape == [1, 16, 1024 // 64]
+    a, b = (module.sample(1, steps=2, seed=0, label=torch.tensor([c]), guidance=2.0) for c in (0, 1))
+    assert a.shape == (1, 1, 1024) and torch.isfinite(a).all() and not torch.allclose(a, b)
+
+
+def test_an_unknown_mel_layout_is_one_sentence(tmp_path):
+    with pytest.raises(ConfigError, match="latent.mel.layout=waterfall is not a layout"):
+        train(compose(["domain=audio", "experiment=smoke", "logger=none", "trainer.accelerator=cpu", "threads=1",
+                       "datamodule.builtin_size=8", "latent.autoencoder=mel", "latent.mel.layout=waterfall",
+                       f"paths.output_dir={tmp_path / 'c'}"]))
 
 
 def test_mel_is_refused_outside_audio(tmp_path):
