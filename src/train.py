@@ -296,6 +296,12 @@ def train(cfg: DictConfig) -> dict:
     logger_cfg = plain["logger"]
     ckpt_path = resume_checkpoint(plain, out)
     run_id = wandb_run_id(out, ckpt_path, logger_cfg.get("id")) if logger_cfg.get("name") == "wandb" else None
+    if run_id is not None:
+        # a W&B run left open by an earlier train() in this process (a sweep, a notebook, a test) belongs to
+        # another folder: Lightning's logger would log into it instead of starting this folder's own run
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()
     wandb_logger = build_logger(logger_cfg, out, privacy, run_id)
     logger = [x for x in (wandb_logger, MetricsFileLogger(out)) if x]  # RUN_DIR/metrics.jsonl for src.report
     callbacks = [cb for cb in build_callbacks(plain, out)
