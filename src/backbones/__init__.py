@@ -41,11 +41,13 @@ def size_multiple(backbone: nn.Module) -> int:
     return int(getattr(backbone, "size_multiple", 1))
 
 
-def check_data_shape(data_shape, backbone: nn.Module) -> None:
-    """A ConfigError when a spatial size of ``data_shape`` ``(C, *spatial)`` does not fit the backbone."""
+def check_data_shape(data_shape, backbone: nn.Module, fix: str | None = None) -> None:
+    """A ConfigError when a spatial size of ``data_shape`` ``(C, *spatial)`` does not fit the backbone; ``fix``:
+    what to change, when it is not the data's own size (e.g. the clip length behind a spectrogram's frames)."""
     m = size_multiple(backbone)
     spatial = [int(n) for n in list(data_shape)[1:]]
     if any(n % m or n < m for n in spatial):
+        fix = (fix or "change the data's size (datamodule.shape, datamodule.resolution, ...)").format(m=m)
         raise ConfigError(f"This backbone halves the data size {m.bit_length() - 1} times, so every spatial "
-                          f"size must be a multiple of {m}; the data shape is {spatial}: change the data's "
-                          "size (datamodule.shape, datamodule.resolution, ...) or the backbone's levels.")
+                          f"size must be a multiple of {m}; the data shape is {spatial}: {fix} or the "
+                          "backbone's levels.")

@@ -143,6 +143,16 @@ def test_stage2_on_mel_images_uses_the_2d_unet_and_samples_wavs(tmp_path):
     assert a.shape == (1, 1, 1024) and torch.isfinite(a).all() and not torch.allclose(a, b)
 
 
+def test_mel_images_that_do_not_fit_the_unet_name_the_clip_length(tmp_path):
+    # 1.0 s at 16 kHz and hop 256: 62 frames, not a multiple of the compact U-Net's 8
+    with pytest.raises(ConfigError, match=r"the data shape is \[64, 62\]: set datamodule.clip_seconds so that its "
+                                          r"samples / latent.mel.hop=256 is a multiple of 8"):
+        train(compose(["domain=audio", "experiment=smoke", "logger=none", "trainer.accelerator=cpu", "threads=1",
+                       "datamodule.builtin_size=8", "datamodule.clip_seconds=1.0", "latent.autoencoder=mel",
+                       "latent.mel.layout=image", "latent.mel.hop=256", f"paths.output_dir={tmp_path / 'd'}"]))
+    assert not list((tmp_path / "d").rglob("*.ckpt"))  # refused before any step
+
+
 def test_an_unknown_mel_layout_is_one_sentence(tmp_path):
     with pytest.raises(ConfigError, match="latent.mel.layout=waterfall is not a layout"):
         train(compose(["domain=audio", "experiment=smoke", "logger=none", "trainer.accelerator=cpu", "threads=1",
