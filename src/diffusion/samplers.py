@@ -174,7 +174,8 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x, sigmas, eta: float = 1.0, s_noise
                         callback=None):
     """DPM-Solver++(2M) SDE (Lu et al. 2022, the SDE solver; midpoint form of k-diffusion).
 
-    ``eta = 0`` is the ODE solver above (the multistep correction ``(den - prev_den) / (2 r)`` of Algorithm 2); ``eta = 1`` follows the reverse SDE, injecting noise at every step.
+    ``eta = 0`` is the ODE solver above (the multistep correction ``(den - prev_den) / (2 r)`` of Algorithm 2);
+    ``eta = 1`` follows the reverse SDE, injecting noise at every step.
     """
     sig = sigmas.double().cpu()
     prev_den, h_prev = None, None
