@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="peak for MFU when the device is not in benchmarks.common.PEAK_TFLOPS (--tiny: nominal, 1)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget for all steps together")
     ap.add_argument("--only", default=None, help="comma list of steps to run (the others' rows say 'not run')")
-    ap.add_argument("--out", type=Path, default=None, help="markdown file for the table (default: a file named after the device)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown file for the table (default: a file named after the device)")
     args = ap.parse_args(argv)
     tiny = args.tiny or os.environ.get("TINY") == "1"
     started = time.monotonic()

@@ -2,7 +2,8 @@
 
     python -m benchmarks.image_quality data --root /tmp/iq                     # digits as PNG class folders
     python -m benchmarks.image_quality train --root /tmp/iq --name flow_lr1e-3 --minutes 10 --overrides diffusion=flow
-    python -m benchmarks.image_quality eval --root /tmp/iq --name flow_lr1e-3 --json docs/studies/data/image_quality.json
+    python -m benchmarks.image_quality eval --root /tmp/iq --name flow_lr1e-3 \
+        --json docs/studies/data/image_quality.json
     python -m benchmarks.image_quality reference --root /tmp/iq --json docs/studies/data/image_quality.json
 
 Data: scikit-learn's ``load_digits`` (1,797 real 8x8 digits) upsampled to 16x16 PNGs, one subfolder per

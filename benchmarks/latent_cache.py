@@ -124,7 +124,8 @@ def main() -> None:
                     break  # no cache file: the cached point cannot run either
                 print(json.dumps(r), flush=True)
                 rows.append(r)
-    print("\n| size | latent | on the fly: peak, step | cached: peak, step | one-off encode per item | cache per item |")
+    print("\n| size | latent | on the fly: peak, step | cached: peak, step "
+          "| one-off encode per item | cache per item |")
     print("| --- | --- | --- | --- | --- | --- |")
     for size in sorted(args.sizes):
         got = {r["mode"]: r for r in rows if r["size"] == size}

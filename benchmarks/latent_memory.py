@@ -9,10 +9,11 @@ Each point runs in a fresh subprocess (one thread, fp32, CPU, batch of one cubic
   the latent (3 channels, sides / 4 with the small/base presets): what stage 2 does per batch;
 - ``autoencoder``: one AdamW step of stage 1 (L1 + KL, no discriminator) on the volume.
 Memory is the process's peak resident set size (``ru_maxrss``, interpreter and libraries included); step time is
-that step's wall time (one step, as benchmarks/mri_memory.py: a shared CPU is slow). A point whose peak, predicted from the next smaller size as baseline + (voxel ratio) x
-(the step's share above it), exceeds ``--max-gib`` is not run: the table then shows the prediction, marked "~",
-so the benchmark stays short and safe on a shared machine. The last table extrapolates the largest cube that fits
-``--budget-gib`` the same way (the activations grow with the voxel count).
+that step's wall time (one step, as benchmarks/mri_memory.py: a shared CPU is slow). A point whose peak,
+predicted from the next smaller size as baseline + (voxel ratio) x (the step's share above it), exceeds
+``--max-gib`` is not run: the table then shows the prediction, marked "~", so the benchmark stays short and
+safe on a shared machine. The last table extrapolates the largest cube that fits ``--budget-gib`` the same way
+(the activations grow with the voxel count).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def main() -> None:
     ap.add_argument("--preset", default="small", help="diffusion U-Net preset (the mri domain's default)")
     ap.add_argument("--ae-preset", default="small", help="autoencoder preset (factor 4 for small/base/large)")
     ap.add_argument("--max-gib", type=float, default=8.0, help="do not run points predicted above this peak")
-    ap.add_argument("--budget-gib", type=float, default=24.0, help="memory for which the largest trainable volume is extrapolated")
+    ap.add_argument("--budget-gib", type=float, default=24.0,
+                    help="memory for which the largest trainable volume is extrapolated")
     ap.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))

@@ -56,8 +56,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"], help="3D UNet presets to measure")
     ap.add_argument("--sizes", nargs="+", type=int, default=[32, 48, 64, 96, 128], help="cubic volume sides in voxels")
-    ap.add_argument("--max-gib", type=float, default=12.0, help="skip larger sizes once a smaller one passed this peak (GiB)")
-    ap.add_argument("--budgets", nargs="+", type=float, default=[2, 4, 8, 12], help="memory budgets (GiB) of the summary table")
+    ap.add_argument("--max-gib", type=float, default=12.0,
+                    help="skip larger sizes once a smaller one passed this peak (GiB)")
+    ap.add_argument("--budgets", nargs="+", type=float, default=[2, 4, 8, 12],
+                    help="memory budgets (GiB) of the summary table")
     args = ap.parse_args()
     rows = []
     for preset in args.presets:

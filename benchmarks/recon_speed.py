@@ -41,7 +41,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="sampler steps (the DDPM config's default is 50)")
     ap.add_argument("--slices", type=int, default=4, help="slices in the timed volume")
     ap.add_argument("--batch-size", type=int, default=4, help="slices per network call")
-    ap.add_argument("--family", default="ddpm", help="diffusion family of the slice model (experiment=recon_prior: edm)")
+    ap.add_argument("--family", default="ddpm",
+                    help="diffusion family of the slice model (experiment=recon_prior: edm)")
     ap.add_argument("--num-samples", type=int, default=1, help="posterior samples per slice (recon_prior: 4)")
     ap.add_argument("--refine-tv", type=float, default=0.0,
                     help="TV refinement weight of the samples' mean (recon_prior: the tuned value; 0 = off)")

@@ -112,7 +112,8 @@ def main() -> None:
                          "is wall-clock minutes on that many threads (needs a quiet machine)")
     ap.add_argument("--train-override", nargs="*", default=[],
                     help="--data real: extra src.train overrides for the prior, e.g. optim.lr=2e-3")
-    ap.add_argument("--out", default="outputs/recon_study", help="folder for the training run, reconstructions and results")
+    ap.add_argument("--out", default="outputs/recon_study",
+                    help="folder for the training run, reconstructions and results")
     ap.add_argument("--train-steps", type=int, default=600, help="training steps of the slice model")
     ap.add_argument("--test-slices", type=int, default=16, help="held-out slices reconstructed per mask")
     ap.add_argument("--steps", type=int, default=50, help="sampler steps")

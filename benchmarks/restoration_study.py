@@ -1,4 +1,5 @@
-"""The study behind docs/studies/restoration.md: tiny priors trained here, restoration and anomaly scores on held-out data.
+"""The study behind docs/studies/restoration.md: tiny priors trained here, restoration and anomaly scores on
+held-out data.
 
     python benchmarks/restoration_study.py data    OUT   # write the training sets
     python benchmarks/restoration_study.py train   OUT [image audio mri]  # tiny priors (python -m src.train, CPU)

@@ -1,7 +1,9 @@
 """Quality against network evaluations for every sampler, on an analytic Gaussian-mixture problem.
 
-    python -m benchmarks.sampling [--out docs/studies/data/sampling_quality.png] [--json docs/studies/data/sampling_quality.json]
-    python -m benchmarks.sampling --matrix [--denoiser-error 0.05] [--out docs/studies/data/sampling_matrix.png] [--json ...]
+    python -m benchmarks.sampling [--out docs/studies/data/sampling_quality.png] \
+        [--json docs/studies/data/sampling_quality.json]
+    python -m benchmarks.sampling --matrix [--denoiser-error 0.05] \
+        [--out docs/studies/data/sampling_matrix.png] [--json ...]
 
 The data is a 2-D mixture of 8 Gaussians on a ring; its optimal denoiser is known in closed form, so
 the only error left is the sampler's discretisation. Error = sliced Wasserstein-1 distance between
@@ -193,7 +195,8 @@ def main() -> None:
         write_json(args.json or stem + ".json", payload)
         plot_matrix(payload, args.out or stem + ".png")
         return
-    args.out, args.json = args.out or "docs/studies/data/sampling_quality.png", args.json or "docs/studies/data/sampling_quality.json"
+    args.out, args.json = (args.out or "docs/studies/data/sampling_quality.png",
+                           args.json or "docs/studies/data/sampling_quality.json")
     payload = run([int(s) for s in args.steps.split(",")], args.samples)
     write_json(args.json, payload)
     plot(payload, args.out)

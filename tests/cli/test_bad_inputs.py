@@ -80,7 +80,8 @@ def test_no_decodable_image_names_the_files(tmp_path):
         (tmp_path / f"cut{i}.png").write_bytes(data[:60])
     dm = _image_dm(tmp_path, val_fraction=0.0, max_bad_fraction=1.0)
     dm.setup("fit")
-    with pytest.raises(DataError, match=r"images in the dataset could be decoded, e\.g\. .*cut\d\.png \(image file is truncated\)"):
+    with pytest.raises(DataError, match=r"images in the dataset could be decoded, e\.g\. "
+                                        r".*cut\d\.png \(image file is truncated\)"):
         dm.train_set[0]
 
 

@@ -91,7 +91,8 @@ def _moments_and_saturation(out):
     return (out.mean(0) - MU).abs().max().item(), (out.std(0) / STD - 1).abs().max().item(), (z > 5).float().mean()
 
 
-# "consistency" jumps with a consistency function, not a denoiser: tests/stages/test_distill.py checks it with the exact one
+# "consistency" jumps with a consistency function, not a denoiser: tests/stages/test_distill.py checks it
+# with the exact one
 DENOISER_SAMPLERS = [s for s in SAMPLERS if s != "consistency"]
 
 

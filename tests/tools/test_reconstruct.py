@@ -507,7 +507,7 @@ def test_bf16_network_precision_keeps_the_data_and_the_image(ckpt, monkeypatch):
     assert float(np.abs(bf16.image - fp32.image).max()) <= 0.1 * scale  # bf16 keeps about 3 significant digits
     assert not np.array_equal(bf16.image, fp32.image)  # the autocast really ran
     for native, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(recon_mod, "native_cpu_bf16", lambda: native)
+        monkeypatch.setattr(recon_mod, "native_cpu_bf16", lambda native=native: native)
         assert Reconstructor.from_checkpoint(ckpt, device="cpu", precision="auto").precision == expected
     with pytest.raises(ConfigError, match="--precision"):
         Reconstructor.from_checkpoint(ckpt, device="cpu", precision="fp16")
