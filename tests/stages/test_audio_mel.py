@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from omegaconf import OmegaConf
 
 from src.errors import ConfigError
 from src.latent.mel import MelCodec
@@ -100,7 +101,7 @@ def test_stage2_on_mel_spectrograms_with_classes_samples_wavs(tmp_path):
                    "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
                    "backbone.preset=tiny", "sampling.num=0", "trainer.limit_val_batches=1", "trainer.max_steps=2",
                    "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "cond=class",
-                   "latent.autoencoder=mel", "latent.mel.n_mels=32", "latent.mel.hop=64",
+                   "latent.autoencoder=mel", "latent.mel.n_mels=32", "latent.mel.hop=64", "latent.mel.layout=sequence",
                    f"paths.output_dir={out}"]))
     ckpt = out / "checkpoints" / "last.ckpt"
     hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
@@ -143,6 +144,35 @@ def test_stage2_on_mel_images_uses_the_2d_unet_and_samples_wavs(tmp_path):
     assert a.shape == (1, 1, 1024) and torch.isfinite(a).all() and not torch.allclose(a, b)
 
 
+def test_mel_images_with_captions_sample_from_a_prompt(tmp_path):
+    from src.sample import main
+
+    t = np.arange(1024) / RATE
+    for k, (word, freq) in enumerate([("low", 220.0), ("high", 1760.0)] * 4):
+        sf.write(tmp_path / f"t{k}.wav", (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE)
+        (tmp_path / f"t{k}.txt").write_text(f"a {word} tone")
+    out = tmp_path / "ldm"
+    train(compose(["domain=audio", "experiment=audio_quickstart", "logger=none", "trainer.accelerator=cpu",
+                   "threads=1", "trainer.enable_progress_bar=false", f"datamodule.path={tmp_path}",
+                   "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
+                   "sampling.num=0", "trainer.limit_val_batches=1", "trainer.max_steps=2",
+                   "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "latent.mel.n_mels=16",
+                   "latent.mel.hop=64", "latent.mel.preset=tiny", "cond=text", "cond.dim=16", "cond.heads=2",
+                   "cond.layers=1", "cond.max_length=16", f"paths.output_dir={out}"]))
+    ckpt = out / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hp = state["hyper_parameters"]
+    assert hp["latent"]["arch"]["layout"] == "image" and hp["backbone"]["name"] == "unet"  # the preset's default
+    assert hp["cond"]["kind"] == "text"
+    assert any(".attn2.to_k." in k for k in state["state_dict"])  # cross-attention to the caption tokens
+    main([f"ckpt={ckpt}", "prompt=a low tone", "guidance=2", "num_samples=2", "steps=2", "seed=0",
+          f"out={tmp_path / 's'}", "progress=off"])
+    assert (tmp_path / "s" / "prompts.txt").read_text() == "a low tone\n"
+    for k in range(2):
+        data, rate = sf.read(tmp_path / "s" / f"sample_p000_{k:05d}.wav")
+        assert rate == RATE and data.shape == (1024,) and np.isfinite(data).all()
+
+
 def test_mel_images_that_do_not_fit_the_unet_name_the_clip_length(tmp_path):
     # 1.0 s at 16 kHz and hop 256: 62 frames, not a multiple of the compact U-Net's 8
     with pytest.raises(ConfigError, match=r"the data shape is \[64, 62\]: set datamodule.clip_seconds so that its "
@@ -151,6 +181,19 @@ def test_mel_images_that_do_not_fit_the_unet_name_the_clip_length(tmp_path):
                        "datamodule.builtin_size=8", "datamodule.clip_seconds=1.0", "latent.autoencoder=mel",
                        "latent.mel.layout=image", "latent.mel.hop=256", f"paths.output_dir={tmp_path / 'd'}"]))
     assert not list((tmp_path / "d").rglob("*.ckpt"))  # refused before any step
+
+
+def test_the_audio_preset_is_mel_images_and_keeps_the_autoencoder_route():
+    stage2 = OmegaConf.to_container(compose(["domain=audio", "experiment=audio_quickstart"]), resolve=True)
+    assert stage2["latent"]["autoencoder"] == "mel" and stage2["trainer"]["max_steps"] == 1600
+    assert stage2["latent"]["mel"] == {"n_mels": 64, "hop": 256, "layout": "image", "preset": "compact"}
+    assert stage2["datamodule"]["clip_seconds"] * stage2["datamodule"]["sample_rate"] // 256 == 64  # frames
+    stage1 = OmegaConf.to_container(compose(["domain=audio", "experiment=audio_quickstart", "stage=autoencoder"]),
+                                    resolve=True)
+    assert stage1["latent"]["autoencoder"] is None and stage1["trainer"]["max_steps"] == 400
+    route = OmegaConf.to_container(compose(["domain=audio", "experiment=audio_quickstart",
+                                            "latent.autoencoder=ae/last.ckpt"]), resolve=True)
+    assert route["latent"]["autoencoder"] == "ae/last.ckpt"
 
 
 def test_an_unknown_mel_layout_is_one_sentence(tmp_path):
