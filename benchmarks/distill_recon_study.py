@@ -5,11 +5,12 @@
 1. the teacher: a prior trained with ``experiment=recon_prior`` on the real head scan's training slices for
    ``--train-minutes`` of one core's CPU time (benchmarks/recon_study_real.py; an existing OUT/train is reused);
 2. the student: ``python -m src.train stage=distill distill.teacher=... distill.method=METHOD`` on the same slices for
-   ``--distill-minutes`` of CPU time (an existing OUT/student_METHOD is reused);
+   ``--distill-minutes`` of CPU time (an existing OUT/student_METHOD_Mmin is reused);
 3. ``src.reconstruct`` of the held-out test slab (4 slices, 128x96, equispaced masks at 4x and 8x, the same seed)
    with the teacher at the defaults its checkpoint carries, and with the student at each step count it was made for,
    with the same number of posterior samples and TV refinement as the teacher's defaults (time travel off: the
-   student's grid is too coarse for it). One thread; the time per slice is that of ``src.reconstruct`` (wall time of
+   student's grid is too coarse for it), and with the teacher itself at ``--teacher-steps`` steps (the baseline
+   distillation has to beat). One thread; the time per slice is that of ``src.reconstruct`` (wall time of
    a single-threaded process on a core of its own; pin it with ``taskset``).
 
 Prints a Markdown table (PSNR, SSIM, seconds per slice) and writes OUT/results.json.
@@ -32,7 +33,7 @@ from src.reconstruct import main as reconstruct_cli  # noqa: E402
 
 
 def distill(out: Path, teacher: Path, data: Path, method: str, minutes: float, steps: list[int]) -> tuple[Path, dict]:
-    run = out / f"student_{method}"
+    run = out / f"student_{method}_{minutes:g}min"
     ckpt = run / "checkpoints" / "last.ckpt"
     record = run / "distill_info.json"
     if ckpt.exists():
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-minutes", type=float, default=10.0, help="CPU-minutes of the teacher (one thread)")
     p.add_argument("--distill-minutes", type=float, default=2.0, help="CPU-minutes of each student (one thread)")
     p.add_argument("--methods", default="consistency", help="comma-separated: consistency, progressive")
+    p.add_argument("--teacher-steps", type=int, nargs="*", default=[4],
+                   help="also reconstruct with the teacher itself at these step counts (no time travel)")
     p.add_argument("--seed", type=int, default=0, help="mask and sampler seed")
     args = p.parse_args(argv)
     import torch
@@ -88,12 +91,18 @@ def main(argv: list[str] | None = None) -> None:
         s = reconstruct(teacher, test_path, out / f"teacher_{acc}x.nii.gz", acc, center, args.seed, "--compare-cs")
         results["test"][f"teacher {acc}x"] = s
         rows.append((f"{acc}x", "teacher, its defaults", s))
+    ref = results["test"]["teacher 4x"]
+    same = ["--num-samples", str(ref["num_samples"]), "--refine-tv", str(ref["refine_tv"])]
+    for k in args.teacher_steps:  # the teacher itself in few steps (no time travel): what distillation must beat
+        for acc, center in SETTINGS:
+            s = reconstruct(teacher, test_path, out / f"teacher{k}_{acc}x.nii.gz", acc, center, args.seed,
+                            "--steps", str(k), "--resample", "0", *same)
+            results["test"][f"teacher {k} steps {acc}x"] = s
+            rows.append((f"{acc}x", f"teacher, {k} steps, no time travel", s))
     for method in args.methods.split(","):
         steps = [1, 2, 4] if method == "consistency" else [4]
         ckpt, info = distill(out, teacher, train_dir, method, args.distill_minutes, steps)
         results["students"][method] = info
-        ref = results["test"]["teacher 4x"]
-        same = ["--num-samples", str(ref["num_samples"]), "--refine-tv", str(ref["refine_tv"])]
         for acc, center in SETTINGS:
             for k in steps:
                 s = reconstruct(ckpt, test_path, out / f"{method}{k}_{acc}x.nii.gz", acc, center, args.seed,
