@@ -1,15 +1,21 @@
-"""A small class-labelled speech set from Debian packages, for the latent-audio study (docs/studies/audio_latent.md).
+"""Small class-labelled speech sets from Debian packages, for the audio study (docs/studies/audio_latent.md).
 
     python benchmarks/audio_data.py --out /tmp/channel_words
+    python benchmarks/audio_data.py --set digits --out /tmp/spoken_digits
 
-Eight classes, the loudspeaker-channel phrases ("front center", "rear left", ...), spoken by
+``channels`` (the default): eight classes, the loudspeaker-channel phrases ("front center", "rear left", ...),
+spoken by
 - a recorded human voice: alsa-utils' /usr/share/sounds/alsa/<Front_Center>.wav (48 kHz),
 - five flite voices (kal, kal16, awb, rms, slt: diphone, clustergen and unit-selection engines),
 - festival's kal_diphone voice (text2wave),
 each with variants: pitch and speaking rate for the synthesised voices (flite's int_f0_target_mean and
-duration_stretch, festival through resampling), speed (tape-style resampling) for the recording. Every clip
-is mono 16 kHz, silence trimmed, centred in CLIP samples (1.024 s): DIR/<class>/<source>_<variant>.wav.
-Install the sources with ``apt-get install alsa-utils flite festival festvox-kallpc16k``; nothing is downloaded.
+duration_stretch, festival through resampling), speed (tape-style resampling) for the recording.
+``digits``: ten classes, the single words "zero" ... "nine", spoken by the same five flite voices and three
+festival voices (kal_diphone, ked_diphone, the HTS voice cmu_us_slt_arctic_hts), with the same variants; no
+recording (alsa-utils records only the channel phrases).
+Every clip is mono 16 kHz, silence trimmed, centred in CLIP samples (1.024 s): DIR/<class>/<source>_<variant>.wav.
+Install the sources with ``apt-get install alsa-utils flite festival festvox-kallpc16k`` (digits also
+``festvox-kdlpc16k festvox-us-slt-hts``); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ CLIP = 16384  # 1.024 s: 256 frames of the waveform autoencoder's hop of 64
 PHRASES = ["front center", "front left", "front right", "rear center", "rear left", "rear right", "side left",
            "side right"]
 ALSA = Path("/usr/share/sounds/alsa")
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 FLITE_VOICES = ["kal", "kal16", "awb", "rms", "slt"]
+# festival voices per set (None: text2wave's default voice, kal_diphone)
+FESTIVAL_VOICES = {"channels": [None], "digits": ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"]}
 # (pitch target Hz or None for the voice's own, duration stretch)
 FLITE_VARIANTS = [(None, 1.0), (None, 0.85), (None, 1.15), (90, 1.0), (140, 0.9), (200, 1.0)]
 SPEEDS = [0.9, 0.95, 1.0, 1.05, 1.1, 1.2]  # resampling factors for the recording and festival
@@ -66,38 +75,50 @@ def fit(x: np.ndarray, threshold_db: float = -35.0) -> np.ndarray:
     return out
 
 
-def build(out: Path) -> dict:
+def build(out: Path, which: str = "channels") -> dict:
+    recorded_voice = which == "channels"
+    words = PHRASES if which == "channels" else DIGITS
     for tool in ("flite", "text2wave"):
         if shutil.which(tool) is None:
             raise SystemExit(f"error: {tool} is not installed; apt-get install flite festival festvox-kallpc16k")
-    if not (ALSA / "Front_Center.wav").is_file():
+    if recorded_voice and not (ALSA / "Front_Center.wav").is_file():
         raise SystemExit(f"error: {ALSA}/Front_Center.wav is missing; apt-get install alsa-utils")
     counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_wav = Path(tmp) / "t.wav"
-        for phrase in PHRASES:
+        for phrase in words:
             name = phrase.replace(" ", "_")
             folder = out / name
             folder.mkdir(parents=True, exist_ok=True)
             clips: dict[str, np.ndarray] = {}
-            recorded = load(ALSA / f"{phrase.title().replace(' ', '_')}.wav")
-            for k, f in enumerate(SPEEDS):
-                clips[f"alsa_{k}"] = speed(recorded, f)
+            if recorded_voice:
+                recorded = load(ALSA / f"{phrase.title().replace(' ', '_')}.wav")
+                for k, f in enumerate(SPEEDS):
+                    clips[f"alsa_{k}"] = speed(recorded, f)
             for voice in FLITE_VOICES:
                 for k, (pitch, stretch) in enumerate(FLITE_VARIANTS):
                     cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}"]
                     cmd += ["--setf", f"int_f0_target_mean={pitch}"] if pitch else []
                     subprocess.run(cmd + ["-t", phrase, "-o", str(tmp_wav)], check=True, capture_output=True)
                     clips[f"flite-{voice}_{k}"] = load(tmp_wav)
-            subprocess.run(["text2wave", "-o", str(tmp_wav)], input=phrase.encode(), check=True, capture_output=True)
-            spoken = load(tmp_wav)
-            for k, f in enumerate(SPEEDS):
-                clips[f"festival_{k}"] = speed(spoken, f)
+            for voice in FESTIVAL_VOICES[which]:
+                cmd = ["text2wave", "-o", str(tmp_wav)] + (["-eval", f"(voice_{voice})"] if voice else [])
+                try:
+                    subprocess.run(cmd, input=phrase.encode(), check=True, capture_output=True)
+                except subprocess.CalledProcessError:
+                    raise SystemExit(f"error: festival has no voice {voice}; apt-get install festvox-kdlpc16k "
+                                     "festvox-us-slt-hts") from None
+                spoken = load(tmp_wav)
+                tag = "festival" if voice is None else f"festival-{voice.split('_')[0]}"
+                for k, f in enumerate(SPEEDS):
+                    clips[f"{tag}_{k}"] = speed(spoken, f)
             for key, x in clips.items():
                 sf.write(folder / f"{key}.wav", fit(x), RATE, subtype="PCM_16")
             counts[name] = len(clips)
-    info = {"classes": list(counts), "clips_per_class": counts, "sample_rate": RATE, "clip_samples": CLIP,
-            "sources": ["alsa-utils recording", *[f"flite {v}" for v in FLITE_VOICES], "festival kal_diphone"]}
+    festival = [f"festival {v or 'kal_diphone'}" for v in FESTIVAL_VOICES[which]]
+    info = {"set": which, "classes": list(counts), "clips_per_class": counts, "sample_rate": RATE,
+            "clip_samples": CLIP, "sources": [*(["alsa-utils recording"] if recorded_voice else []),
+                                              *[f"flite {v}" for v in FLITE_VOICES], *festival]}
     out.with_name(out.name + ".json").write_text(json.dumps(info, indent=1))  # beside: the folder holds only classes
     return info
 
@@ -105,7 +126,10 @@ def build(out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder to write DIR/<class>/*.wav into")
-    info = build(p.parse_args().out)
+    p.add_argument("--set", choices=sorted(FESTIVAL_VOICES), default="channels",
+                   help="channels: eight loudspeaker-channel phrases (with a recorded voice); digits: zero ... nine")
+    args = p.parse_args()
+    info = build(args.out, args.set)
     print(f"{sum(info['clips_per_class'].values())} clips in {len(info['classes'])} classes")
 
 
