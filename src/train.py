@@ -288,12 +288,8 @@ def train(cfg: DictConfig) -> dict:
             log.info("LoRA rank %d on %d layers: %d trainable parameters, %.2f%% of the base's %d (frozen).",
                      model.lora["rank"], c["layers"], c["trainable"], 100 * c["trainable"] / c["base"], c["base"])
     if hasattr(model, "backbone"):  # the backbone says which sizes it takes (latent runs: the latent's)
-        arch = getattr(getattr(model, "latent", None), "arch", {})
-        fix = None
-        if arch.get("kind") == "mel" and arch.get("layout") == "image":  # frames = clip samples // hop
-            fix = (f"set datamodule.clip_seconds so that its samples / latent.mel.hop={arch['hop']} is a multiple of "
-                   "{m} (e.g. 1.024 s at 16000 Hz and hop 256), and latent.mel.n_mels to a multiple of {m},")
-        check_data_shape(model.data_shape, model.backbone, fix)
+        latent = getattr(model, "latent", None)  # a latent space says what sets its sizes (e.g. a clip length)
+        check_data_shape(model.data_shape, model.backbone, getattr(latent, "size_fix", None))
     trainer_kwargs = dict(plain["trainer"])
     trainer_kwargs["strategy"] = build_strategy(trainer_kwargs.get("strategy", "auto"))
     trainer_kwargs["precision"] = resolve_precision(trainer_kwargs)

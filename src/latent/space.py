@@ -33,6 +33,16 @@ class LatentSpace(nn.Module):
         return super().train(False)  # frozen: always in inference mode
 
     @property
+    def size_fix(self) -> str | None:
+        """What to change when the latents' sizes do not fit the backbone (``{m}``: the multiple it needs), where
+        that is not the data's own size; None: the data's size, as for pixel space."""
+        if self.arch.get("kind") == "mel" and self.arch.get("layout") == "image":  # frames = clip samples // hop
+            return (f"set datamodule.clip_seconds so that its samples / latent.mel.hop={self.arch['hop']} is a "
+                    "multiple of {m} (e.g. 1.024 s at 16000 Hz and hop 256), and latent.mel.n_mels to a multiple of "
+                    "{m},")
+        return None
+
+    @property
     def scaled(self) -> bool:
         return bool(self.scale_factor > 0)
 
