@@ -91,19 +91,23 @@ def two_tone_classes(root):
             sf.write(root / name / f"{k}.wav", clip.astype(np.float32), RATE)
 
 
+def train_preset(data, out, *extra: str):
+    """Two steps of experiment=audio_quickstart on 64 ms clips (``extra``: the representation and conditioning)."""
+    train(compose(["domain=audio", "experiment=audio_quickstart", "logger=none", "trainer.accelerator=cpu",
+                   "threads=1", "trainer.enable_progress_bar=false", f"datamodule.path={data}",
+                   "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
+                   "sampling.num=0", "trainer.limit_val_batches=1", "trainer.max_steps=2",
+                   "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", *extra, f"paths.output_dir={out}"]))
+    return out / "checkpoints" / "last.ckpt"
+
+
 def test_stage2_on_mel_spectrograms_with_classes_samples_wavs(tmp_path):
     from src.sample import main
 
     two_tone_classes(tmp_path / "data")
-    out = tmp_path / "ldm"
-    train(compose(["domain=audio", "experiment=audio_quickstart", "logger=none", "trainer.accelerator=cpu",
-                   "threads=1", "trainer.enable_progress_bar=false", f"datamodule.path={tmp_path / 'data'}",
-                   "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
-                   "backbone.preset=tiny", "sampling.num=0", "trainer.limit_val_batches=1", "trainer.max_steps=2",
-                   "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "cond=class",
-                   "latent.autoencoder=mel", "latent.mel.n_mels=32", "latent.mel.hop=64", "latent.mel.layout=sequence",
-                   f"paths.output_dir={out}"]))
-    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpt = train_preset(tmp_path / "data", tmp_path / "ldm", "backbone.preset=tiny", "cond=class",
+                        "latent.autoencoder=mel", "latent.mel.n_mels=32", "latent.mel.hop=64",
+                        "latent.mel.layout=sequence")
     hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hp["latent"]["arch"] == {"kind": "mel", "n_mels": 32, "hop": 64, "sample_rate": RATE, "in_channels": 1,
                                     "length": 1024}
@@ -124,16 +128,9 @@ def test_stage2_on_mel_spectrograms_with_classes_samples_wavs(tmp_path):
 
 def test_stage2_on_mel_images_uses_the_2d_unet_and_samples_wavs(tmp_path):
     two_tone_classes(tmp_path / "data")
-    out = tmp_path / "ldm"
-    train(compose(["domain=audio", "experiment=audio_quickstart", "logger=none", "trainer.accelerator=cpu",
-                   "threads=1", "trainer.enable_progress_bar=false", f"datamodule.path={tmp_path / 'data'}",
-                   "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
-                   "backbone.preset=tiny", "sampling.num=0", "trainer.limit_val_batches=1", "trainer.max_steps=2",
-                   "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "cond=class",
-                   "latent.autoencoder=mel", "latent.mel.n_mels=16", "latent.mel.hop=64", "latent.mel.layout=image",
-                   "latent.mel.preset=tiny",
-                   f"paths.output_dir={out}"]))
-    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpt = train_preset(tmp_path / "data", tmp_path / "ldm", "backbone.preset=tiny", "cond=class",
+                        "latent.autoencoder=mel", "latent.mel.n_mels=16", "latent.mel.hop=64",
+                        "latent.mel.layout=image", "latent.mel.preset=tiny")
     hp = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hp["latent"]["arch"]["layout"] == "image"
     assert hp["backbone"]["name"] == "unet" and hp["backbone"]["spatial_dims"] == 2
@@ -151,15 +148,10 @@ def test_mel_images_with_captions_sample_from_a_prompt(tmp_path):
     for k, (word, freq) in enumerate([("low", 220.0), ("high", 1760.0)] * 4):
         sf.write(tmp_path / f"t{k}.wav", (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE)
         (tmp_path / f"t{k}.txt").write_text(f"a {word} tone")
-    out = tmp_path / "ldm"
-    train(compose(["domain=audio", "experiment=audio_quickstart", "logger=none", "trainer.accelerator=cpu",
-                   "threads=1", "trainer.enable_progress_bar=false", f"datamodule.path={tmp_path}",
-                   "datamodule.clip_seconds=0.064", "datamodule.batch_size=4", "datamodule.num_workers=0",
-                   "sampling.num=0", "trainer.limit_val_batches=1", "trainer.max_steps=2",
-                   "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "latent.mel.n_mels=16",
-                   "latent.mel.hop=64", "latent.mel.preset=tiny", "cond=text", "cond.dim=16", "cond.heads=2",
-                   "cond.layers=1", "cond.max_length=16", f"paths.output_dir={out}"]))
-    ckpt = out / "checkpoints" / "last.ckpt"
+    # the preset's own representation (mel images) with captions
+    ckpt = train_preset(tmp_path, tmp_path / "ldm", "latent.mel.n_mels=16", "latent.mel.hop=64",
+                        "latent.mel.preset=tiny", "cond=text", "cond.dim=16", "cond.heads=2", "cond.layers=1",
+                        "cond.max_length=16")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     hp = state["hyper_parameters"]
     assert hp["latent"]["arch"]["layout"] == "image" and hp["backbone"]["name"] == "unet"  # the preset's default
