@@ -1,13 +1,14 @@
 """Draw samples from a trained checkpoint.
 
     python -m src.sample ckpt=PATH num_samples=N [sampler=dpmpp_2m steps=32 seed=0 ema=true device=cpu] out=DIR
-    python -m src.sample ckpt=PATH label=3|all guidance=2.0 num_samples=N out=DIR   (class-conditional models)
+    python -m src.sample ckpt=PATH label=3|NAME|all guidance=2.0 num_samples=N out=DIR   (class-conditional models)
     python -m src.sample ckpt=PATH prompt="a red circle"|prompts=FILE guidance=3 num_samples=N out=DIR   (text)
 
 Writes N files in the format of the checkpoint's domain (its media writer) under DIR. A domain may add
 options of its own (``DOMAIN.sample_options``), e.g. the audio domain's ``mel_from=FILE.wav``, which makes
 a vocoder checkpoint resynthesise the whole file from its log-mel spectrogram.
-A class-conditional checkpoint (trained with cond=class) takes ``label=N`` (N samples of class N) or
+A class-conditional checkpoint (trained with cond=class) takes ``label=N`` (N samples of class N; ``label=NAME``
+names the class by its name in the label map the checkpoint keeps) or
 ``label=all`` (N samples of every class, files ``PREFIX_cKKK_*``, and ``PREFIX_grid.png`` with one row per
 class: images, or spectrograms for audio); ``guidance=W`` is the classifier-free guidance weight (1: none,
 0: unconditional).
@@ -57,7 +58,7 @@ DEFAULTS = {
 }
 
 USAGE = ("usage: python -m src.sample ckpt=PATH num_samples=N out=DIR "
-         "[sampler=NAME steps=K seed=S ema=true device=cpu label=N|all prompt=TEXT|prompts=FILE guidance=W "
+         "[sampler=NAME steps=K seed=S ema=true device=cpu label=N|NAME|all prompt=TEXT|prompts=FILE guidance=W "
          "progress=auto|bar|lines|off] "
          "[options of the checkpoint's domain]")
 
@@ -106,8 +107,11 @@ def check_options(cfg) -> None:
     if cfg["seed"] is not None:
         SEED.check(cfg["seed"], "seed")
     label = cfg["label"]
-    if label is not None and label != "all" and (isinstance(label, bool) or not isinstance(label, int) or label < 0):
-        raise ConfigError(f"label must be a class index (0, 1, ...) or all; got {label!r}.")
+    if isinstance(label, str) and not label.strip():
+        raise ConfigError("label= is empty; pass a class index (0, 1, ...), a class name or all.")
+    if label is not None and not isinstance(label, str) and (isinstance(label, bool) or not isinstance(label, int)
+                                                             or label < 0):
+        raise ConfigError(f"label must be a class index (0, 1, ...), a class name or all; got {label!r}.")
     if isinstance(cfg["progress"], bool):  # YAML reads progress=off as false (and on as true)
         cfg["progress"] = "off" if cfg["progress"] is False else "auto"
     if cfg["progress"] not in MODES:
@@ -187,11 +191,11 @@ def sample(cfg) -> list[Path]:
         module.objective.sampling_sigmas(int(cfg["steps"]))
     if cfg["sampler"] is not None and hasattr(module, "check_sampler"):
         module.check_sampler(cfg["sampler"])
+    labels = None if cfg["label"] is None else class_labels(cfg["label"], module, cfg["ckpt"])
     writable_folder(Path(cfg["out"]).expanduser(), f"out={cfg['out']}")
     t0 = time.perf_counter()
     out = Path(cfg["out"]).expanduser()
     num = int(cfg["num_samples"])
-    labels = None if cfg["label"] is None else class_labels(cfg["label"], module, cfg["ckpt"])
     prompts = read_prompts(cfg)
     groups = labels or prompts or [None]  # one draw of num samples per class or prompt
     draws = len(groups) * -(-num // int(cfg["batch_size"]))  # batches of the whole command
@@ -242,13 +246,20 @@ def sample_prompts(module, media, prompts: list[str], cfg, cond, num: int, out: 
 
 
 def class_labels(label, module, ckpt) -> list[int]:
-    """``label=N`` or ``label=all`` as the list of class indices to draw, checked against the checkpoint."""
+    """``label=N``, ``label=NAME`` (a class name the checkpoint keeps) or ``label=all`` as the list of class indices
+    to draw, checked against the checkpoint."""
     n = module.num_classes
     if not n:
         raise ConfigError(f"label= needs a class-conditional checkpoint (trained with cond=class); {ckpt} is "
                           "unconditional: drop label= and guidance=.")
     if label == "all":
         return list(range(n))
+    if isinstance(label, str):  # a class name: the label map the checkpoint keeps (cond.classes)
+        names = [str(c) for c in ((module.hparams.get("cond") or {}).get("classes") or [])]
+        if label not in names:
+            known = f"its classes are {', '.join(names)}" if names else "it keeps no class names"
+            raise ConfigError(f"label={label} is not a class of {ckpt}; {known} (or pass an index 0..{n - 1}).")
+        return [names.index(label)]
     if label >= n:
         raise ConfigError(f"label={label} is not a class of {ckpt}, which has {n} (0..{n - 1}).")
     return [int(label)]

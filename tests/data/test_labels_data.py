@@ -272,6 +272,20 @@ def test_audio_cond_class_end_to_end_writes_clips_per_class(compose_cfg, capsys,
     th, tw = tile.shape[:2]
     assert grid.shape == (2 * (th + 2) + 2, 2 * (tw + 2) + 2, 3)  # spectrograms: two per row, a row per class
     assert grid[2:2 + th, 2:2 + tw].std() > 0
+    # a class by its name (the label map the checkpoint keeps): the same files as its index
+    from src.sample import main as sample_main
+
+    common = [f"ckpt={ckpt}", "guidance=2", "num_samples=1", "steps=2", "seed=3", "device=cpu", "progress=off"]
+    sample_main([*common, "label=low", f"out={tmp_path / 'by_name'}"])
+    sample_main([*common, "label=1", f"out={tmp_path / 'by_index'}"])
+    by_name, by_index = (sf.read(tmp_path / d / "sample_c001_00000.wav")[0] for d in ("by_name", "by_index"))
+    assert np.array_equal(by_name, by_index)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        sample_main([*common, "label=loww", f"out={tmp_path / 'typo'}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "label=loww is not a class of" in err and "its classes are high, low" in err
+    assert not (tmp_path / "typo").exists()
 
 
 def mri_dm(path, **kw):
