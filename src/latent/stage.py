@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from src.backbones.unet import PRESETS as UNET_PRESETS
 from src.checkpoint import CheckpointError, load_checkpoint
 from src.distill.student import LatentStudentModule, StudentModule
 from src.errors import ConfigError
@@ -67,8 +68,11 @@ def build_model(cfg: dict, data_shape: list[int], **extra):
         arch, weights, source = read_autoencoder(latent["autoencoder"], use_ema=bool(latent.get("use_ema", True)))
         check_source(cfg, latent["autoencoder"], source)
     if arch.get("layout") == "image":  # mel spectrograms as 1-channel images: the 2D U-Net
-        preset = (latent.get("mel") or {}).get("preset") or "compact"
-        common["backbone"] = {"name": "unet", "spatial_dims": 2, "preset": str(preset)}
+        preset = str((latent.get("mel") or {}).get("preset") or "compact")
+        if preset not in UNET_PRESETS:
+            raise ConfigError(f"Unknown latent.mel.preset '{preset}' (the 2D U-Net of latent.mel.layout=image); "
+                              f"choose one of {', '.join(UNET_PRESETS)}.")
+        common["backbone"] = {"name": "unet", "spatial_dims": 2, "preset": preset}
     elif latent.get("backbone"):  # a backbone suited to the latents (audio: a 1D U-Net in place of DiffWave)
         common["backbone"] = dict(latent["backbone"])
     model = LatentDiffusionModule(**common, latent={"arch": arch, "source": source,

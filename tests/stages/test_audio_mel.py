@@ -188,11 +188,15 @@ def test_the_audio_preset_is_mel_images_and_keeps_the_autoencoder_route():
     assert route["latent"]["autoencoder"] == "ae/last.ckpt"
 
 
-def test_an_unknown_mel_layout_is_one_sentence(tmp_path):
+def test_an_unknown_mel_layout_or_preset_is_one_sentence(tmp_path):
     with pytest.raises(ConfigError, match="latent.mel.layout=waterfall is not a layout"):
         train(compose(["domain=audio", "experiment=smoke", "logger=none", "trainer.accelerator=cpu", "threads=1",
                        "datamodule.builtin_size=8", "latent.autoencoder=mel", "latent.mel.layout=waterfall",
                        f"paths.output_dir={tmp_path / 'c'}"]))
+    with pytest.raises(ConfigError, match="Unknown latent.mel.preset 'huge'"):
+        train(compose(["domain=audio", "experiment=smoke", "logger=none", "trainer.accelerator=cpu", "threads=1",
+                       "datamodule.builtin_size=8", "latent.autoencoder=mel", "latent.mel.layout=image",
+                       "latent.mel.preset=huge", f"paths.output_dir={tmp_path / 'e'}"]))
 
 
 def test_mel_is_refused_outside_audio(tmp_path):
