@@ -20,7 +20,6 @@ from src.module import DiffusionModule
 
 from .autoencoder import AutoencoderModule
 from .diffusion import LatentDiffusionModule
-from .mel import LAYOUTS
 from .space import read_autoencoder
 
 log = logging.getLogger(__name__)
@@ -98,13 +97,11 @@ def mel_space(cfg: dict, data_shape: list[int]) -> tuple[dict, None, dict]:
                           f"domain={domain}; use domain=audio, or pass the last.ckpt of a stage=autoencoder run.")
     mel = dict((cfg.get("latent") or {}).get("mel") or {})
     rate = int(cfg["datamodule"]["sample_rate"])
+    # latent.mel.layout was checked with the rest of the config (src/config_check.py); MelCodec refuses others
     layout = str(mel.get("layout") or "sequence")
-    if layout not in LAYOUTS:
-        raise ConfigError(f"latent.mel.layout={layout} is not a layout; choose sequence (n_mels channels for the "
-                          "1D U-Net) or image (a spectrogram image for the 2D U-Net).")
     arch = {"kind": "mel", "n_mels": int(mel.get("n_mels") or 64), "hop": int(mel.get("hop") or 128),
             "sample_rate": rate, "in_channels": int(data_shape[0]), "length": int(data_shape[-1])}
-    if layout == "image":  # checkpoints of the sequence layout keep their arch (and hash) unchanged
+    if layout != "sequence":  # checkpoints of the sequence layout keep their arch (and hash) unchanged
         arch["layout"] = layout
     digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()
     source = {"sha256": digest, "step": 0, "file": "mel", "use_ema": False, "data_shape": list(data_shape),
