@@ -7,15 +7,17 @@ Recipes, each trained in its own process, one after another, one thread each, un
 is measured (docs/guide/benchmarks.md):
 
 - ``framework``: this framework's recommended preset as a user types it, ``python -m src.train
-  experiment=quickstart domain=... datamodule.path=TRAIN ...`` (no step limit, stopped by SIGTERM at the budget:
-  it saves ``last.ckpt`` and stops; its own sampler, dpmpp_2m_sde 32 steps).
+  experiment=quickstart domain=image datamodule.path=TRAIN ...`` (audio: ``experiment=audio_quickstart``, the
+  one-stage mel-image model decoded by Griffin-Lim) with no step limit, stopped by SIGTERM at the budget: it saves
+  ``last.ckpt`` and stops; its own sampler, dpmpp_2m_sde 32 steps.
 - ``edm``: the same command with ``diffusion=edm diffusion.sampler=heun diffusion.steps=16`` (EDM
   preconditioning and loss, Heun's 2nd-order sampler at 31 network evaluations), so recipe and code separate;
   also drawn with the preset's sampler.
 - ``diffusers`` (image): diffusers' ``train_unconditional`` example as a plain script over diffusers' public API
   (benchmarks/peers_recipes.py), sampled with ``DDPMPipeline`` at its default 1000 steps (``--ddpm-samples``
   samples: it costs 30x the others) and with DDIM and DPM-Solver++(2M) at the framework's step count.
-- ``diffwave`` (audio): the DiffWave recipe's published hyper-parameters on this project's DiffWave backbone.
+- ``diffwave`` (audio): the DiffWave recipe's published hyper-parameters on this project's DiffWave backbone, the
+  paper's BASE layout (30 layers, dilation cycle 10) with its width set to the framework network's parameter count.
 
 With no images in ``--data`` (a missing or empty folder) the image benchmark writes scikit-learn's 1,797 real
 handwritten digits there. ``--device cuda --precision bf16`` runs the same benchmark on one GPU (budgets are then
@@ -115,7 +117,9 @@ def train_command(recipe: str, a, train_dir: Path, run: Path, budget_s: float, s
                   framework_cfg: dict) -> list[str]:
     py = sys.executable
     if recipe in ("framework", "edm"):
-        cmd = [py, "-m", "src.train", "experiment=quickstart", f"domain={a.domain}", f"datamodule.path={train_dir}",
+        # each domain's recommended preset: images the quickstart, audio the one-stage mel-image model
+        experiment = "quickstart" if a.domain == "image" else "audio_quickstart"
+        cmd = [py, "-m", "src.train", f"experiment={experiment}", f"domain={a.domain}", f"datamodule.path={train_dir}",
                "datamodule.num_workers=0", "logger=none", "threads=1", "trainer.max_steps=-1",
                f"paths.output_dir={run}", "trainer.enable_progress_bar=false"]
         if a.domain == "image":
@@ -135,7 +139,7 @@ def train_command(recipe: str, a, train_dir: Path, run: Path, budget_s: float, s
     if recipe == "diffusers":
         return [py, "-m", "benchmarks.peers_recipes", "diffusers", *common, "--resolution", str(shape["resolution"]),
                 "--channels", str(shape["channels"]), "--match-params", str(framework_cfg["params"])]
-    return [py, "-m", "benchmarks.peers_recipes", "diffwave", *common, "--preset", framework_cfg["preset"],
+    return [py, "-m", "benchmarks.peers_recipes", "diffwave", *common, "--match-params", str(framework_cfg["params"]),
             "--length", str(shape["length"]), "--channels", "1"]
 
 
@@ -332,7 +336,9 @@ def parse(argv: list[str] | None):
     ap.add_argument("--resolution", type=int, default=None, help="image side (default: the first image's)")
     ap.add_argument("--channels", type=int, choices=[1, 3], default=None, help="image channels (default: guessed)")
     ap.add_argument("--sample-rate", type=int, default=16000, help="audio: sample rate of every recipe (Hz)")
-    ap.add_argument("--clip-seconds", type=float, default=0.5, help="audio: clip length of every recipe")
+    ap.add_argument("--clip-seconds", type=float, default=1.024,
+                    help="audio: clip length of every recipe (the mel-image preset needs a multiple of 8 frames of "
+                         "256 samples: 1.024 s at 16 kHz)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cpu (budgets in process CPU time) or cuda (one GPU; budgets in wall-clock time)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",

@@ -21,8 +21,8 @@ estimated after 20 steps), no random flips (digits are not symmetric; the framew
 DiffWave (Kong et al. 2021) as the ``diffwave`` package's ``params.py`` sets it: T = 50 training steps with
 betas linspace(1e-4, 0.05, 50), L1 loss on the noise, Adam lr 2e-4, batch 16, no EMA, no clipping; sampled by
 the full 50-step ancestral DDPM (the package's path without ``fast_sampling``). The network is this project's
-DiffWave backbone at the preset the framework's run uses, so the parameter counts are equal (the package's
-BASE network, 30 layers of 64 channels, would be 14x the framework's tiny preset).
+DiffWave backbone in the paper's BASE layout (30 layers, dilation cycle 10, 512-wide step embedding) with the
+residual width that matches the framework network's parameter count (BASE's 64 channels hold 2.6M parameters).
 """
 
 from __future__ import annotations
@@ -155,10 +155,24 @@ def train_diffusers(a) -> dict:
 
 
 # ---- DiffWave's recipe --------------------------------------------------------------------------------
-def diffwave_backbone(preset: str, channels: int):
+def diffwave_backbone(width: int, channels: int):
+    """The DiffWave paper's BASE layout (30 residual layers, dilation cycle 10, 512-wide step embedding) at
+    ``width`` residual channels (BASE: 64)."""
     from src.backbones import build_backbone
 
-    return build_backbone({"name": "diffwave", "in_channels": channels, "preset": preset})
+    return build_backbone({"name": "diffwave", "in_channels": channels, "preset": "base", "residual_channels": width})
+
+
+def match_diffwave_width(channels: int, target: int) -> int:
+    """The residual width whose BASE-layout DiffWave is closest in parameters to ``target``."""
+    best, best_err = 4, math.inf
+    for width in range(4, 257, 2):
+        err = abs(num_params(diffwave_backbone(width, channels)) / target - 1)
+        if err < best_err:
+            best, best_err = width, err
+        elif err > best_err:
+            break  # the count grows with the width
+    return best
 
 
 def audio_batches(data: Path, length: int, channels: int, batch_size: int, seed: int = 0):
@@ -193,7 +207,8 @@ def train_diffwave(a) -> dict:
     device = torch.device(a.device)
     budget = Budget(a.budget_s, device)
     torch.manual_seed(0)
-    model = diffwave_backbone(a.preset, a.channels).to(device)
+    width = match_diffwave_width(a.channels, a.match_params)
+    model = diffwave_backbone(width, a.channels).to(device)
     sched = diffwave_scheduler()
     opt = torch.optim.Adam(model.parameters(), lr=d["lr"])
     batches = audio_batches(Path(a.data), a.length, a.channels, d["batch_size"])
@@ -212,9 +227,9 @@ def train_diffwave(a) -> dict:
         opt.zero_grad(set_to_none=True)
         step += 1
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "preset": a.preset, "channels": a.channels},
+    torch.save({"state_dict": model.state_dict(), "width": width, "channels": a.channels},
                Path(a.out) / "diffwave.pt")
-    return {"steps": step, "params": num_params(model), "recipe": d}
+    return {"steps": step, "params": num_params(model), "residual_channels": width, "recipe": d}
 
 
 # ---- sampling -----------------------------------------------------------------------------------------
@@ -260,7 +275,7 @@ def draw_diffusers(pipe, sampler: str, steps: int, num: int, device: torch.devic
 
 def load_diffwave(run: Path, device: torch.device):
     ckpt = torch.load(run / "diffwave.pt", map_location="cpu", weights_only=True)
-    model = diffwave_backbone(ckpt["preset"], ckpt["channels"]).to(device).eval()
+    model = diffwave_backbone(ckpt["width"], ckpt["channels"]).to(device).eval()
     model.load_state_dict(ckpt["state_dict"])
     model.channels = ckpt["channels"]
     return model, num_params(model)
@@ -322,8 +337,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="training: CPU seconds of this process (wall seconds on CUDA), start-up included")
     ap.add_argument("--resolution", type=int, default=16, help="diffusers: image side")
     ap.add_argument("--channels", type=int, default=1, help="image or audio channels")
-    ap.add_argument("--match-params", type=int, default=164_000, help="diffusers: parameters to match")
-    ap.add_argument("--preset", default="tiny", help="diffwave: the backbone preset (the framework run's)")
+    ap.add_argument("--match-params", type=int, default=164_000,
+                    help="diffusers, diffwave: the parameter count to match (the framework network's)")
     ap.add_argument("--length", type=int, default=8000, help="audio: clip length in samples")
     ap.add_argument("--lr", type=float, default=None, help="a learning rate other than the recipe's")
     ap.add_argument("--kind", choices=sorted(SAMPLE), help="sample: whose run folder")

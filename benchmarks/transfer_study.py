@@ -19,7 +19,8 @@ Runs (one process, one thread, CPU time by ``time.process_time`` without the sco
 slices so all runs reach a mark before any goes further): pretrain on A from scratch,
 save it as a checkpoint of this framework; then on B for the same CPU minutes: from scratch, full fine-tuning
 from the A checkpoint (``init.from``), and LoRA (``finetune.lora``: ``--lora TARGETS:RANK,...``, targets joined
-by ``+``). Every run is the tiny UNet with flow matching (the quickstart preset), scored at each of ``--minutes``.
+by ``+``). Every run is the UNet of ``--preset`` (tiny: the quickstart preset) with flow matching, scored at each
+of ``--minutes``.
 """
 
 from __future__ import annotations
@@ -111,14 +112,15 @@ class Scorer:
 
 
 # ---- training ----------------------------------------------------------------------------------------------
-def backbone_for(shape: tuple) -> dict:
-    return {"name": "unet", "spatial_dims": 2, "in_channels": int(shape[0]), "preset": "tiny"}
+def backbone_for(shape: tuple, preset: str = "tiny") -> dict:
+    return {"name": "unet", "spatial_dims": 2, "in_channels": int(shape[0]), "preset": preset}
 
 
-def build(shape: tuple, init: dict | None = None, lora: tuple[list, int] | None = None) -> DiffusionModule:
+def build(shape: tuple, init: dict | None = None, lora: tuple[list, int] | None = None,
+          preset: str = "tiny") -> DiffusionModule:
     torch.manual_seed(0)
     finetune = {"lora": {"rank": lora[1], "targets": list(lora[0])}} if lora else None
-    return DiffusionModule(backbone=backbone_for(shape), diffusion=dict(DIFFUSION), data_shape=list(shape),
+    return DiffusionModule(backbone=backbone_for(shape, preset), diffusion=dict(DIFFUSION), data_shape=list(shape),
                            ema={"decay": 0.999}, init=init, finetune=finetune)
 
 
@@ -208,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="LoRA runs as TARGETS:RANK, comma-separated; targets joined by + (attention, conv, regex)")
     p.add_argument("--work", default="/tmp/transfer_study", help="folder for the data cache and the pretrained "
                    "checkpoint (reused when the study runs again)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "compact", "small"],
+                   help="UNet preset of every run (tiny: 164k parameters, small: 4.4M)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
             "uptime_before": uptime(), "torch": torch.__version__, "threads": 1, "pair": args.pair,
             "sizes": {"a": len(data["a"]), "b_train": len(data["b_train"]), "b_scorer": len(data["b_clf"]),
                       "b_reference": len(data["b_ref"])},
-            "settings": {"backbone": backbone_for(shape), "diffusion": DIFFUSION, "lr": LR, "batch": BATCH,
+            "settings": {"backbone": backbone_for(shape, args.preset), "diffusion": DIFFUSION, "lr": LR,
+                         "batch": BATCH,
                          "samples": N_SAMPLES, "lora": {k: {"targets": t, "rank": r} for k, (t, r) in loras.items()}}}
     scorer = Scorer(data)
     info["reference"] = {"real B (train split)": scorer.score(x[data["b_train"]]),
@@ -232,8 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"sizes": info["sizes"], "scorer_accuracy": scorer.ref_accuracy}), flush=True)
     # pretraining on A, saved as a checkpoint of this framework (reused when the study is run again)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / f"pretrained_A_{args.pair}.ckpt"
-    base = build(shape)
+    suffix = "" if args.preset == "tiny" else f"_{args.preset}"
+    ckpt = work / f"pretrained_A_{args.pair}{suffix}.ckpt"
+    base = build(shape, preset=args.preset)
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         base.load_state_dict(saved["state_dict"])
@@ -246,14 +252,15 @@ def main(argv: list[str] | None = None) -> None:
                     "global_step": arm.step, "pretrain": info["pretrain"]}, ckpt)
     info["reference"]["pretrained on A, not fine-tuned"] = sample_score(base, scorer)
     save(info, args.json, t_all)
-    backbone = backbone_for(shape)
+    backbone = backbone_for(shape, args.preset)
     init = check_init({"from": str(ckpt)})
     source = describe(ckpt, dict(backbone))
     init.update(kind=source["kind"], file=source["file"], sha256=file_sha256(ckpt),
                 mapping=check_objective(init, source, DIFFUSION))
     starts = {"scratch": (None, None), "full fine-tune": (init, None)}
     starts.update({name: (init, lora) for name, lora in loras.items()})
-    arms = {name: Arm(build(shape, start, lora), x[data["b_train"]]) for name, (start, lora) in starts.items()}
+    arms = {name: Arm(build(shape, start, lora, args.preset), x[data["b_train"]])
+            for name, (start, lora) in starts.items()}
     info["runs"] = {name: {"trainable": sum(p.numel() for p in arm.module.backbone.parameters() if p.requires_grad),
                            "rows": []} for name, arm in arms.items()}
     for mark in marks:

@@ -107,7 +107,7 @@ def test_image_and_audio_benchmarks_end_to_end_on_tiny_data(tmp_path, capsys):
     audio = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.peers", "--domain", "audio", "--minutes", "0.05", "--data", str(tones),
          "--out", str(tmp_path / "audio"), "--json", str(tmp_path / "audio.json"), "--samples", "4", "--held-out",
-         "4", "--sample-rate", "8000", "--clip-seconds", "0.125"], cwd=ROOT, stdout=audio_out,
+         "4", "--clip-seconds", "0.256"], cwd=ROOT, stdout=audio_out,
         stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     try:
         digits = write_digit_subset(tmp_path / "digits")
@@ -135,4 +135,7 @@ def test_image_and_audio_benchmarks_end_to_end_on_tiny_data(tmp_path, capsys):
     assert audio.returncode == 0, audio_stdout[-3000:]
     result = json.loads((tmp_path / "audio.json").read_text())
     check_result(result, ("framework", "edm", "diffwave"), audio_stdout)
+    # audio's recommended preset is the one-stage mel-image model, and DiffWave is sized to its parameter count
+    assert all("experiment=audio_quickstart" in r["command"] for r in result["budgets"][0]["rows"]
+               if r["recipe"] in ("framework", "edm"))
     assert (tmp_path / "audio" / "grid_audio_0.05min.png").is_file()
