@@ -17,12 +17,24 @@ import torch
 from .backbones import build_backbone
 from .backbones.lora import add_lora, check_lora, lora_state
 from .backbones.pretrained import file_sha256, load_pretrained
-from .backbones.text import TextConditioned, build_text, check_text_cond
+from .backbones.text import TextConditioned, build_text
 from .checkpoint import CheckpointError
+from .conditioning import (
+    batch_captions,
+    batch_labels,
+    check_cond,
+    check_sample_request,
+    check_text_backbone,
+    label_denoiser,
+    text_denoiser,
+    with_label,
+    with_text,
+)
 from .diffusion import build_objective, clipped, get_sampler
-from .diffusion.guidance import drop_captions, drop_labels, guided
+from .diffusion.guidance import drop_captions, drop_labels
 from .errors import ConfigError
 from .runtime.ema import EMA
+from .runtime.nonfinite import NonfiniteGuard, unpack
 from .runtime.phema import PowerFunctionEMA
 
 log = logging.getLogger(__name__)
@@ -34,66 +46,6 @@ def step_seed(*parts: int) -> int:
     for p in parts:
         h = (h * _MIX + int(p) + 1) % (2**63 - 1)
     return h
-
-
-def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(batch, dict):
-        return batch["x"], batch.get("cond")
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
-
-
-def nonfinite_data(batch) -> str | None:
-    """When the training batch itself holds NaN or Inf: which items (file names when the batch carries them
-    under ``path``), else None (the optimisation, not the data, went non-finite)."""
-    if batch is None:
-        return None
-    x = unpack(batch)[0]
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        return None
-    bad = (~torch.isfinite(x.detach().reshape(x.shape[0], -1))).any(dim=1)
-    if not bool(bad.any()):
-        return None
-    rows = [int(i) for i in torch.nonzero(bad).flatten()]
-    names = batch.get("path") if isinstance(batch, dict) else None
-    if isinstance(names, (list, tuple)) and len(names) == x.shape[0]:
-        return "the training data holds non-finite values: " + ", ".join(str(names[i]) for i in rows[:5])
-    return f"the training batch holds non-finite values in {len(rows)} of its {x.shape[0]} items"
-
-
-def with_label(net, label: torch.Tensor | None):
-    """The backbone call ``net(x, noise_level, cond)`` that objectives make, with class labels bound."""
-    if label is None:
-        return net
-    return lambda x, noise_level, cond=None: net(x, noise_level, cond, label=label)
-
-
-def with_text(net, text: dict | None):
-    """The backbone call with text embeddings (or byte ids) bound, as ``with_label`` for class labels."""
-    if text is None:
-        return net
-    return lambda x, noise_level, cond=None: net(x, noise_level, cond, text=text)
-
-
-# backbones with a text path (a context_dim argument and context=/pooled= in forward)
-TEXT_BACKBONES = ("unet", "diffwave", "unet1d")
-
-
-def check_cond(cond: dict | None) -> dict:
-    c = {"num_classes": 0, "drop_prob": 0.1, "classes": None, **(cond or {})}
-    n = c["num_classes"]
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ConfigError(f"cond.num_classes must be a whole number >= 0 (0: unconditional); got {n!r}.")
-    if not 0.0 <= float(c["drop_prob"]) < 1.0:
-        raise ConfigError(f"cond.drop_prob must be in [0, 1); got {c['drop_prob']}.")
-    if c["classes"] is not None and len(c["classes"]) != n:
-        raise ConfigError(f"cond.classes names {len(c['classes'])} classes but cond.num_classes is {n}.")
-    if c.get("kind") == "text":
-        if n:
-            raise ConfigError("cond=text and class labels (cond.num_classes) cannot be combined; use one of them.")
-        check_text_cond(c)
-    return c
 
 
 def channels_last_format(data_ndim: int) -> torch.memory_format | None:
@@ -129,22 +81,15 @@ class DiffusionModule(pl.LightningModule):
         self.has_text = self.cond_cfg.get("kind") == "text"
         text_encoder = None
         if self.has_text:
-            if backbone.get("name", "unet") not in TEXT_BACKBONES:
-                names = f"{', '.join(TEXT_BACKBONES[:-1])} or {TEXT_BACKBONES[-1]}"
-                raise ConfigError(f"cond=text needs backbone.name {names} (cross-attention to the text); "
-                                  f"backbone.name={backbone.get('name')} takes no text.")
+            check_text_backbone(backbone)
             self.text_input, text_encoder, context_dim = build_text(self.cond_cfg)
             backbone = {**backbone, "context_dim": context_dim}
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                           "min_lr_ratio": 0.1, "fused": None, "total_steps": None,
                           "nonfinite": "stop", "nonfinite_max_skips": 10, **(optim or {})}
-        if self.optim_cfg["nonfinite"] not in ("stop", "skip"):
-            raise ConfigError(f"optim.nonfinite must be stop or skip; got '{self.optim_cfg['nonfinite']}'.")
-        self._loss_finite: torch.Tensor | None = None  # all losses of the current accumulation window finite
-        self._skip_step = False
-        self._consecutive_skips = 0
+        self.guard = NonfiniteGuard(self.optim_cfg["nonfinite"], self.optim_cfg["nonfinite_max_skips"])
+        self._skip_step = False  # this optimizer step's update was dropped (non-finite): no EMA update either
         self._last_batch = None
-        self.nonfinite_stop: dict | None = None  # set when the run stops itself on non-finite values
         self.diffusion_cfg = dict(diffusion)
         self.data_shape = list(data_shape)
         self.seed = seed
@@ -235,8 +180,7 @@ class DiffusionModule(pl.LightningModule):
         if self.has_text:
             text = self.encode_text(drop_captions(self._captions(batch), float(self.cond_cfg["drop_prob"]), g))
         loss = self.diffusion_loss(self.backbone, x, u, noise, cond, label, text).mean()
-        finite = torch.isfinite(loss.detach())  # a tensor, no host sync per micro-batch
-        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+        self.guard.add_loss(loss)  # a tensor flag, no host sync per micro-batch
         # the all-reduce (and its host sync) only where the value is written: on the logger's steps (Lightning's
         # sync_dist must not change between calls, so the mean over ranks is taken here)
         logged = loss.detach()
@@ -258,29 +202,22 @@ class DiffusionModule(pl.LightningModule):
         connector = getattr(self._trainer, "_logger_connector", None)
         return connector is None or connector.should_update_logs
 
+    @property
+    def nonfinite_stop(self) -> dict | None:
+        """``{"step", "data"}`` once the run stopped itself on non-finite values (src.train reports it)."""
+        return self.guard.stopped
+
     def _labels(self, batch) -> torch.Tensor | None:
         """``batch["label"]`` for a class-conditional model (None otherwise: labels are then ignored)."""
         if not self.num_classes:
             return None
-        label = batch.get("label") if isinstance(batch, dict) else None
-        if label is None:
-            raise ConfigError("cond.num_classes is set but the batches carry no 'label'; use a datamodule that "
-                            "reads labels (cond=class) or set cond.num_classes=0.")
-        label = torch.as_tensor(label, device=self.device).long()
         # the range check syncs with an accelerator: there, only on the first batch
-        check = label.device.type == "cpu" or not getattr(self, "_labels_checked", False)
+        check = self.device.type == "cpu" or not getattr(self, "_labels_checked", False)
         self._labels_checked = True
-        if check and (label.min() < 0 or label.max() >= self.num_classes):
-            raise ConfigError(f"A batch holds label {int(label.max())} outside 0..{self.num_classes - 1} "
-                            "(cond.num_classes); check the label map of the data.")
-        return label
+        return batch_labels(batch, self.num_classes, self.device, check)
 
     def _captions(self, batch) -> list[str]:
-        captions = batch.get("caption") if isinstance(batch, dict) else None
-        if captions is None:
-            raise ConfigError("cond=text but the batches carry no 'caption'; use a datamodule that reads captions "
-                              "(datamodule.captions=sidecar|csv|datalist, or captioned shards).")
-        return [str(c) for c in captions]
+        return batch_captions(batch)
 
     def encode_text(self, captions: list[str]) -> dict:
         """Captions as the text-conditional backbone takes them (the empty caption is the unconditional one)."""
@@ -320,35 +257,14 @@ class DiffusionModule(pl.LightningModule):
         """A non-finite loss or gradient on any rank: every rank drops this step's gradients (AdamW then
         leaves weights and moments alone) and the EMA update; ``optim.nonfinite`` says skip or stop."""
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        local = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params]
-        finite = torch.stack([torch.isfinite(g).all() for g in local]).all() if local else torch.tensor(True)
-        if self._loss_finite is not None:
-            finite = finite & self._loss_finite.to(finite.device)
-        self._loss_finite = None
-        bad = not bool(finite)
-        if self._trainer is not None:  # ranks agree, so all skip or stop together
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if not bad:
-            self._consecutive_skips = 0
+        if self.guard.finite(params, self._trainer):
+            self.guard.record(True, self.global_step + 1)
             return
         for p in params:
             p.grad = None
         self._skip_step = True
-        self._consecutive_skips += 1
-        step = self.global_step + 1  # the step being taken, as the checkpoints count it
-        mode, limit = self.optim_cfg["nonfinite"], int(self.optim_cfg["nonfinite_max_skips"])
-        stop = mode == "stop" or self._consecutive_skips > limit
-        if self._trainer is not None and self.trainer.is_global_zero:
-            if stop:
-                log.error("Non-finite loss or gradient at step %d (%d consecutive): update skipped, stopping "
-                          "the run; the checkpoints hold the last finite weights (lower optim.lr, or set "
-                          "optim.nonfinite=skip).", step, self._consecutive_skips)
-            else:
-                log.warning("Non-finite loss or gradient at step %d: update skipped (%d consecutive, "
-                            "optim.nonfinite_max_skips=%d).", step, self._consecutive_skips, limit)
-        if stop and self._trainer is not None:
-            self.nonfinite_stop = {"step": step, "data": nonfinite_data(self._last_batch)}
-            self.trainer.should_stop = True
+        # the step being taken, as the checkpoints count it
+        self.guard.record(False, self.global_step + 1, self._trainer, self._last_batch)
 
     # ---- validation: loss per noise-level bucket, on the EMA weights --------------------------------
     def validation_step(self, batch, batch_idx):
@@ -393,21 +309,7 @@ class DiffusionModule(pl.LightningModule):
         per sample; None: unconditional, the null label) and classifier-free ``guidance`` (1: plain conditional);
         a text-conditional one takes ``text``, one prompt per sample (None: unconditional, the empty caption).
         """
-        if text is not None and not self.has_text:
-            raise ConfigError("prompt= needs a text-conditional checkpoint (trained with cond=text); this one "
-                              "is not: drop prompt= (or use label= for a class-conditional one).")
-        if text is not None and len(text) != num:
-            raise ConfigError(f"Got {len(text)} prompts for {num} samples; pass one per sample.")
-        if label is not None and not self.num_classes:
-            raise ConfigError("label= needs a class-conditional checkpoint (trained with cond=class); this one "
-                              "is unconditional.")
-        if label is not None:
-            label = torch.as_tensor(label, device=self.device).long().reshape(-1)
-            if label.numel() != num:
-                raise ConfigError(f"Got {label.numel()} labels for {num} samples; pass one per sample.")
-            if label.min() < 0 or label.max() >= self.num_classes:
-                raise ConfigError(f"label must be in 0..{self.num_classes - 1} for this checkpoint; "
-                                  f"got {int(label.max() if label.max() >= self.num_classes else label.min())}.")
+        label = check_sample_request(num, self.num_classes, self.has_text, label, text, self.device)
         d = self.diffusion_cfg
         sampler = sampler or d.get("sampler") or self.objective.default_sampler
         steps = int(steps or d.get("steps", 32))
@@ -444,27 +346,11 @@ class DiffusionModule(pl.LightningModule):
     def _denoiser(self, net, c, label, n: int, guidance: float):
         if not self.num_classes:
             return self.objective.denoiser(net, c)
-        if label is None:  # unconditional draw from a conditional model: the null label, no guidance
-            label, guidance = torch.full((n,), self.num_classes, device=self.device, dtype=torch.long), 1.0
-
-        def cond_denoiser(x, sigma, lab):
-            reps = x.shape[0] // n  # guidance doubles the batch; the other condition follows
-            cc = c if c is None or reps == 1 else torch.cat([c] * reps)
-            return self.objective.denoiser(with_label(net, lab), cc)(x, sigma)
-
-        return guided(cond_denoiser, label, self.num_classes, guidance)
+        return label_denoiser(self.objective, net, c, n, self.num_classes, label, guidance, self.device)
 
     def _text_denoiser(self, net, c, text: list[str] | None, n: int, guidance: float):
-        null = self.encode_text([""] * n)
-        if text is None:  # unconditional draw from a text-conditional model: the empty caption, no guidance
-            return self.objective.denoiser(with_text(net, null), c)
-
-        def cond_denoiser(x, sigma, t):
-            reps = x.shape[0] // n  # guidance doubles the batch; the other condition follows
-            cc = c if c is None or reps == 1 else torch.cat([c] * reps)
-            return self.objective.denoiser(with_text(net, t), cc)(x, sigma)
-
-        return guided(cond_denoiser, self.encode_text(text), null, guidance)
+        return text_denoiser(self.objective, net, c, n, None if text is None else self.encode_text(text),
+                             self.encode_text([""] * n), guidance)
 
     # ---- LoRA: checkpoints hold only the adapters ------------------------------------------------------------
     def checkpoint_state(self, state: dict) -> dict:

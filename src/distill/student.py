@@ -24,10 +24,11 @@ import math
 import torch
 
 from src.checkpoint import CheckpointError
+from src.conditioning import with_label
 from src.diffusion.guidance import guided
 from src.errors import ConfigError
 from src.latent.diffusion import LatentDiffusionModule
-from src.module import DiffusionModule, with_label
+from src.module import DiffusionModule
 from src.runtime.ema import EMA
 
 from .maths import (

@@ -20,8 +20,9 @@ from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.fsdp import register_fsdp_forward_method
 
 from src.errors import ConfigError
-from src.module import step_seed, unpack, warmup_cosine
+from src.module import step_seed, warmup_cosine
 from src.runtime.ema import EMA
+from src.runtime.nonfinite import NonfiniteGuard, unpack
 
 from .networks import (
     autoencoder_kwargs,
@@ -66,8 +67,7 @@ class AutoencoderModule(pl.LightningModule):
         self.optim_cfg = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
                           "min_lr_ratio": 0.1, "total_steps": None, "grad_clip": 1.0, "nonfinite": "stop",
                           "nonfinite_max_skips": 10, **(optim or {})}
-        if self.optim_cfg["nonfinite"] not in ("stop", "skip"):
-            raise ConfigError(f"optim.nonfinite must be stop or skip; got '{self.optim_cfg['nonfinite']}'.")
+        self.guard = NonfiniteGuard(self.optim_cfg["nonfinite"], self.optim_cfg["nonfinite_max_skips"])
         self.seed = seed
         self.autoencoder = build_autoencoder(self.arch)
         ema = dict(ema or {})
@@ -86,8 +86,6 @@ class AutoencoderModule(pl.LightningModule):
         if float(self.loss_cfg["perceptual_weight"]) > 0:
             self._perceptual.append(build_perceptual(self.loss_cfg["perceptual_network"], self.data_shape,
                                                      slices=bool(self.loss_cfg["perceptual_slices"])))
-        self._consecutive_skips = 0
-        self.nonfinite_stop: dict | None = None  # set when the run stops itself on non-finite values
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["autoencoder_arch"] = self.arch  # resolved: stage 2 rebuilds it even if the presets change
@@ -202,33 +200,20 @@ class AutoencoderModule(pl.LightningModule):
         if clip:
             self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
 
+    @property
+    def nonfinite_stop(self) -> dict | None:
+        """``{"step", "data"}`` once the run stopped itself on non-finite values (src.train reports it)."""
+        return self.guard.stopped
+
     def _finite(self, loss: torch.Tensor, params) -> bool:
         """Loss and gradients finite on every rank (ranks agree, so all skip or stop together)."""
-        # sharded (FSDP2) gradients: this rank's shard; the ranks' decisions are combined below
-        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad for p in params if p.grad is not None]
-        finite = torch.isfinite(loss.detach()).all()
-        if grads:
-            finite = finite & torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        bad = not bool(finite)
-        if self._trainer is not None:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        return not bad
+        self.guard.add_loss(loss)
+        return self.guard.finite(params, self._trainer)
 
     def _after_step(self, ok: bool) -> None:
         if ok:
-            self._consecutive_skips = 0
             self.ema.update(self.autoencoder)
-            return
-        self._consecutive_skips += 1
-        mode, limit = self.optim_cfg["nonfinite"], int(self.optim_cfg["nonfinite_max_skips"])
-        stop = mode == "stop" or self._consecutive_skips > limit
-        if self.trainer.is_global_zero:
-            log.error("Non-finite loss or gradient at step %d (%d consecutive): update skipped%s.", self.global_step,
-                      self._consecutive_skips, ", stopping the run; the checkpoints hold the last finite weights "
-                      "(lower optim.lr, or set optim.nonfinite=skip)" if stop else "")
-        if stop:
-            self.nonfinite_stop = {"step": self.global_step, "data": None}
-            self.trainer.should_stop = True
+        self.guard.record(ok, self.global_step, self._trainer)
 
     # ---- validation: reconstructions of the EMA autoencoder ------------------------------------------
     @torch.no_grad()

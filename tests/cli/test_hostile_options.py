@@ -27,9 +27,9 @@ import src.sample as sample
 from src.checkpoint import AtomicCheckpointIO, CheckpointError
 from src.config_check import RANGES, WHOLE_OR_FRACTION, check_config
 from src.errors import ConfigError
-from src.module import nonfinite_data
 from src.options import EXIT_BAD_INPUT, EXIT_NONFINITE, SEED_MAX, Number, Whole, check_output_file
 from src.report import cli as report_cli
+from src.runtime.nonfinite import nonfinite_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

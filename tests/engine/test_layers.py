@@ -37,6 +37,7 @@ LAYERS: dict[str, str] = {
     "src.diffusion": "engine",
     "src.backbones": "engine",
     "src.module": "engine",
+    "src.conditioning": "engine",
     "src.checkpoint": "engine",
     "src.runtime": "engine",
     "src.callbacks": "engine", "src.ema": "engine", "src.preemption": "engine", "src.runlog": "engine",
