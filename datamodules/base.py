@@ -34,8 +34,8 @@ from .items import (
     split_indices,
 )
 from .labels import csv_labels, folder_labels
+from .shard_sources import is_shard_path, summary_classes
 from .stream import ShardSettings, ShardSource
-from .webshards import is_shard_path, summary_classes
 
 log = logging.getLogger(__name__)
 

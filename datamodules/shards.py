@@ -22,7 +22,7 @@ from src.domains import shard_codec, shard_codecs
 from src.errors import ProjectError
 from src.options import EXIT_BAD_INPUT, SEED, Number, Whole, check_output_folder
 
-from .webshards import (
+from .shard_sources import (
     SUMMARY,
     TAR_SUFFIXES,
     TRAIN_PREFIX,
@@ -31,14 +31,13 @@ from .webshards import (
     expand,
     is_shard_path,
     is_url,
-    pack_folder,
-    parse_size,
     resolve_shards,
     shard_counts,
     shard_name,
     summary_classes,
     summary_source,
 )
+from .webshards import pack_folder, parse_size
 
 
 def write_shards(domain: str, src: str | Path, out: str | Path, max_count: int = 1000,

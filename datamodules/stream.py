@@ -32,7 +32,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from src.errors import DataError
 
 from .items import BadInputCounter, call_seeded
-from .webshards import resolve_shards, shard_counts, shard_name
+from .shard_sources import resolve_shards, shard_counts, shard_name
 
 log = logging.getLogger(__name__)
 

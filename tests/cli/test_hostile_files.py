@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from datamodules.labels import LabelError, csv_labels
-from datamodules.webshards import shard_counts
+from datamodules.shard_sources import shard_counts
 from src.anomaly import main as anomaly_main
 from src.domains import build_datamodule
 from src.domains.mri.fft import fft2c
