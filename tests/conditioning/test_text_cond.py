@@ -1,6 +1,7 @@
 """cond=text: captions from sidecars, a CSV, a datalist key and shards; training through the Hydra entry point in
-image (pixel), audio and MRI (slices) with the built-in, CLIP and T5 encoders; sampling with prompt= and
-prompts=FILE; the bad inputs (missing captions, prompt= on a model without text) and privacy of captions."""
+image (pixel), audio and MRI (slices, and volumes from a datalist) with the built-in, CLIP and T5 encoders;
+sampling with prompt= and prompts=FILE; the bad inputs (missing captions, prompt= on a model without text) and
+privacy of captions."""
 
 from __future__ import annotations
 
@@ -222,6 +223,36 @@ def test_mri_slices_with_sidecar_captions(tmp_path):
     sample_main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "prompt=T1 axial, lesion left", "num_samples=1",
                  "steps=2", "device=cpu", f"out={tmp_path / 's'}"])
     assert nib.load(tmp_path / "s" / "sample_p000_00000.nii.gz").shape[:2] == (16, 16)
+
+
+def test_mri_volumes_with_datalist_captions(tmp_path):
+    """3D: report phrases from a datalist key reach the 3D UNet's cross-attention; a prompt samples a volume."""
+    import nibabel as nib
+
+    from tests.helpers.mri import phantom, write_nifti
+
+    entries = []
+    for i in range(3):
+        write_nifti(tmp_path / "scans" / f"case{i}.nii.gz", phantom((16, 16, 16), seed=i))
+        side = "left" if i % 2 else "right"
+        entries.append({"image": f"./scans/case{i}.nii.gz", "report": f"T2 axial, lesion {side}"})
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
+    out = tmp_path / "run"
+    train_run(["domain=mri", "experiment=smoke", "datamodule.mode=volume", "datamodule.shape=[16,16,16]",
+               "datamodule.spacing=[3.0,3.0,3.0]", "datamodule.batch_size=2", "datamodule.val_fraction=0.34",
+               "metrics.num_samples=1", f"datamodule.path={tmp_path / 'dataset.json'}",
+               "datamodule.captions_column=report",
+               f"paths.output_dir={out}", "trainer.max_steps=2", "trainer.val_check_interval=2",
+               "trainer.limit_val_batches=1", "checkpoint.every_n_steps=2", "sampling.every_n_steps=2",
+               "sampling.num=1", "sampling.steps=2", "optim.warmup_steps=1", "trainer.enable_progress_bar=false",
+               "cond=text", "cond.dim=16", "cond.heads=2", "cond.layers=1", "logger=none"])
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["cond"]["kind"] == "text"
+    assert ckpt["hyper_parameters"]["backbone"]["spatial_dims"] == 3
+    sample_main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "prompt=T2 axial, lesion left", "num_samples=1",
+                 "steps=2", "device=cpu", f"out={tmp_path / 's'}"])
+    assert nib.load(tmp_path / "s" / "sample_p000_00000.nii.gz").shape[:3] == (16, 16, 16)
+    assert (tmp_path / "s" / "prompts.txt").read_text().splitlines() == ["T2 axial, lesion left"]
 
 
 def run_fails(args):
