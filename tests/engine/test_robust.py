@@ -25,7 +25,7 @@ def _all_finite(folder):
 
 def test_nonfinite_stops_the_run_and_names_the_step(compose_cfg, tmp_path, caplog):
     out = tmp_path / "run"
-    with caplog.at_level(logging.ERROR, logger="src.module"):
+    with caplog.at_level(logging.ERROR, logger="src.runtime.nonfinite"):
         res = train(compose_cfg(TINY + [f"paths.output_dir={out}", "optim.lr=1e30"]))
     assert res["global_step"] < 8
     assert any("Non-finite loss or gradient at step 2" in r.getMessage() and "stopping" in r.getMessage()
@@ -35,7 +35,7 @@ def test_nonfinite_stops_the_run_and_names_the_step(compose_cfg, tmp_path, caplo
 
 def test_nonfinite_skip_mode_goes_on_then_stops_after_max_skips(compose_cfg, tmp_path, caplog):
     out = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="src.module"):
+    with caplog.at_level(logging.WARNING, logger="src.runtime.nonfinite"):
         res = train(compose_cfg(TINY + [f"paths.output_dir={out}", "optim.lr=1e30", "optim.nonfinite=skip",
                                         "optim.nonfinite_max_skips=3"]))
     skipped = [r for r in caplog.records if "update skipped (" in r.getMessage()]
@@ -44,6 +44,38 @@ def test_nonfinite_skip_mode_goes_on_then_stops_after_max_skips(compose_cfg, tmp
     ckpts = out / "checkpoints"
     assert (ckpts / "step0000004.ckpt").exists()  # written after the first skip: the run went on
     _all_finite(ckpts)
+
+
+def test_nonfinite_guard_counts_and_stops_without_a_run():
+    """The guard shared by the diffusion and autoencoder stages: a non-finite loss or gradient is found (the loss
+    flags of a whole accumulation window count), consecutive skips are counted and reset, the limit stops."""
+    from src.errors import ConfigError
+    from src.runtime.nonfinite import NonfiniteGuard
+
+    class Trainer:
+        is_global_zero, should_stop = True, False
+
+        class strategy:  # noqa: N801 - the attribute Lightning's trainer has
+            @staticmethod
+            def reduce_boolean_decision(decision, all=True):
+                return decision
+
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.ones(2)
+    guard, trainer = NonfiniteGuard("skip", max_skips=1), Trainer()
+    guard.add_loss(torch.tensor(float("nan")))
+    guard.add_loss(torch.tensor(1.0))  # a later finite micro-batch does not hide the first
+    assert not guard.finite([p], trainer)
+    assert guard.finite([p], trainer)  # the window's flags were consumed
+    p.grad = torch.tensor([1.0, float("inf")])
+    assert not guard.finite([p], trainer)
+    assert guard.record(False, 1, trainer) is False and guard.consecutive == 1 and not trainer.should_stop
+    assert guard.record(True, 2, trainer) is False and guard.consecutive == 0
+    guard.record(False, 3, trainer)
+    assert guard.record(False, 4, trainer) is True and trainer.should_stop and guard.stopped["step"] == 4
+    assert NonfiniteGuard("stop").record(False, 1) is True  # stop mode: the first one
+    with pytest.raises(ConfigError, match="optim.nonfinite must be stop or skip"):
+        NonfiniteGuard("ignore")
 
 
 def test_nonfinite_state_dict_is_not_written(tmp_path):
