@@ -69,6 +69,8 @@ SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job may start again once its old credential expired (default 120 s): 10 s for a test cluster
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d
 SlurmctldPidFile=/run/local-slurm-slurmctld.pid
