@@ -2,6 +2,8 @@
 
     python -m benchmarks.transfer_study --pair emoji --pretrain-minutes 15 --minutes 2,5,10 \
         --lora attention:4,attention:16,attention+conv:1 --json docs/studies/data/transfer_emoji.json
+    python -m benchmarks.transfer_study --pair emoji --preset compact --pretrain-minutes 30 --minutes 2,5,10 \
+        --lora attention+conv:2,attention+conv:4 --json docs/studies/data/transfer_emoji_compact.json
 
 Two pairs of real sets (never downloaded):
 - ``--pair emoji`` (32x32 colour, Debian packages, see benchmarks/icon_data.py): set A, the pretraining set, is
@@ -157,7 +159,7 @@ class Arm:
             self.module.ema.update(self.module.backbone)
             self.step += 1
             self.used = time.process_time() - t0
-        self.loss = float(loss) if self.step else self.loss
+        self.loss = float(loss.detach()) if self.step else self.loss
 
     def row(self, minutes: float, scorer: Scorer | None) -> dict:
         row = {"minutes": minutes, "steps": self.step, "loss": round(self.loss, 4)}
