@@ -45,6 +45,7 @@ from .peers_score import IMAGE_EXTENSIONS, AudioData, AudioScorer, ImageData, Im
 
 RECIPES = {"image": ("framework", "edm", "diffusers"), "audio": ("framework", "edm", "diffwave")}
 PARAM_TOLERANCE = 0.10
+MEL_HOP, MEL_FRAMES = 256, 8  # the audio preset's mel hop, and the frame multiple its U-Net needs
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -346,6 +347,15 @@ def parse(argv: list[str] | None):
     ap.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for the src.train recipes")
     a = ap.parse_args(argv)
     a.minutes_list = parse_minutes(a.minutes)
+    if a.domain == "audio" and not any(o.startswith(("latent.mel.", "+latent.mel.")) for o in a.overrides):
+        # the audio preset's mel images: hop 256 (configs/experiment/audio_quickstart.yaml) and a compact U-Net of
+        # four levels, so whole frames and a multiple of 8 of them
+        samples, unit = int(round(a.sample_rate * a.clip_seconds)), MEL_HOP * MEL_FRAMES
+        if samples % unit:
+            fit = unit * max(1, round(samples / unit)) / a.sample_rate
+            raise ConfigError(f"--clip-seconds {a.clip_seconds:g} at --sample-rate {a.sample_rate} gives {samples} "
+                              f"samples; the audio preset needs a multiple of {unit} ({MEL_FRAMES} mel frames of "
+                              f"{MEL_HOP}), e.g. --clip-seconds {fit:g}.")
     for key in ("samples", "held_out"):
         if getattr(a, key) < 2:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 2, got {getattr(a, key)}.")

@@ -75,7 +75,10 @@ def test_a_budgeted_process_is_stopped_at_its_cpu_budget(tmp_path):
 def test_bad_input_returns_2_with_one_sentence(tmp_path, capsys):
     for args, text in ((["--domain", "image", "--minutes", "x", "--data", str(tmp_path)], "--minutes must be"),
                        (["--domain", "audio", "--minutes", "1", "--data", str(tmp_path / "none")], "is not a folder"),
-                       (["--domain", "audio", "--minutes", "1", "--data", str(tmp_path)], "holds no audio files")):
+                       (["--domain", "audio", "--minutes", "1", "--data", str(tmp_path)], "holds no audio files"),
+                       (["--domain", "audio", "--minutes", "1", "--data", str(tmp_path), "--clip-seconds", "0.5"],
+                        "--clip-seconds 0.5 at --sample-rate 16000 gives 8000 samples; the audio preset needs a "
+                        "multiple of 2048 (8 mel frames of 256), e.g. --clip-seconds 0.512.")):
         assert peers.main([*args, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and text in err and err.count("\n") == 1, err
