@@ -45,7 +45,6 @@ from .peers_score import IMAGE_EXTENSIONS, AudioData, AudioScorer, ImageData, Im
 
 RECIPES = {"image": ("framework", "edm", "diffusers"), "audio": ("framework", "edm", "diffwave")}
 PARAM_TOLERANCE = 0.10
-MEL_HOP, MEL_FRAMES = 256, 8  # the audio preset's mel hop, and the frame multiple its U-Net needs
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -322,6 +321,24 @@ def _channels(data: Path) -> int:
         return 1 if im.mode in ("L", "I;16", "I", "1") else 3
 
 
+def check_mel_clip(sample_rate: int, clip_seconds: float) -> None:
+    """The audio preset's mel images need whole frames (``latent.mel.hop``) and a number of them that its U-Net
+    (``latent.mel.preset``) can halve at each level, both read from configs/experiment/audio_quickstart.yaml."""
+    from omegaconf import OmegaConf
+
+    from src.backbones.unet import PRESETS
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "audio_quickstart.yaml"
+    mel = OmegaConf.load(preset).latent.mel
+    hop, frames = int(mel.hop), 2 ** (len(PRESETS[str(mel.preset)]["channels"]) - 1)
+    samples, unit = int(round(sample_rate * clip_seconds)), hop * frames
+    if samples % unit:
+        fit = unit * max(1, round(samples / unit)) / sample_rate
+        raise ConfigError(f"--clip-seconds {clip_seconds:g} at --sample-rate {sample_rate} gives {samples} samples; "
+                          f"the audio preset needs a multiple of {unit} ({frames} mel frames of {hop}), e.g. "
+                          f"--clip-seconds {fit:g}.")
+
+
 def parse(argv: list[str] | None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
     ap.add_argument("--domain", choices=sorted(RECIPES), required=True, help="image or audio (which recipes run)")
@@ -348,14 +365,7 @@ def parse(argv: list[str] | None):
     a = ap.parse_args(argv)
     a.minutes_list = parse_minutes(a.minutes)
     if a.domain == "audio" and not any(o.startswith(("latent.mel.", "+latent.mel.")) for o in a.overrides):
-        # the audio preset's mel images: hop 256 (configs/experiment/audio_quickstart.yaml) and a compact U-Net of
-        # four levels, so whole frames and a multiple of 8 of them
-        samples, unit = int(round(a.sample_rate * a.clip_seconds)), MEL_HOP * MEL_FRAMES
-        if samples % unit:
-            fit = unit * max(1, round(samples / unit)) / a.sample_rate
-            raise ConfigError(f"--clip-seconds {a.clip_seconds:g} at --sample-rate {a.sample_rate} gives {samples} "
-                              f"samples; the audio preset needs a multiple of {unit} ({MEL_FRAMES} mel frames of "
-                              f"{MEL_HOP}), e.g. --clip-seconds {fit:g}.")
+        check_mel_clip(a.sample_rate, a.clip_seconds)
     for key in ("samples", "held_out"):
         if getattr(a, key) < 2:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 2, got {getattr(a, key)}.")

@@ -19,6 +19,15 @@ from src.errors import ConfigError
 TEXT_BACKBONES = ("unet", "diffwave", "unet1d")
 
 
+def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x, cond)`` of a batch given as a dict (``x``, ``cond``), a tuple or a bare tensor."""
+    if isinstance(batch, dict):
+        return batch["x"], batch.get("cond")
+    if isinstance(batch, (tuple, list)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
 def check_cond(cond: dict | None) -> dict:
     c = {"num_classes": 0, "drop_prob": 0.1, "classes": None, **(cond or {})}
     n = c["num_classes"]

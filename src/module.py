@@ -27,6 +27,7 @@ from .conditioning import (
     check_text_backbone,
     label_denoiser,
     text_denoiser,
+    unpack,
     with_label,
     with_text,
 )
@@ -34,7 +35,7 @@ from .diffusion import build_objective, clipped, get_sampler
 from .diffusion.guidance import drop_captions, drop_labels
 from .errors import ConfigError
 from .runtime.ema import EMA
-from .runtime.nonfinite import NonfiniteGuard, unpack
+from .runtime.nonfinite import NonfiniteGuard
 from .runtime.phema import PowerFunctionEMA
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,11 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from pytorch_lightning.strategies import DDPStrategy
 from torch.distributed.fsdp import register_fsdp_forward_method
 
+from src.conditioning import unpack
 from src.errors import ConfigError
 from src.module import step_seed, warmup_cosine
 from src.runtime.ema import EMA
-from src.runtime.nonfinite import NonfiniteGuard, unpack
+from src.runtime.nonfinite import NonfiniteGuard
 
 from .networks import (
     autoencoder_kwargs,

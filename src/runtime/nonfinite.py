@@ -11,18 +11,10 @@ import logging
 
 import torch
 
+from src.conditioning import unpack
 from src.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(x, cond)`` of a batch given as a dict (``x``, ``cond``), a tuple or a bare tensor."""
-    if isinstance(batch, dict):
-        return batch["x"], batch.get("cond")
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
 
 
 def nonfinite_data(batch) -> str | None:
